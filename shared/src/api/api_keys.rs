@@ -1,0 +1,221 @@
+//! `/api/v1/projects/{id}/api-keys`: keys that let programs act inside one project.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::extract::{ApiJson, ApiQuery, PageQuery};
+use super::projects::project_id;
+use super::Page;
+use crate::auth::rbac::Action;
+use crate::auth::{authorize, tokens, Principal};
+use crate::domain::{ts, Name, Role};
+use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::state::AppState;
+use crate::store::api_keys::ApiKey;
+
+/// An API key as the API lists it: never the key itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyView {
+    /// Key id.
+    pub id: Uuid,
+    /// The project it acts in.
+    pub project_id: Uuid,
+    /// Label.
+    pub name: String,
+    /// Role it acts with.
+    pub role: Role,
+    /// Who created it.
+    pub created_by: Uuid,
+    /// Creation time.
+    #[serde(with = "ts")]
+    pub created_at: DateTime<Utc>,
+    /// Expiry, if any.
+    #[serde(with = "ts::option")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Revocation time, if revoked.
+    #[serde(with = "ts::option")]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKey> for ApiKeyView {
+    fn from(key: ApiKey) -> Self {
+        Self {
+            id: key.id,
+            project_id: key.project_id,
+            name: key.name,
+            role: key.role,
+            created_by: key.created_by,
+            created_at: key.created_at,
+            expires_at: key.expires_at,
+            revoked_at: key.revoked_at,
+        }
+    }
+}
+
+/// A newly created key: the only response that ever contains `key`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    /// The key; send it as `X-API-Key` or `Authorization: Bearer`. Shown only once.
+    pub key: String,
+    /// The key's record.
+    #[serde(flatten)]
+    pub record: ApiKeyView,
+}
+
+/// `POST /projects/{id}/api-keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    /// Label.
+    pub name: String,
+    /// `admin`, `developer` or `viewer`, at most the creator's own role.
+    pub role: Role,
+    /// Optional expiry, RFC 3339, in the future.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Creates an API key; its secret is returned only in this response.
+#[utoipa::path(
+    post, path = "/api/v1/projects/{id}/api-keys", tag = "api-keys",
+    security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path, description = "Project id")),
+    request_body = CreateApiKey,
+    responses(
+        (status = 201, description = "Created; `key` is shown only now", body = CreatedApiKey),
+        (status = 403, description = "Needs admin, or a role above the caller's", body = Problem),
+        (status = 404, description = "No such project visible to the caller", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+    )
+)]
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CreateApiKey>,
+) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
+    let access = authorize(&state, &principal, project_id(&id)?, Action::ManageApiKeys).await?;
+    let now = state.clock.now();
+    let mut errors = Vec::new();
+    let name = Name::parse(&body.name)
+        .map_err(|m| errors.push(FieldError::new("name", m)))
+        .ok();
+    if body.role == Role::Owner {
+        errors.push(FieldError::new(
+            "role",
+            "an API key cannot be an owner; use admin, developer or viewer",
+        ));
+    }
+    if body.expires_at.is_some_and(|at| at <= now) {
+        errors.push(FieldError::new("expires_at", "must be in the future"));
+    }
+    let (Some(name), true) = (name, errors.is_empty()) else {
+        return Err(ApiError::invalid_fields(errors));
+    };
+    if !access.role.includes(body.role) {
+        return Err(ApiError::Forbidden(format!(
+            "your role `{}` cannot create a key with role `{}`",
+            access.role, body.role
+        )));
+    }
+    let minted = tokens::new_api_key();
+    let key = ApiKey {
+        id: minted.id,
+        project_id: access.project.id,
+        name: name.into_inner(),
+        role: body.role,
+        secret_digest: minted.secret_digest,
+        created_by: principal.actor_id(),
+        created_at: now,
+        expires_at: body.expires_at,
+        revoked_at: None,
+    };
+    state.store.create_api_key(&key).await?;
+    tracing::info!(project_id = %key.project_id, key_id = %key.id, role = %key.role, "API key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedApiKey {
+            key: minted.key,
+            record: key.into(),
+        }),
+    ))
+}
+
+/// Lists a project's API keys, without their secrets.
+#[utoipa::path(
+    get, path = "/api/v1/projects/{id}/api-keys", tag = "api-keys",
+    security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path, description = "Project id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of keys", body = Page<ApiKeyView>),
+        (status = 403, description = "Needs admin", body = Problem),
+        (status = 404, description = "No such project visible to the caller", body = Problem),
+    )
+)]
+pub async fn list_api_keys(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Page<ApiKeyView>>> {
+    let access = authorize(&state, &principal, project_id(&id)?, Action::ReadApiKeys).await?;
+    let request = query.resolve(&state, format!("api-keys:{}", access.project.id))?;
+    let page = state
+        .store
+        .list_api_keys(access.project.id, request.limit, request.start.clone())
+        .await?;
+    let next_cursor = request.next_cursor(&state, &page)?;
+    Ok(Json(Page {
+        items: page.items.into_iter().map(ApiKeyView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// Revokes an API key; it stops working at once.
+#[utoipa::path(
+    delete, path = "/api/v1/projects/{id}/api-keys/{key_id}", tag = "api-keys",
+    security(("bearer" = []), ("api_key" = [])),
+    params(
+        ("id" = Uuid, Path, description = "Project id"),
+        ("key_id" = Uuid, Path, description = "Key id"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 403, description = "Needs admin", body = Problem),
+        (status = 404, description = "No such live key in this project", body = Problem),
+    )
+)]
+pub async fn revoke_api_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((id, key_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let access = authorize(&state, &principal, project_id(&id)?, Action::ManageApiKeys).await?;
+    let not_found = || ApiError::NotFound("API key not found".to_owned());
+    let key_id = Uuid::try_parse(&key_id).map_err(|_| not_found())?;
+    match state
+        .store
+        .revoke_api_key(access.project.id, key_id, state.clock.now())
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(project_id = %access.project.id, key_id = %key_id, "API key revoked");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(crate::store::StoreError::ConditionFailed) => Err(not_found()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The API key routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_api_keys, create_api_key))
+        .routes(routes!(revoke_api_key))
+}

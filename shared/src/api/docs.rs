@@ -1,0 +1,63 @@
+//! The OpenAPI document and an offline docs page (Swagger UI, vendored into the binary).
+
+use axum::Router;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::state::AppState;
+
+/// Where the OpenAPI document is served.
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+/// Where the docs page is served.
+pub const DOCS_PATH: &str = "/docs";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Spark-Ops control plane",
+        description = "Register agents and tools, run workflows, and govern every run, step, tool call and dollar."
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "auth", description = "Users, sessions and tokens"),
+        (name = "projects", description = "Projects, the tenant boundary"),
+        (name = "members", description = "Who belongs to a project, with which role"),
+        (name = "api-keys", description = "Project-scoped keys for programs"),
+        (name = "platform", description = "Health and documentation"),
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT access token or API key")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+    }
+}
+
+/// The document's info, tags and security schemes; the paths come from the routers.
+pub fn base() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// Serves the OpenAPI document and the docs page.
+pub fn router() -> Router<AppState> {
+    SwaggerUi::new(DOCS_PATH)
+        .url(OPENAPI_PATH, super::openapi())
+        .into()
+}

@@ -1,0 +1,137 @@
+//! `GET /health`: readiness of each dependency. No authentication.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::state::AppState;
+
+/// How long one dependency may take to answer.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Readiness of one dependency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Check {
+    /// `ok` or `error`.
+    pub status: &'static str,
+    /// How long the check took.
+    pub latency_ms: u64,
+    /// Why it failed, without secrets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The health report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` when every dependency is ready, else `degraded`.
+    pub status: &'static str,
+    /// Each dependency by name: `dynamodb`, `sqs`, `secretsmanager`.
+    pub checks: BTreeMap<&'static str, Check>,
+}
+
+async fn timed<F, T, E>(check: F) -> Check
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(CHECK_TIMEOUT, check).await;
+    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let error = match outcome {
+        Ok(Ok(_)) => None,
+        Ok(Err(err)) => Some(err.to_string()),
+        Err(_) => Some(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+    };
+    Check {
+        status: if error.is_none() { "ok" } else { "error" },
+        latency_ms,
+        error,
+    }
+}
+
+/// Reports whether DynamoDB, SQS and Secrets Manager are ready.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "platform",
+    responses(
+        (status = 200, description = "Every dependency is ready", body = Health),
+        (status = 503, description = "A dependency is not ready", body = Health),
+    )
+)]
+pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let dynamodb = async {
+        for table in state.store.table_names() {
+            state
+                .clients
+                .ddb
+                .describe_table()
+                .table_name(table)
+                .send()
+                .await
+                .map_err(|e| {
+                    format!(
+                        "table {table}: {}",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                    )
+                })?;
+        }
+        Ok::<_, String>(())
+    };
+    let sqs = state
+        .clients
+        .sqs
+        .get_queue_url()
+        .queue_name(state.config.run_queue_name())
+        .send();
+    let secrets = state
+        .clients
+        .secrets
+        .describe_secret()
+        .secret_id(state.config.jwt_secret_name())
+        .send();
+    let (dynamodb, sqs, secrets) = tokio::join!(
+        timed(dynamodb),
+        timed(async {
+            sqs.await
+                .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
+        }),
+        timed(async {
+            secrets
+                .await
+                .map_err(|e| aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())
+        }),
+    );
+    let checks = BTreeMap::from([
+        ("dynamodb", dynamodb),
+        ("sqs", sqs),
+        ("secretsmanager", secrets),
+    ]);
+    let ready = checks.values().all(|c| c.error.is_none());
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Health {
+            status: if ready { "ok" } else { "degraded" },
+            checks,
+        }),
+    )
+}
+
+/// The platform routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(health))
+}

@@ -1,0 +1,165 @@
+//! HTTP API: one module per resource, each exposing its routes; [`service`] wraps them with
+//! the conventions every route shares (request ids, logging, CORS, body limit, problem errors).
+
+pub mod api_keys;
+pub mod auth;
+pub mod docs;
+pub mod extract;
+pub mod health;
+pub mod members;
+pub mod projects;
+
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, Method, Request};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde::Serialize;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use extract::MAX_BODY_BYTES;
+
+/// A page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T: ToSchema> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Routes of the `auth` function.
+pub fn auth_routes() -> OpenApiRouter<AppState> {
+    auth::routes()
+}
+
+/// Routes of the `projects` function: projects, members, API keys, and the platform routes
+/// (health, OpenAPI, docs).
+pub fn projects_routes() -> OpenApiRouter<AppState> {
+    projects::routes()
+        .merge(members::routes())
+        .merge(api_keys::routes())
+        .merge(health::routes())
+}
+
+/// Every route; what the dev server mounts.
+pub fn all_routes() -> OpenApiRouter<AppState> {
+    auth_routes().merge(projects_routes())
+}
+
+/// The OpenAPI document of every route, generated from the handlers.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, api) = OpenApiRouter::with_openapi(docs::base())
+        .merge(all_routes())
+        .split_for_parts();
+    api
+}
+
+/// The router of the `auth` function.
+pub fn auth_router(state: AppState) -> Router {
+    service(state, auth_routes().split_for_parts().0)
+}
+
+/// The router of the `projects` function, which also serves health and docs.
+pub fn projects_router(state: AppState) -> Router {
+    service(
+        state,
+        projects_routes().split_for_parts().0.merge(docs::router()),
+    )
+}
+
+/// The whole API on one router; what the dev server serves.
+pub fn app(state: AppState) -> Router {
+    service(
+        state,
+        all_routes().split_for_parts().0.merge(docs::router()),
+    )
+}
+
+/// Applies the shared conventions to a set of routes.
+pub fn service(state: AppState, router: Router<AppState>) -> Router {
+    let cors = cors(&state.config.cors_allowed_origins);
+    let x_request_id = HeaderName::from_static("x-request-id");
+    router
+        .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(
+                    x_request_id.clone(),
+                    MakeRequestUuid,
+                ))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|req: &Request<_>| {
+                            let request_id = req
+                                .headers()
+                                .get("x-request-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default();
+                            tracing::info_span!(
+                                "request",
+                                request_id = %request_id,
+                                method = %req.method(),
+                                path = %req.uri().path(),
+                                principal = tracing::field::Empty,
+                            )
+                        })
+                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                )
+                .layer(PropagateRequestIdLayer::new(x_request_id))
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+                }))
+                .layer(cors),
+        )
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            header::ETAG,
+            header::RETRY_AFTER,
+            header::LOCATION,
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Adds an `ETag` carrying a record's version to a response.
+pub fn with_etag(version: u64, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}

@@ -1,0 +1,141 @@
+//! Typed configuration, read once per cold start from the environment.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// Settings shared by every function and the dev server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Names every AWS resource: tables `{prefix}-auth`, queues `{prefix}-runs`, …
+    pub prefix: String,
+    /// Origins allowed by CORS; empty disables cross-origin access.
+    pub cors_allowed_origins: Vec<String>,
+    /// `iss` claim of issued access tokens.
+    pub jwt_issuer: String,
+    /// `aud` claim of issued access tokens.
+    pub jwt_audience: String,
+    /// Lifetime of an access token.
+    pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token.
+    pub refresh_token_ttl: Duration,
+    /// Failed logins for one email tolerated within `login_window` before `429`.
+    pub login_max_failures: u32,
+    /// Length of the failed-login window.
+    pub login_window: Duration,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment, naming what is missing or invalid.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests can supply values without touching
+    /// the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let prefix = lookup("SPARK_OPS_PREFIX")
+            .context("SPARK_OPS_PREFIX is not set: it names the tables, queues and secrets")?;
+        if prefix.is_empty()
+            || prefix.len() > 200
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            bail!("SPARK_OPS_PREFIX must be 1-200 characters of [A-Za-z0-9._-], got {prefix:?}");
+        }
+        let cors_allowed_origins = lookup("CORS_ALLOWED_ORIGINS")
+            .unwrap_or_else(|| "http://localhost:5173".to_owned())
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let seconds = |key: &str, default: u64| -> anyhow::Result<Duration> {
+            match lookup(key) {
+                None => Ok(Duration::from_secs(default)),
+                Some(raw) => raw
+                    .parse::<u64>()
+                    .map(Duration::from_secs)
+                    .with_context(|| {
+                        format!("{key} must be a whole number of seconds, got {raw:?}")
+                    }),
+            }
+        };
+        let login_max_failures = match lookup("LOGIN_MAX_FAILURES") {
+            None => 5,
+            Some(raw) => raw
+                .parse()
+                .with_context(|| format!("LOGIN_MAX_FAILURES must be a number, got {raw:?}"))?,
+        };
+        Ok(Self {
+            jwt_issuer: lookup("JWT_ISSUER").unwrap_or_else(|| "spark-ops".to_owned()),
+            jwt_audience: lookup("JWT_AUDIENCE").unwrap_or_else(|| "spark-ops-api".to_owned()),
+            access_token_ttl: seconds("ACCESS_TOKEN_TTL_SECONDS", 15 * 60)?,
+            refresh_token_ttl: seconds("REFRESH_TOKEN_TTL_SECONDS", 7 * 24 * 3600)?,
+            login_max_failures,
+            login_window: seconds("LOGIN_WINDOW_SECONDS", 15 * 60)?,
+            cors_allowed_origins,
+            prefix,
+        })
+    }
+
+    /// Secrets Manager name of the JWT signing key.
+    pub fn jwt_secret_name(&self) -> String {
+        format!("{}/jwt-signing-key", self.prefix)
+    }
+
+    /// Name of the SQS queue that drives run workers.
+    pub fn run_queue_name(&self) -> String {
+        format!("{}-runs", self.prefix)
+    }
+
+    /// Name of the run queue's dead-letter queue.
+    pub fn run_dlq_name(&self) -> String {
+        format!("{}-runs-dlq", self.prefix)
+    }
+
+    /// Full name of the table described by `suffix` in the schema.
+    pub fn table_name(&self, suffix: &str) -> String {
+        format!("{}-{}", self.prefix, suffix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |key| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn a_missing_prefix_is_named_in_the_error() {
+        let err = Config::from_lookup(lookup(&[])).unwrap_err();
+        assert!(err.to_string().contains("SPARK_OPS_PREFIX"));
+    }
+
+    #[test]
+    fn resource_names_derive_from_the_prefix() {
+        let config = Config::from_lookup(lookup(&[("SPARK_OPS_PREFIX", "demo")])).unwrap();
+        assert_eq!(config.table_name("auth"), "demo-auth");
+        assert_eq!(config.run_queue_name(), "demo-runs");
+        assert_eq!(config.jwt_secret_name(), "demo/jwt-signing-key");
+        assert_eq!(config.access_token_ttl, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn a_malformed_number_is_rejected_with_its_variable() {
+        let err = Config::from_lookup(lookup(&[
+            ("SPARK_OPS_PREFIX", "demo"),
+            ("LOGIN_WINDOW_SECONDS", "soon"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("LOGIN_WINDOW_SECONDS"));
+    }
+}

@@ -1,0 +1,19 @@
+//! Spark-Ops control plane library.
+//!
+//! Every Lambda function and the local dev server are thin shells around this crate:
+//! the domain types, the DynamoDB store, authentication and authorisation, and one
+//! axum router per API resource live here, so every deployment shape runs the same code.
+
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod state;
+pub mod store;
+
+pub use config::Config;
+pub use error::ApiError;
+pub use state::AppState;

@@ -1,0 +1,88 @@
+//! What every handler shares: config, store, keys, clock and AWS clients, built once per
+//! cold start.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use aws_config::SdkConfig;
+use secrecy::SecretString;
+
+use crate::auth::jwt::Keys;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::store::Store;
+
+/// The AWS clients the control plane uses.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    /// DynamoDB.
+    pub ddb: aws_sdk_dynamodb::Client,
+    /// SQS.
+    pub sqs: aws_sdk_sqs::Client,
+    /// Secrets Manager.
+    pub secrets: aws_sdk_secretsmanager::Client,
+}
+
+impl Clients {
+    /// Clients from a loaded SDK configuration, which honours `AWS_ENDPOINT_URL*`.
+    pub fn new(sdk: &SdkConfig) -> Self {
+        Self {
+            ddb: aws_sdk_dynamodb::Client::new(sdk),
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            secrets: aws_sdk_secretsmanager::Client::new(sdk),
+        }
+    }
+}
+
+/// Shared application state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// The DynamoDB store.
+    pub store: Store,
+    /// Token and cursor keys.
+    pub keys: Arc<Keys>,
+    /// The time source.
+    pub clock: Arc<dyn Clock>,
+    /// AWS clients, for health checks.
+    pub clients: Clients,
+}
+
+impl AppState {
+    /// Builds the state, loading the JWT signing key from Secrets Manager.
+    pub async fn load(
+        config: Config,
+        clients: Clients,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let secret_name = config.jwt_secret_name();
+        let secret = clients
+            .secrets
+            .get_secret_value()
+            .secret_id(&secret_name)
+            .send()
+            .await
+            .with_context(|| format!("Failed to load the JWT signing key {secret_name}"))?;
+        let secret = SecretString::from(
+            secret
+                .secret_string
+                .with_context(|| format!("secret {secret_name} has no string value"))?,
+        );
+        let keys = Keys::new(&secret, &config.jwt_issuer, &config.jwt_audience)?;
+        Ok(Self {
+            store: Store::new(clients.ddb.clone(), &config),
+            config: Arc::new(config),
+            keys: Arc::new(keys),
+            clock,
+            clients,
+        })
+    }
+
+    /// Builds the state from the environment with the system clock.
+    pub async fn from_env() -> anyhow::Result<Self> {
+        let config = Config::from_env()?;
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Self::load(config, Clients::new(&sdk), Arc::new(SystemClock)).await
+    }
+}

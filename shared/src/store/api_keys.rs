@@ -1,0 +1,141 @@
+//! Project API keys, in the projects table. Only the digest of a key's secret is stored.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::schema::GSI1;
+use super::{cursor, item, key, record, s, Page, Store, StoreResult};
+use crate::domain::{ts, Role};
+
+/// A project API key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Key id, embedded in the key itself.
+    pub id: Uuid,
+    /// The only project the key acts in.
+    pub project_id: Uuid,
+    /// A label.
+    pub name: String,
+    /// The role the key acts with.
+    pub role: Role,
+    /// SHA-256 digest of the key's secret part.
+    pub secret_digest: String,
+    /// Who created it.
+    pub created_by: Uuid,
+    /// Creation time.
+    #[serde(with = "ts")]
+    pub created_at: DateTime<Utc>,
+    /// Optional expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Set when revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    /// Whether the key may authenticate at `now`.
+    pub fn is_usable(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+fn api_key_pk(id: Uuid) -> String {
+    format!("APIKEY#{id}")
+}
+
+fn project_keys_gsi(project_id: Uuid) -> String {
+    format!("{}#APIKEYS", super::projects::project_pk(project_id))
+}
+
+impl Store {
+    /// Stores a new key.
+    pub async fn create_api_key(&self, api_key: &ApiKey) -> StoreResult<()> {
+        let record = item(
+            api_key,
+            &[
+                ("pk", api_key_pk(api_key.id)),
+                ("sk", "APIKEY".into()),
+                (GSI1.pk, project_keys_gsi(api_key.project_id)),
+                (GSI1.sk, api_key_pk(api_key.id)),
+            ],
+        )?;
+        self.ddb
+            .put_item()
+            .table_name(&self.projects_table)
+            .set_item(Some(record))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| super::write_error(e, "store an API key"))?;
+        Ok(())
+    }
+
+    /// The key with `id`.
+    pub async fn get_api_key(&self, id: Uuid) -> StoreResult<Option<ApiKey>> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.projects_table)
+            .set_key(Some(key(api_key_pk(id), "APIKEY")))
+            .consistent_read(true)
+            .send()
+            .await
+            .context("Failed to read an API key")?;
+        Ok(out.item.map(record).transpose()?)
+    }
+
+    /// A project's keys, oldest first.
+    pub async fn list_api_keys(
+        &self,
+        project_id: Uuid,
+        limit: i32,
+        start: Option<cursor::Key>,
+    ) -> StoreResult<Page<ApiKey>> {
+        let out = self
+            .ddb
+            .query()
+            .table_name(&self.projects_table)
+            .index_name(GSI1.name)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", GSI1.pk)
+            .expression_attribute_values(":pk", s(project_keys_gsi(project_id)))
+            .limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .context("Failed to list API keys")?;
+        Ok(Page {
+            items: out
+                .items
+                .unwrap_or_default()
+                .into_iter()
+                .map(record)
+                .collect::<anyhow::Result<_>>()?,
+            next: out.last_evaluated_key,
+        })
+    }
+
+    /// Revokes a key of `project_id`. `ConditionFailed` if there is no such live key there.
+    pub async fn revoke_api_key(
+        &self,
+        project_id: Uuid,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.ddb
+            .update_item()
+            .table_name(&self.projects_table)
+            .set_key(Some(key(api_key_pk(id), "APIKEY")))
+            .update_expression("SET revoked_at = :now")
+            .condition_expression("project_id = :project AND attribute_not_exists(revoked_at)")
+            .expression_attribute_values(":now", s(ts::format(&now)))
+            .expression_attribute_values(":project", s(project_id.to_string()))
+            .send()
+            .await
+            .map_err(|e| super::write_error(e, "revoke an API key"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! DynamoDB store: one module per capability, all on the tables described in [`schema`].
+
+pub mod api_keys;
+pub mod cursor;
+pub mod projects;
+pub mod provision;
+pub mod schema;
+pub mod sessions;
+pub mod users;
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
+use aws_sdk_dynamodb::Client;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::config::Config;
+
+/// A DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// Failures the callers must tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write found the item in an unexpected state.
+    #[error("conditional write failed")]
+    ConditionFailed,
+    /// A transaction was cancelled; `reasons[i]` is the code for its i-th item
+    /// (`ConditionalCheckFailed`, `TransactionConflict`, …) or `None` if that item was fine.
+    #[error("transaction cancelled: {0:?}")]
+    Cancelled(Vec<Option<String>>),
+    /// Anything else.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl StoreError {
+    /// Whether item `index` of a cancelled transaction failed its condition.
+    pub fn failed_at(&self, index: usize) -> bool {
+        matches!(self, Self::Cancelled(reasons)
+            if reasons.get(index).and_then(|r| r.as_deref()) == Some("ConditionalCheckFailed"))
+    }
+
+    /// Whether a transaction lost a race with another writer.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Cancelled(reasons)
+            if reasons.iter().any(|r| r.as_deref() == Some("TransactionConflict")))
+    }
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A page of a `Query`: the items and the key to continue from.
+#[derive(Debug)]
+pub struct Page<T> {
+    /// Items of this page.
+    pub items: Vec<T>,
+    /// `LastEvaluatedKey`, if there may be more.
+    pub next: Option<cursor::Key>,
+}
+
+/// Handle on the deployment's tables.
+#[derive(Clone, Debug)]
+pub struct Store {
+    ddb: Client,
+    auth_table: String,
+    projects_table: String,
+}
+
+impl Store {
+    /// A store over the tables named by `config`.
+    pub fn new(ddb: Client, config: &Config) -> Self {
+        Self {
+            auth_table: config.table_name(schema::AUTH.suffix),
+            projects_table: config.table_name(schema::PROJECTS.suffix),
+            ddb,
+        }
+    }
+
+    /// The DynamoDB client.
+    pub fn client(&self) -> &Client {
+        &self.ddb
+    }
+
+    /// Names of every table, for health checks.
+    pub fn table_names(&self) -> [&str; 2] {
+        [&self.auth_table, &self.projects_table]
+    }
+
+    async fn transact(&self, items: Vec<TransactWriteItem>, what: &str) -> StoreResult<()> {
+        match self
+            .ddb
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(service)) => match service.err() {
+                TransactWriteItemsError::TransactionCanceledException(cancelled) => {
+                    Err(StoreError::Cancelled(
+                        cancelled
+                            .cancellation_reasons()
+                            .iter()
+                            .map(|r| r.code().filter(|c| *c != "None").map(str::to_owned))
+                            .collect(),
+                    ))
+                }
+                other => Err(
+                    anyhow::anyhow!("{}: {other:?}", other.code().unwrap_or("unknown"))
+                        .context(format!("Failed to {what}"))
+                        .into(),
+                ),
+            },
+            Err(other) => Err(anyhow::Error::new(other)
+                .context(format!("Failed to {what}"))
+                .into()),
+        }
+    }
+}
+
+/// Maps an SDK error of a single-item write, separating a failed condition from the rest.
+fn write_error<E>(err: SdkError<E>, what: &str) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if err.code() == Some("ConditionalCheckFailedException") {
+        StoreError::ConditionFailed
+    } else {
+        StoreError::Unexpected(anyhow::Error::new(err).context(format!("Failed to {what}")))
+    }
+}
+
+/// Serialises `record` and adds the key attributes.
+fn item<T: Serialize>(record: &T, keys: &[(&str, String)]) -> anyhow::Result<Item> {
+    let mut item: Item =
+        serde_dynamo::to_item(record).context("Failed to serialise a record into an item")?;
+    for (name, value) in keys {
+        item.insert((*name).to_owned(), AttributeValue::S(value.clone()));
+    }
+    Ok(item)
+}
+
+/// Deserialises a record, ignoring key attributes.
+fn record<T: DeserializeOwned>(item: Item) -> anyhow::Result<T> {
+    serde_dynamo::from_item(item).context("Failed to read a record from an item")
+}
+
+/// A string attribute value.
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+/// A number attribute value.
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// The `pk`/`sk` key of an item.
+fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}

@@ -1,0 +1,212 @@
+//! Idempotent provisioning of the deployment's tables, queues and secret from the schema in
+//! code. The dev server and the tests run it; in AWS, `template.yaml` declares the same.
+
+use anyhow::Context;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+use rand::distributions::{Alphanumeric, DistString};
+
+use super::schema::{TableDef, TABLES};
+use crate::config::Config;
+
+/// Receives before a message moves to the dead-letter queue.
+pub const RUN_QUEUE_MAX_RECEIVES: u32 = 5;
+/// Visibility timeout of the run queue, in seconds (6× a 150 s worker).
+pub const RUN_QUEUE_VISIBILITY_SECONDS: u32 = 900;
+
+/// Clients needed to provision.
+pub struct Provisioner<'a> {
+    /// DynamoDB.
+    pub ddb: &'a aws_sdk_dynamodb::Client,
+    /// SQS.
+    pub sqs: &'a aws_sdk_sqs::Client,
+    /// Secrets Manager.
+    pub secrets: &'a aws_sdk_secretsmanager::Client,
+}
+
+impl Provisioner<'_> {
+    /// Creates whatever is missing: tables with their indexes and TTL, the run queue and its
+    /// DLQ, and the JWT signing key.
+    pub async fn ensure_all(&self, config: &Config) -> anyhow::Result<()> {
+        for table in TABLES {
+            self.ensure_table(&config.table_name(table.suffix), table)
+                .await?;
+        }
+        self.ensure_queues(config).await?;
+        self.ensure_secret(&config.jwt_secret_name()).await
+    }
+
+    /// Creates a table if it does not exist.
+    pub async fn ensure_table(&self, name: &str, table: &TableDef) -> anyhow::Result<()> {
+        let described = self.ddb.describe_table().table_name(name).send().await;
+        match described {
+            Ok(_) => return Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("Failed to describe table {name}"))
+            }
+        }
+        let key_element = |name: &str, kind| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .context("Failed to build a key element")
+        };
+        let mut attributes = vec![table.pk, table.sk];
+        let mut indexes = Vec::new();
+        for index in table.indexes {
+            attributes.extend([index.pk, index.sk]);
+            indexes.push(
+                GlobalSecondaryIndex::builder()
+                    .index_name(index.name)
+                    .key_schema(key_element(index.pk, KeyType::Hash)?)
+                    .key_schema(key_element(index.sk, KeyType::Range)?)
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .context("Failed to build an index")?,
+            );
+        }
+        let definitions = attributes
+            .into_iter()
+            .map(|name| {
+                AttributeDefinition::builder()
+                    .attribute_name(name)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .context("Failed to build an attribute definition")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let created = self
+            .ddb
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(key_element(table.pk, KeyType::Hash)?)
+            .key_schema(key_element(table.sk, KeyType::Range)?)
+            .set_attribute_definitions(Some(definitions))
+            .set_global_secondary_indexes((!indexes.is_empty()).then_some(indexes))
+            .send()
+            .await;
+        if let Err(err) = created {
+            // Another process may have created it in the meantime.
+            if !err
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_in_use_exception())
+            {
+                return Err(err).with_context(|| format!("Failed to create table {name}"));
+            }
+        }
+        self.ddb
+            .update_time_to_live()
+            .table_name(name)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(table.ttl_attribute)
+                    .enabled(true)
+                    .build()
+                    .context("Failed to build the TTL specification")?,
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .or_else(|err| {
+                // Enabling TTL twice is reported as a validation error; that is fine.
+                let message = err
+                    .as_service_error()
+                    .and_then(|e| e.meta().message())
+                    .unwrap_or("");
+                if message.contains("already enabled") {
+                    Ok(())
+                } else {
+                    Err(err).with_context(|| format!("Failed to enable TTL on {name}"))
+                }
+            })
+    }
+
+    /// Creates the run queue and its dead-letter queue.
+    pub async fn ensure_queues(&self, config: &Config) -> anyhow::Result<()> {
+        let dlq = self
+            .sqs
+            .create_queue()
+            .queue_name(config.run_dlq_name())
+            .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+            .send()
+            .await
+            .context("Failed to create the run dead-letter queue")?;
+        let dlq_url = dlq.queue_url().context("CreateQueue returned no URL")?;
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .context("Failed to read the dead-letter queue ARN")?;
+        let dlq_arn = attributes
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .context("the dead-letter queue has no ARN")?;
+        let redrive = serde_json::json!({
+            "deadLetterTargetArn": dlq_arn,
+            "maxReceiveCount": RUN_QUEUE_MAX_RECEIVES.to_string(),
+        });
+        self.sqs
+            .create_queue()
+            .queue_name(config.run_queue_name())
+            .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                RUN_QUEUE_VISIBILITY_SECONDS.to_string(),
+            )
+            .send()
+            .await
+            .context("Failed to create the run queue")?;
+        Ok(())
+    }
+
+    /// Creates the signing-key secret with 64 random characters if it does not exist.
+    pub async fn ensure_secret(&self, name: &str) -> anyhow::Result<()> {
+        let described = self.secrets.describe_secret().secret_id(name).send().await;
+        match described {
+            Ok(_) => return Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("Failed to describe secret {name}"))
+            }
+        }
+        let value = Alphanumeric.sample_string(&mut rand::rngs::OsRng, 64);
+        let created = self
+            .secrets
+            .create_secret()
+            .name(name)
+            .description("Spark-Ops JWT signing key")
+            .secret_string(value)
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_exists_exception()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err).with_context(|| format!("Failed to create secret {name}")),
+        }
+    }
+}

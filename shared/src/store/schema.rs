@@ -1,0 +1,78 @@
+//! The DynamoDB schema, defined once: provisioning creates it and a test checks that
+//! `template.yaml` declares the same tables, keys and indexes.
+//!
+//! Every table has a string partition key `pk` and sort key `sk`; items expire through the
+//! `ttl` attribute (epoch seconds). The tenant (project id) is part of every project-scoped key.
+//!
+//! ## `{prefix}-auth`: identities and sessions
+//!
+//! | pk | sk | item |
+//! |---|---|---|
+//! | `USER#<user_id>` | `USER` | user (argon2id hash, profile, `deleted_at`) |
+//! | `EMAIL#<email>` | `EMAIL` | email → user id; makes emails unique |
+//! | `REFRESH#<sha256>` | `REFRESH` | refresh token digest, family, status (`ttl`) |
+//! | `FAMILY#<family_id>` | `FAMILY` | refresh-token family, `revoked_at` (`ttl`) |
+//! | `LOGIN#<email>` | `THROTTLE` | failed-login window (`ttl`) |
+//!
+//! ## `{prefix}-projects`: projects, memberships and API keys
+//!
+//! | pk | sk | gsi1pk | gsi1sk | item |
+//! |---|---|---|---|---|
+//! | `PROJECT#<project_id>` | `PROJECT` | | | project |
+//! | `SLUG#<slug>` | `SLUG` | | | slug → project id; makes slugs unique |
+//! | `PROJECT#<project_id>` | `MEMBER#<user_id>` | `USER#<user_id>` | `PROJECT#<project_id>` | membership |
+//! | `APIKEY#<key_id>` | `APIKEY` | `PROJECT#<project_id>#APIKEYS` | `APIKEY#<key_id>` | API key (digest only) |
+
+/// A global secondary index with string keys and all attributes projected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexDef {
+    /// Index name.
+    pub name: &'static str,
+    /// Partition key attribute.
+    pub pk: &'static str,
+    /// Sort key attribute.
+    pub sk: &'static str,
+}
+
+/// A table: `pk`/`sk` string keys, its indexes and its TTL attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableDef {
+    /// Suffix after the deployment prefix, e.g. `auth` → `{prefix}-auth`.
+    pub suffix: &'static str,
+    /// Partition key attribute.
+    pub pk: &'static str,
+    /// Sort key attribute.
+    pub sk: &'static str,
+    /// Global secondary indexes.
+    pub indexes: &'static [IndexDef],
+    /// Attribute holding the expiry in epoch seconds.
+    pub ttl_attribute: &'static str,
+}
+
+/// The index over `gsi1pk`/`gsi1sk`.
+pub const GSI1: IndexDef = IndexDef {
+    name: "gsi1",
+    pk: "gsi1pk",
+    sk: "gsi1sk",
+};
+
+/// Identities and sessions.
+pub const AUTH: TableDef = TableDef {
+    suffix: "auth",
+    pk: "pk",
+    sk: "sk",
+    indexes: &[],
+    ttl_attribute: "ttl",
+};
+
+/// Projects, memberships and API keys.
+pub const PROJECTS: TableDef = TableDef {
+    suffix: "projects",
+    pk: "pk",
+    sk: "sk",
+    indexes: &[GSI1],
+    ttl_attribute: "ttl",
+};
+
+/// Every table of the deployment.
+pub const TABLES: &[TableDef] = &[AUTH, PROJECTS];

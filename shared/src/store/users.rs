@@ -1,0 +1,176 @@
+//! Users and their unique emails, in the auth table.
+
+use anyhow::Context;
+use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{item, key, record, s, Store, StoreError, StoreResult};
+use crate::domain::Email;
+
+/// A registered user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct User {
+    /// User id.
+    pub id: Uuid,
+    /// Normalised email.
+    pub email: Email,
+    /// Display name.
+    pub name: String,
+    /// Argon2id PHC string. Never leaves the store layer in a response.
+    pub password_hash: String,
+    /// Creation time.
+    #[serde(with = "crate::domain::ts")]
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    #[serde(with = "crate::domain::ts")]
+    pub updated_at: DateTime<Utc>,
+    /// Last successful login.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::domain::ts::option"
+    )]
+    pub last_login_at: Option<DateTime<Utc>>,
+    /// Set when the account was deleted; such a user cannot authenticate.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::domain::ts::option"
+    )]
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+fn user_pk(id: Uuid) -> String {
+    format!("USER#{id}")
+}
+
+fn email_pk(email: &Email) -> String {
+    format!("EMAIL#{email}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct EmailClaim {
+    user_id: Uuid,
+}
+
+impl Store {
+    /// Stores a new user and claims its email in one transaction.
+    /// Fails with `Cancelled` (item 0 failing) if the email is taken.
+    pub async fn create_user(&self, user: &User) -> StoreResult<()> {
+        let claim = item(
+            &EmailClaim { user_id: user.id },
+            &[("pk", email_pk(&user.email)), ("sk", "EMAIL".into())],
+        )?;
+        let record = item(user, &[("pk", user_pk(user.id)), ("sk", "USER".into())])?;
+        let put = |item, what| -> anyhow::Result<TransactWriteItem> {
+            Ok(TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.auth_table)
+                        .set_item(Some(item))
+                        .condition_expression("attribute_not_exists(pk)")
+                        .build()
+                        .context(what)?,
+                )
+                .build())
+        };
+        self.transact(
+            vec![
+                put(claim, "Failed to build the email claim")?,
+                put(record, "Failed to build the user record")?,
+            ],
+            "store a new user",
+        )
+        .await
+    }
+
+    /// The user with `id`, including deleted ones.
+    pub async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.auth_table)
+            .set_key(Some(key(user_pk(id), "USER")))
+            .consistent_read(true)
+            .send()
+            .await
+            .context("Failed to read a user")?;
+        Ok(out.item.map(record).transpose()?)
+    }
+
+    /// The live user who owns `email`.
+    pub async fn find_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.auth_table)
+            .set_key(Some(key(email_pk(email), "EMAIL")))
+            .consistent_read(true)
+            .send()
+            .await
+            .context("Failed to read an email claim")?;
+        let Some(claim) = out.item.map(record::<EmailClaim>).transpose()? else {
+            return Ok(None);
+        };
+        Ok(self
+            .get_user(claim.user_id)
+            .await?
+            .filter(|u| u.deleted_at.is_none()))
+    }
+
+    /// Records a successful login.
+    pub async fn record_login(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
+        self.ddb
+            .update_item()
+            .table_name(&self.auth_table)
+            .set_key(Some(key(user_pk(id), "USER")))
+            .update_expression("SET last_login_at = :now")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":now", s(crate::domain::ts::format(&now)))
+            .send()
+            .await
+            .map_err(|e| super::write_error(e, "record a login"))?;
+        Ok(())
+    }
+
+    /// Marks the user deleted and frees their email, in one transaction.
+    pub async fn delete_user(&self, user: &User, now: DateTime<Utc>) -> StoreResult<()> {
+        let stamp = s(crate::domain::ts::format(&now));
+        let mark = Update::builder()
+            .table_name(&self.auth_table)
+            .set_key(Some(key(user_pk(user.id), "USER")))
+            .update_expression("SET deleted_at = :now, updated_at = :now")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(deleted_at)")
+            .expression_attribute_values(":now", stamp)
+            .build()
+            .context("Failed to build the user deletion")?;
+        let release = Delete::builder()
+            .table_name(&self.auth_table)
+            .set_key(Some(key(email_pk(&user.email), "EMAIL")))
+            .condition_expression("user_id = :id")
+            .expression_attribute_values(":id", s(user.id.to_string()))
+            .build()
+            .context("Failed to build the email release")?;
+        self.transact(
+            vec![
+                TransactWriteItem::builder().update(mark).build(),
+                TransactWriteItem::builder().delete(release).build(),
+            ],
+            "delete a user",
+        )
+        .await
+    }
+}
+
+impl From<StoreError> for crate::error::ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unexpected(cause) => Self::Internal(cause),
+            StoreError::ConditionFailed | StoreError::Cancelled(_) => Self::Conflict(
+                "the record was changed concurrently; read it again and retry".to_owned(),
+            ),
+        }
+    }
+}
