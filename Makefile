@@ -1,0 +1,41 @@
+# Entry points for local development and CI. Each target runs a script in infra/local/,
+# which keeps its state in .local/ (see infra/local/lib.sh). Ports: LOCALSTACK_PORT (4566),
+# DYNAMODB_PORT (8000); set them to run a second stack side by side.
+
+SCRIPTS := infra/local
+
+.PHONY: help dev test build lint services stop status install lock clean-local
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "  make %-12s %s\n", $$1, $$2 }'
+
+dev: ## Run the dev server against local services (Ctrl-C stops what it started)
+	@bash $(SCRIPTS)/dev.sh
+
+test: ## Lint, then run every test against local services (what CI runs)
+	@bash $(SCRIPTS)/test.sh
+
+build: ## Build the Lambda artifacts (release, x86_64) with cargo-lambda
+	@bash $(SCRIPTS)/build.sh
+
+lint: ## rustfmt check, clippy -D warnings, cfn-lint template.yaml
+	@bash $(SCRIPTS)/lint.sh
+
+services: ## Start LocalStack and DynamoDB Local and leave them running
+	@bash $(SCRIPTS)/install.sh uv localstack dynamodb
+	@bash $(SCRIPTS)/services.sh start
+
+stop: ## Stop the services started from this checkout
+	@bash $(SCRIPTS)/services.sh stop
+
+status: ## Show whether the services are running
+	@bash $(SCRIPTS)/services.sh status
+
+install: ## Install the pinned local tools into .local/
+	@bash $(SCRIPTS)/install.sh
+
+lock: ## Regenerate the Python lock files from infra/local/versions.env
+	@bash $(SCRIPTS)/lock.sh
+
+clean-local: ## Stop the services and delete .local/
+	@bash $(SCRIPTS)/clean-local.sh

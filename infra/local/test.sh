@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# `make test` (and CI): install the local stack, run the linters (lint.sh), start the services
+# unless they already run (a fresh DynamoDB Local is in memory), then `cargo test --workspace`
+# against them. Tests isolate their data with unique prefixes, so reused services are fine.
+# Stops at the first failure, and in any case stops the services this script started.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+record="$RUN_DIR/started-by-test-$$"
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  bash "$LOCAL_SCRIPTS_DIR/services.sh" stop --record "$record" || rc=1
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+started_at="$(now)"
+bash "$LOCAL_SCRIPTS_DIR/install.sh"
+bash "$LOCAL_SCRIPTS_DIR/lint.sh"
+DYNAMODB_IN_MEMORY=1 bash "$LOCAL_SCRIPTS_DIR/services.sh" start --record "$record"
+
+aws_env
+mapfile -t ci_flags < <(cargo_ci_flags)
+step cargo test --workspace "${ci_flags[@]}"
+log "all checks passed in $(elapsed_since "$started_at")"
