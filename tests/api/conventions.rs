@@ -1,0 +1,222 @@
+//! Conventions every route shares: problem errors, body limits, request ids, CORS, OpenAPI.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::json;
+use spark_ops_tests::spawn_app;
+
+fn raw(method: Method, path: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", content_type)
+        .body(body.into())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn malformed_or_mistyped_bodies_get_precise_problems() {
+    let app = spawn_app().await;
+    let malformed = app
+        .send(raw(
+            Method::POST,
+            "/api/v1/auth/register",
+            "application/json",
+            "{\"email\":",
+        ))
+        .await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        malformed.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(malformed.body["status"], 400);
+    assert!(malformed.body["type"]
+        .as_str()
+        .unwrap()
+        .starts_with("urn:spark-ops:problem:"));
+
+    let missing = app
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": "a@example.com", "name": "A"}),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(missing.error_fields(), vec!["password"]);
+
+    let mistyped = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": ["a"], "password": "x"}),
+        )
+        .await;
+    assert_eq!(mistyped.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(mistyped.error_fields(), vec!["email"]);
+
+    let unknown = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": "a@example.com", "password": "x", "admin": true}),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let not_json = app
+        .send(raw(
+            Method::POST,
+            "/api/v1/auth/login",
+            "text/plain",
+            "hello",
+        ))
+        .await;
+    assert_eq!(not_json.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn a_body_over_one_mebibyte_gets_413_and_writes_nothing() {
+    let app = spawn_app().await;
+    let name = "x".repeat(1024 * 1024 + 1);
+    let body =
+        json!({"email": "big@example.com", "password": "violet-tundra-cascade-42", "name": name})
+            .to_string();
+    let reply = app
+        .send(raw(
+            Method::POST,
+            "/api/v1/auth/register",
+            "application/json",
+            body,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+    let login = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": "big@example.com", "password": "violet-tundra-cascade-42"}),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_problems() {
+    let app = spawn_app().await;
+    let missing = app
+        .call(Method::GET, "/api/v1/nothing-here", None, None)
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        missing.header("content-type"),
+        Some("application/problem+json")
+    );
+    let wrong_method = app
+        .call(Method::PUT, "/api/v1/auth/login", None, None)
+        .await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        wrong_method.header("content-type"),
+        Some("application/problem+json")
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_echoes_the_callers() {
+    let app = spawn_app().await;
+    let generated = app
+        .call(Method::GET, "/api/v1/nothing-here", None, None)
+        .await;
+    assert_eq!(generated.header("x-request-id").map(str::len), Some(36));
+    let request = Request::builder()
+        .uri("/api/v1/auth/me")
+        .header("x-request-id", "trace-me-123")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.send(request).await.header("x-request-id"),
+        Some("trace-me-123")
+    );
+}
+
+#[tokio::test]
+async fn cors_allows_the_configured_origin_only() {
+    let app = spawn_app().await;
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/api/v1/projects")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let allowed = app.send(preflight("http://localhost:5173")).await;
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("http://localhost:5173")
+    );
+    let denied = app.send(preflight("https://evil.example")).await;
+    assert_eq!(denied.header("access-control-allow-origin"), None);
+}
+
+#[tokio::test]
+async fn openapi_31_documents_every_route_the_router_serves() {
+    let app = spawn_app().await;
+    let doc = app
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert_eq!(doc.body["openapi"], "3.1.0");
+    let paths = doc.body["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, methods) in paths {
+        for method in methods.as_object().unwrap().keys() {
+            operations += 1;
+            let concrete = path
+                .replace("{id}", &uuid::Uuid::now_v7().to_string())
+                .replace("{user_id}", &uuid::Uuid::now_v7().to_string())
+                .replace("{key_id}", &uuid::Uuid::now_v7().to_string());
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let reply = app.call(method.clone(), &concrete, None, None).await;
+            assert_ne!(
+                reply.body["detail"], "no such route",
+                "{method} {path} is documented but not routed"
+            );
+            assert_ne!(
+                reply.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+        }
+    }
+    assert_eq!(operations, 19, "every route of this issue is documented");
+    for schema in [
+        "Problem",
+        "ProjectView",
+        "TokenPair",
+        "MemberView",
+        "CreatedApiKey",
+    ] {
+        assert!(
+            doc.body["components"]["schemas"][schema].is_object(),
+            "{schema}"
+        );
+    }
+    let docs = app.call(Method::GET, "/docs/", None, None).await;
+    assert_eq!(docs.status, StatusCode::OK);
+    assert!(
+        docs.text.contains("swagger"),
+        "the docs page is served from the binary"
+    );
+}

@@ -1,0 +1,10 @@
+//! Router-level tests against the real local services. Each test spawns its own isolated app.
+
+mod api_keys;
+mod auth;
+mod conventions;
+mod lambda_events;
+mod members;
+mod projects;
+mod security;
+mod template;
