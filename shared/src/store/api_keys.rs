@@ -1,12 +1,11 @@
 //! Project API keys, in the projects table. Only the digest of a key's secret is stored.
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::schema::GSI1;
-use super::{cursor, item, key, record, s, Page, Store, StoreResult};
+use super::{cursor, item, key, s, Page, Store, StoreResult};
 use crate::domain::{ts, Role};
 
 /// A project API key.
@@ -75,16 +74,12 @@ impl Store {
 
     /// The key with `id`.
     pub async fn get_api_key(&self, id: Uuid) -> StoreResult<Option<ApiKey>> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.projects_table)
-            .set_key(Some(key(api_key_pk(id), "APIKEY")))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("Failed to read an API key")?;
-        Ok(out.item.map(record).transpose()?)
+        self.get_record(
+            &self.projects_table,
+            key(api_key_pk(id), "APIKEY"),
+            "an API key",
+        )
+        .await
     }
 
     /// A project's keys, oldest first.
@@ -94,7 +89,7 @@ impl Store {
         limit: i32,
         start: Option<cursor::Key>,
     ) -> StoreResult<Page<ApiKey>> {
-        let out = self
+        let query = self
             .ddb
             .query()
             .table_name(&self.projects_table)
@@ -103,19 +98,8 @@ impl Store {
             .expression_attribute_names("#pk", GSI1.pk)
             .expression_attribute_values(":pk", s(project_keys_gsi(project_id)))
             .limit(limit)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .context("Failed to list API keys")?;
-        Ok(Page {
-            items: out
-                .items
-                .unwrap_or_default()
-                .into_iter()
-                .map(record)
-                .collect::<anyhow::Result<_>>()?,
-            next: out.last_evaluated_key,
-        })
+            .set_exclusive_start_key(start);
+        self.query_page(query, "API keys").await
     }
 
     /// Revokes a key of `project_id`. `ConditionFailed` if there is no such live key there.

@@ -92,6 +92,46 @@ impl Store {
         [&self.auth_table, &self.projects_table]
     }
 
+    /// Reads one record with a strongly consistent `GetItem`.
+    async fn get_record<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        key: Item,
+        what: &str,
+    ) -> StoreResult<Option<T>> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .with_context(|| format!("Failed to read {what}"))?;
+        Ok(out.item.map(record).transpose()?)
+    }
+
+    /// Runs a prepared `Query` (limit and start key already set) and reads one page.
+    async fn query_page<T: DeserializeOwned>(
+        &self,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        what: &str,
+    ) -> StoreResult<Page<T>> {
+        let out = query
+            .send()
+            .await
+            .with_context(|| format!("Failed to list {what}"))?;
+        Ok(Page {
+            items: out
+                .items
+                .unwrap_or_default()
+                .into_iter()
+                .map(record)
+                .collect::<anyhow::Result<_>>()?,
+            next: out.last_evaluated_key,
+        })
+    }
+
     async fn transact(&self, items: Vec<TransactWriteItem>, what: &str) -> StoreResult<()> {
         match self
             .ddb

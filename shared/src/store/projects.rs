@@ -231,16 +231,12 @@ impl Store {
 
     /// The project with `id`, including deleted ones.
     pub async fn get_project(&self, id: Uuid) -> StoreResult<Option<Project>> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.projects_table)
-            .set_key(Some(key(project_pk(id), "PROJECT")))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("Failed to read a project")?;
-        Ok(out.item.map(record).transpose()?)
+        self.get_record(
+            &self.projects_table,
+            key(project_pk(id), "PROJECT"),
+            "a project",
+        )
+        .await
     }
 
     /// Projects by id, in the order given; missing ones are left out.
@@ -297,7 +293,7 @@ impl Store {
         limit: i32,
         start: Option<cursor::Key>,
     ) -> StoreResult<Page<Membership>> {
-        let out = self
+        let query = self
             .ddb
             .query()
             .table_name(&self.projects_table)
@@ -306,19 +302,8 @@ impl Store {
             .expression_attribute_names("#pk", GSI1.pk)
             .expression_attribute_values(":pk", s(user_gsi(user_id)))
             .limit(limit)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .context("Failed to list a user's memberships")?;
-        Ok(Page {
-            items: out
-                .items
-                .unwrap_or_default()
-                .into_iter()
-                .map(record)
-                .collect::<anyhow::Result<_>>()?,
-            next: out.last_evaluated_key,
-        })
+            .set_exclusive_start_key(start);
+        self.query_page(query, "a user's memberships").await
     }
 
     /// Writes a changed project if nobody changed it since `expected_version`, swapping its
@@ -405,7 +390,7 @@ impl Store {
         limit: i32,
         start: Option<cursor::Key>,
     ) -> StoreResult<Page<Membership>> {
-        let out = self
+        let query = self
             .ddb
             .query()
             .table_name(&self.projects_table)
@@ -413,19 +398,8 @@ impl Store {
             .expression_attribute_values(":pk", s(project_pk(project_id)))
             .expression_attribute_values(":member", s("MEMBER#"))
             .limit(limit)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .context("Failed to list members")?;
-        Ok(Page {
-            items: out
-                .items
-                .unwrap_or_default()
-                .into_iter()
-                .map(record)
-                .collect::<anyhow::Result<_>>()?,
-            next: out.last_evaluated_key,
-        })
+            .set_exclusive_start_key(start);
+        self.query_page(query, "members").await
     }
 
     /// One membership.
@@ -434,16 +408,12 @@ impl Store {
         project_id: Uuid,
         user_id: Uuid,
     ) -> StoreResult<Option<Membership>> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.projects_table)
-            .set_key(Some(key(project_pk(project_id), member_sk(user_id))))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("Failed to read a membership")?;
-        Ok(out.item.map(record).transpose()?)
+        self.get_record(
+            &self.projects_table,
+            key(project_pk(project_id), member_sk(user_id)),
+            "a membership",
+        )
+        .await
     }
 
     /// Adds a member to a live project. Item 0 failing means they are already a member;

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{item, key, n, record, s, Store, StoreError, StoreResult};
+use super::{item, key, n, s, Store, StoreError, StoreResult};
 use crate::domain::Email;
 
 /// A stored refresh token: only the digest of the secret is kept.
@@ -151,30 +151,22 @@ impl Store {
 
     /// The stored refresh token with this digest.
     pub async fn get_refresh(&self, digest: &str) -> StoreResult<Option<RefreshToken>> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.auth_table)
-            .set_key(Some(key(refresh_pk(digest), "REFRESH")))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("Failed to read a refresh token")?;
-        Ok(out.item.map(record).transpose()?)
+        self.get_record(
+            &self.auth_table,
+            key(refresh_pk(digest), "REFRESH"),
+            "a refresh token",
+        )
+        .await
     }
 
     /// The family with this id.
     pub async fn get_family(&self, id: Uuid) -> StoreResult<Option<Family>> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.auth_table)
-            .set_key(Some(key(family_pk(id), "FAMILY")))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("Failed to read a token family")?;
-        Ok(out.item.map(record).transpose()?)
+        self.get_record(
+            &self.auth_table,
+            key(family_pk(id), "FAMILY"),
+            "a token family",
+        )
+        .await
     }
 
     /// Exchanges `old` for `new` in one transaction: `old` must still be active and its
@@ -232,16 +224,12 @@ impl Store {
 
     /// The current failed-login window for `email`, if any.
     pub async fn login_window(&self, email: &Email) -> StoreResult<Option<LoginWindow>> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.auth_table)
-            .set_key(Some(key(login_pk(email), "THROTTLE")))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("Failed to read the login throttle")?;
-        Ok(out.item.map(record).transpose()?)
+        self.get_record(
+            &self.auth_table,
+            key(login_pk(email), "THROTTLE"),
+            "the login throttle",
+        )
+        .await
     }
 
     /// Counts a failed login: inside an open window the counter grows atomically,

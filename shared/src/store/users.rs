@@ -88,16 +88,8 @@ impl Store {
 
     /// The user with `id`, including deleted ones.
     pub async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.auth_table)
-            .set_key(Some(key(user_pk(id), "USER")))
-            .consistent_read(true)
-            .send()
+        self.get_record(&self.auth_table, key(user_pk(id), "USER"), "a user")
             .await
-            .context("Failed to read a user")?;
-        Ok(out.item.map(record).transpose()?)
     }
 
     /// The live user who owns `email`.
