@@ -20,7 +20,9 @@ async fn the_creator_owns_a_new_project_and_can_read_it() {
     assert_eq!(created.body["version"], 1);
     assert_eq!(created.header("etag"), Some("\"1\""));
     let id = created.body["id"].as_str().unwrap();
-    let read = app.get(&format!("/api/v1/projects/{id}"), &token).await;
+    let location = format!("/api/v1/projects/{id}");
+    assert_eq!(created.header("location"), Some(location.as_str()));
+    let read = app.get(&location, &token).await;
     assert_eq!(read.status, StatusCode::OK);
     assert_eq!(read.body["slug"], slug);
     assert_eq!(read.body["settings"]["tier"], "gold");

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::extract::{check_version, expected_version, ApiJson, ApiQuery, PageQuery};
 use super::projects::project_id;
-use super::{with_etag, Page};
+use super::{created, with_etag, Page};
 use crate::auth::rbac::{may_assign, Action};
 use crate::auth::{authorize, Principal, ProjectAccess};
 use crate::domain::{ts, Email, Role};
@@ -179,9 +179,14 @@ pub async fn add_member(
     match state.store.add_member(&membership).await {
         Ok(()) => {
             tracing::info!(project_id = %membership.project_id, user_id = %membership.user_id, role = %membership.role, "member added");
-            Ok(with_etag(
-                1,
-                (StatusCode::CREATED, Json(MemberView::from(membership))),
+            let location = format!(
+                "/api/v1/projects/{}/members/{}",
+                membership.project_id, membership.user_id
+            );
+            Ok(created(
+                &location,
+                membership.version,
+                MemberView::from(membership),
             ))
         }
         Err(err) if err.failed_at(0) => Err(ApiError::Conflict(

@@ -1,6 +1,7 @@
 //! HTTP API: one module per resource, each exposing its routes; [`service`] wraps them with
 //! the conventions every route shares (request ids, logging, CORS, body limit, problem errors).
 
+pub mod agents;
 pub mod api_keys;
 pub mod auth;
 pub mod docs;
@@ -8,11 +9,14 @@ pub mod extract;
 pub mod health;
 pub mod members;
 pub mod projects;
+pub mod registry;
+pub mod tools;
+pub mod workflows;
 
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderName, HeaderValue, Method, Request};
+use axum::http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde::Serialize;
@@ -54,7 +58,12 @@ pub fn projects_routes() -> OpenApiRouter<AppState> {
 
 /// Every route; what the dev server mounts.
 pub fn all_routes() -> OpenApiRouter<AppState> {
-    auth_routes().merge(projects_routes())
+    auth_routes()
+        .merge(projects_routes())
+        .merge(agents::routes())
+        .merge(registry::routes())
+        .merge(tools::routes())
+        .merge(workflows::routes())
 }
 
 /// The OpenAPI document of every route, generated from the handlers.
@@ -76,6 +85,27 @@ pub fn projects_router(state: AppState) -> Router {
         state,
         projects_routes().split_for_parts().0.merge(docs::router()),
     )
+}
+
+/// The router of the `agents` function, which also serves the registry's public key.
+pub fn agents_router(state: AppState) -> Router {
+    service(
+        state,
+        agents::routes()
+            .merge(registry::routes())
+            .split_for_parts()
+            .0,
+    )
+}
+
+/// The router of the `tools` function.
+pub fn tools_router(state: AppState) -> Router {
+    service(state, tools::routes().split_for_parts().0)
+}
+
+/// The router of the `workflows` function.
+pub fn workflows_router(state: AppState) -> Router {
+    service(state, workflows::routes().split_for_parts().0)
 }
 
 /// The whole API on one router; what the dev server serves.
@@ -153,6 +183,15 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::LOCATION,
         ])
         .max_age(Duration::from_secs(600))
+}
+
+/// A `201 Created` with the new record's `Location` and `ETag`.
+pub fn created(location: &str, version: u64, body: impl Serialize) -> Response {
+    let mut response = with_etag(version, (StatusCode::CREATED, axum::Json(body)));
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
 }
 
 /// Adds an `ETag` carrying a record's version to a response.

@@ -12,7 +12,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{check_version, expected_version, ApiJson, ApiQuery, PageQuery};
-use super::{with_etag, Page};
+use super::registry::check_json_object_size;
+use super::{created, with_etag, Page};
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::{ts, Name, Role, Slug};
@@ -20,8 +21,6 @@ use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::state::AppState;
 use crate::store::projects::{Membership, Project};
 
-/// Largest accepted `settings` object, serialised.
-const MAX_SETTINGS_BYTES: usize = 32 * 1024;
 /// Largest accepted description.
 const MAX_DESCRIPTION_CHARS: usize = 2000;
 
@@ -118,21 +117,6 @@ fn check_description(description: Option<String>, errors: &mut Vec<FieldError>) 
     description
 }
 
-fn check_settings(
-    settings: &serde_json::Map<String, serde_json::Value>,
-    errors: &mut Vec<FieldError>,
-) {
-    let size = serde_json::to_vec(settings)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    if size > MAX_SETTINGS_BYTES {
-        errors.push(FieldError::new(
-            "settings",
-            format!("must be at most {MAX_SETTINGS_BYTES} bytes of JSON"),
-        ));
-    }
-}
-
 /// Parses a project id from the path; a malformed one cannot name a project, so `404`.
 pub fn project_id(raw: &str) -> ApiResult<Uuid> {
     Uuid::try_parse(raw).map_err(|_| ApiError::NotFound("project not found".to_owned()))
@@ -171,7 +155,7 @@ pub async fn create_project(
     };
     let description = check_description(body.description, &mut errors);
     let settings = body.settings.unwrap_or_default();
-    check_settings(&settings, &mut errors);
+    check_json_object_size("settings", &settings, &mut errors);
     let (Some(name), Some(slug), true) = (name, slug, errors.is_empty()) else {
         return Err(ApiError::invalid_fields(errors));
     };
@@ -202,13 +186,11 @@ pub async fn create_project(
     match state.store.create_project(&project, &owner).await {
         Ok(()) => {
             tracing::info!(project_id = %project.id, "project created");
-            let version = project.version;
-            Ok(with_etag(
-                version,
-                (
-                    StatusCode::CREATED,
-                    Json(ProjectView::new(project, Role::Owner)),
-                ),
+            let location = format!("/api/v1/projects/{}", project.id);
+            Ok(created(
+                &location,
+                project.version,
+                ProjectView::new(project, Role::Owner),
             ))
         }
         Err(err) if err.failed_at(0) => Err(ApiError::Conflict(format!(
@@ -340,7 +322,7 @@ pub async fn update_project(
         updated.description = check_description(body.description, &mut errors);
     }
     if let Some(settings) = body.settings {
-        check_settings(&settings, &mut errors);
+        check_json_object_size("settings", &settings, &mut errors);
         updated.settings = settings;
     }
     if !errors.is_empty() {
