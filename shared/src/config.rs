@@ -23,6 +23,9 @@ pub struct Config {
     pub login_max_failures: u32,
     /// Length of the failed-login window.
     pub login_window: Duration,
+    /// Extra Ed25519 public keys (base64) whose manifest signatures imports accept, besides
+    /// this deployment's own key.
+    pub registry_trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
 }
 
 impl Config {
@@ -68,7 +71,19 @@ impl Config {
                 .parse()
                 .with_context(|| format!("LOGIN_MAX_FAILURES must be a number, got {raw:?}"))?,
         };
+        let registry_trusted_keys = lookup("REGISTRY_TRUSTED_KEYS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                crate::manifest::parse_public_key(k).with_context(|| {
+                    format!("REGISTRY_TRUSTED_KEYS holds {k:?}, which is not a base64 Ed25519 public key")
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
+            registry_trusted_keys,
             jwt_issuer: lookup("JWT_ISSUER").unwrap_or_else(|| "spark-ops".to_owned()),
             jwt_audience: lookup("JWT_AUDIENCE").unwrap_or_else(|| "spark-ops-api".to_owned()),
             access_token_ttl: seconds("ACCESS_TOKEN_TTL_SECONDS", 15 * 60)?,
@@ -83,6 +98,11 @@ impl Config {
     /// Secrets Manager name of the JWT signing key.
     pub fn jwt_secret_name(&self) -> String {
         format!("{}/jwt-signing-key", self.prefix)
+    }
+
+    /// Secrets Manager name of the secret the manifest signing key derives from.
+    pub fn registry_secret_name(&self) -> String {
+        format!("{}/registry-signing-key", self.prefix)
     }
 
     /// Name of the SQS queue that drives run workers.

@@ -257,3 +257,32 @@ pub mod ts {
         }
     }
 }
+
+/// A deployment environment of an agent, a tool or a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Env {
+    /// Development.
+    Dev,
+    /// Staging.
+    Staging,
+    /// Production.
+    Prod,
+}
+
+impl Env {
+    /// The environment's name as used in the API and in index keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dev => "dev",
+            Self::Staging => "staging",
+            Self::Prod => "prod",
+        }
+    }
+}
+
+impl fmt::Display for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -4,6 +4,7 @@
 //! the domain types, the DynamoDB store, authentication and authorisation, and one
 //! axum router per API resource live here, so every deployment shape runs the same code.
 
+pub mod agent_health;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
@@ -11,8 +12,11 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod manifest;
 pub mod state;
 pub mod store;
+pub mod tool_config;
+pub mod workflow;
 
 pub use config::Config;
 pub use error::ApiError;

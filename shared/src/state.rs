@@ -10,6 +10,8 @@ use secrecy::SecretString;
 use crate::auth::jwt::Keys;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::manifest::ManifestSigner;
+use crate::store::secrets::SecretStore;
 use crate::store::Store;
 
 /// The AWS clients the control plane uses.
@@ -41,12 +43,16 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The DynamoDB store.
     pub store: Store,
+    /// User-supplied secrets (tool credentials, LLM keys).
+    pub secrets: SecretStore,
     /// Token and cursor keys.
     pub keys: Arc<Keys>,
     /// The time source.
     pub clock: Arc<dyn Clock>,
     /// AWS clients, for health checks.
     pub clients: Clients,
+    /// The manifest signing key, loaded on first use: only the registry functions need it.
+    manifest_signer: Arc<tokio::sync::OnceCell<ManifestSigner>>,
 }
 
 impl AppState {
@@ -72,11 +78,33 @@ impl AppState {
         let keys = Keys::new(&secret, &config.jwt_issuer, &config.jwt_audience)?;
         Ok(Self {
             store: Store::new(clients.ddb.clone(), &config),
+            secrets: SecretStore::new(clients.secrets.clone(), &config),
             config: Arc::new(config),
             keys: Arc::new(keys),
             clock,
             clients,
+            manifest_signer: Arc::default(),
         })
+    }
+
+    /// The key that signs exported manifests, read from Secrets Manager once.
+    pub async fn manifest_signer(&self) -> anyhow::Result<&ManifestSigner> {
+        self.manifest_signer
+            .get_or_try_init(|| async {
+                let name = self.config.registry_secret_name();
+                let secret = self
+                    .clients
+                    .secrets
+                    .get_secret_value()
+                    .secret_id(&name)
+                    .send()
+                    .await
+                    .with_context(|| format!("Failed to load the manifest signing key {name}"))?
+                    .secret_string
+                    .with_context(|| format!("secret {name} has no string value"))?;
+                ManifestSigner::from_secret(&SecretString::from(secret))
+            })
+            .await
     }
 
     /// Builds the state from the environment with the system clock.

@@ -24,6 +24,10 @@ pub const DOCS_PATH: &str = "/docs";
         (name = "projects", description = "Projects, the tenant boundary"),
         (name = "members", description = "Who belongs to a project, with which role"),
         (name = "api-keys", description = "Project-scoped keys for programs"),
+        (name = "agents", description = "Agents, their heartbeats and health"),
+        (name = "tools", description = "Tools, their schemas and write-only credentials"),
+        (name = "workflows", description = "Workflow DAGs and their immutable versions"),
+        (name = "registry", description = "Signed manifests"),
         (name = "platform", description = "Health and documentation"),
     )
 )]

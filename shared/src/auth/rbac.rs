@@ -19,13 +19,19 @@ pub enum Action {
     ReadApiKeys,
     /// Create or revoke API keys.
     ManageApiKeys,
+    /// Read agents, tools, workflows, versions and manifests.
+    ReadRegistry,
+    /// Create, change, import or delete agents, tools and workflows; release versions;
+    /// report heartbeats.
+    WriteRegistry,
 }
 
 impl Action {
     /// The least role that may perform this action.
     pub fn required_role(self) -> Role {
         match self {
-            Self::ReadProject | Self::ReadMembers => Role::Viewer,
+            Self::ReadProject | Self::ReadMembers | Self::ReadRegistry => Role::Viewer,
+            Self::WriteRegistry => Role::Developer,
             Self::UpdateProject | Self::ManageMembers | Self::ReadApiKeys | Self::ManageApiKeys => {
                 Role::Admin
             }
@@ -49,7 +55,7 @@ pub fn may_assign(actor: Role, target: Role) -> bool {
 mod tests {
     use super::*;
 
-    const ALL_ACTIONS: [Action; 7] = [
+    const ALL_ACTIONS: [Action; 9] = [
         Action::ReadProject,
         Action::UpdateProject,
         Action::DeleteProject,
@@ -57,21 +63,39 @@ mod tests {
         Action::ManageMembers,
         Action::ReadApiKeys,
         Action::ManageApiKeys,
+        Action::ReadRegistry,
+        Action::WriteRegistry,
     ];
 
     #[test]
-    fn a_viewer_may_only_read_the_project_and_its_members() {
+    fn a_viewer_may_only_read() {
         let allowed: Vec<_> = ALL_ACTIONS
             .into_iter()
             .filter(|a| a.allowed_for(Role::Viewer))
             .collect();
-        assert_eq!(allowed, vec![Action::ReadProject, Action::ReadMembers]);
+        assert_eq!(
+            allowed,
+            vec![
+                Action::ReadProject,
+                Action::ReadMembers,
+                Action::ReadRegistry
+            ]
+        );
     }
 
     #[test]
     fn only_an_owner_may_delete_and_an_owner_may_do_everything() {
         assert!(ALL_ACTIONS.into_iter().all(|a| a.allowed_for(Role::Owner)));
         assert!(!Action::DeleteProject.allowed_for(Role::Admin));
+    }
+
+    #[test]
+    fn a_developer_builds_in_the_registry_but_manages_nothing() {
+        let allowed: Vec<_> = ALL_ACTIONS
+            .into_iter()
+            .filter(|a| a.allowed_for(Role::Developer) && !a.allowed_for(Role::Viewer))
+            .collect();
+        assert_eq!(allowed, vec![Action::WriteRegistry]);
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! DynamoDB store: one module per capability, all on the tables described in [`schema`].
 
+pub mod agents;
 pub mod api_keys;
 pub mod cursor;
 pub mod projects;
 pub mod provision;
 pub mod schema;
+pub mod secrets;
 pub mod sessions;
+pub mod tools;
 pub mod users;
+pub mod workflows;
 
 use std::collections::HashMap;
 
@@ -70,6 +74,7 @@ pub struct Store {
     ddb: Client,
     auth_table: String,
     projects_table: String,
+    registry_table: String,
 }
 
 impl Store {
@@ -78,6 +83,7 @@ impl Store {
         Self {
             auth_table: config.table_name(schema::AUTH.suffix),
             projects_table: config.table_name(schema::PROJECTS.suffix),
+            registry_table: config.table_name(schema::REGISTRY.suffix),
             ddb,
         }
     }
@@ -88,8 +94,8 @@ impl Store {
     }
 
     /// Names of every table, for health checks.
-    pub fn table_names(&self) -> [&str; 2] {
-        [&self.auth_table, &self.projects_table]
+    pub fn table_names(&self) -> [&str; 3] {
+        [&self.auth_table, &self.projects_table, &self.registry_table]
     }
 
     /// Reads one record with a strongly consistent `GetItem`.
@@ -109,6 +115,57 @@ impl Store {
             .await
             .with_context(|| format!("Failed to read {what}"))?;
         Ok(out.item.map(record).transpose()?)
+    }
+
+    /// Reads many records of one table by key with consistent `BatchGetItem`s, retrying
+    /// unprocessed keys; missing records are left out, the rest come back in no set order.
+    async fn batch_get<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        keys: Vec<Item>,
+        what: &str,
+    ) -> StoreResult<Vec<T>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut pending = chunk.to_vec();
+            for _attempt in 0..5 {
+                if pending.is_empty() {
+                    break;
+                }
+                let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut pending)))
+                    .consistent_read(true)
+                    .build()
+                    .with_context(|| format!("Failed to build the read of {what}"))?;
+                let mut out = self
+                    .ddb
+                    .batch_get_item()
+                    .request_items(table, request)
+                    .send()
+                    .await
+                    .with_context(|| format!("Failed to read {what}"))?;
+                for item in out
+                    .responses
+                    .take()
+                    .unwrap_or_default()
+                    .remove(table)
+                    .unwrap_or_default()
+                {
+                    found.push(record(item)?);
+                }
+                pending = out
+                    .unprocessed_keys
+                    .and_then(|mut k| k.remove(table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+            }
+            if !pending.is_empty() {
+                return Err(
+                    anyhow::anyhow!("DynamoDB kept leaving keys of {what} unprocessed").into(),
+                );
+            }
+        }
+        Ok(found)
     }
 
     /// Runs a prepared `Query` (limit and start key already set) and reads one page.

@@ -241,48 +241,16 @@ impl Store {
 
     /// Projects by id, in the order given; missing ones are left out.
     pub async fn get_projects(&self, ids: &[Uuid]) -> StoreResult<Vec<Project>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pending: Vec<Item> = ids
+        let keys = ids
             .iter()
             .map(|id| key(project_pk(*id), "PROJECT"))
             .collect();
-        let mut found: HashMap<Uuid, Project> = HashMap::new();
-        for _attempt in 0..5 {
-            if pending.is_empty() {
-                break;
-            }
-            let keys = KeysAndAttributes::builder()
-                .set_keys(Some(std::mem::take(&mut pending)))
-                .build()
-                .context("Failed to build the projects read")?;
-            let mut out = self
-                .ddb
-                .batch_get_item()
-                .request_items(&self.projects_table, keys)
-                .send()
-                .await
-                .context("Failed to read projects")?;
-            for item in out
-                .responses
-                .take()
-                .unwrap_or_default()
-                .remove(&self.projects_table)
-                .unwrap_or_default()
-            {
-                let project: Project = record(item)?;
-                found.insert(project.id, project);
-            }
-            pending = out
-                .unprocessed_keys
-                .and_then(|mut k| k.remove(&self.projects_table))
-                .map(|k| k.keys)
-                .unwrap_or_default();
-        }
-        if !pending.is_empty() {
-            return Err(anyhow::anyhow!("DynamoDB kept leaving project keys unprocessed").into());
-        }
+        let mut found: HashMap<Uuid, Project> = self
+            .batch_get::<Project>(&self.projects_table, keys, "projects")
+            .await?
+            .into_iter()
+            .map(|project| (project.id, project))
+            .collect();
         Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
     }
 

@@ -29,14 +29,20 @@ pub struct Provisioner<'a> {
 
 impl Provisioner<'_> {
     /// Creates whatever is missing: tables with their indexes and TTL, the run queue and its
-    /// DLQ, and the JWT signing key.
+    /// DLQ, the JWT signing key and the manifest signing key.
     pub async fn ensure_all(&self, config: &Config) -> anyhow::Result<()> {
         for table in TABLES {
             self.ensure_table(&config.table_name(table.suffix), table)
                 .await?;
         }
         self.ensure_queues(config).await?;
-        self.ensure_secret(&config.jwt_secret_name()).await
+        self.ensure_secret(&config.jwt_secret_name(), "Spark-Ops JWT signing key")
+            .await?;
+        self.ensure_secret(
+            &config.registry_secret_name(),
+            "Spark-Ops manifest signing key seed",
+        )
+        .await
     }
 
     /// Creates a table if it does not exist.
@@ -175,8 +181,8 @@ impl Provisioner<'_> {
         Ok(())
     }
 
-    /// Creates the signing-key secret with 64 random characters if it does not exist.
-    pub async fn ensure_secret(&self, name: &str) -> anyhow::Result<()> {
+    /// Creates a secret of 64 random characters if it does not exist.
+    pub async fn ensure_secret(&self, name: &str, description: &str) -> anyhow::Result<()> {
         let described = self.secrets.describe_secret().secret_id(name).send().await;
         match described {
             Ok(_) => return Ok(()),
@@ -193,7 +199,7 @@ impl Provisioner<'_> {
             .secrets
             .create_secret()
             .name(name)
-            .description("Spark-Ops JWT signing key")
+            .description(description)
             .secret_string(value)
             .send()
             .await;

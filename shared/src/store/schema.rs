@@ -23,6 +23,21 @@
 //! | `PROJECT#<project_id>` | `MEMBER#<user_id>` | `USER#<user_id>` | `PROJECT#<project_id>` | membership |
 //! | `APIKEY#<key_id>` | `APIKEY` | `PROJECT#<project_id>#APIKEYS` | `APIKEY#<key_id>` | API key (digest only) |
 
+//!
+//! ## `{prefix}-registry`: agents, tools, workflows and their versions
+//!
+//! Records are addressed by their own id; every index key starts with the project id, so
+//! lists are per-project `Query`s on an index.
+//!
+//! | pk | sk | gsi1pk / gsi1sk | gsi2pk / gsi2sk | gsi3pk / gsi3sk | item |
+//! |---|---|---|---|---|---|
+//! | `AGENT#<id>` | `AGENT` | `PROJECT#<p>#AGENTS` / `AGENT#<id>` | `PROJECT#<p>#AGENTS#ENV#<env>` / `AGENT#<id>` | `PROJECT#<p>#AGENTS#HEALTH` / `<degraded_at>#<id>` | agent |
+//! | `AGENT#<id>` | `CAP#<capability>` | `PROJECT#<p>#AGENTS#CAP#<capability>` / `AGENT#<id>` | | | capability marker |
+//! | `AGENT#<id>` | `BEAT#<at>` | | | | heartbeat (`ttl`) |
+//! | `TOOL#<id>` | `TOOL` | `PROJECT#<p>#TOOLS` / `TOOL#<id>` | `PROJECT#<p>#TOOLS#ENV#<env>` / `TOOL#<id>` | | tool |
+//! | `WORKFLOW#<id>` | `WORKFLOW` | `PROJECT#<p>#WORKFLOWS` / `WORKFLOW#<id>` | | | workflow |
+//! | `WORKFLOW#<id>` | `VERSION#<n, 10 digits>` | | | | immutable workflow version |
+
 /// A global secondary index with string keys and all attributes projected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexDef {
@@ -56,6 +71,20 @@ pub const GSI1: IndexDef = IndexDef {
     sk: "gsi1sk",
 };
 
+/// The index over `gsi2pk`/`gsi2sk`.
+pub const GSI2: IndexDef = IndexDef {
+    name: "gsi2",
+    pk: "gsi2pk",
+    sk: "gsi2sk",
+};
+
+/// The index over `gsi3pk`/`gsi3sk`.
+pub const GSI3: IndexDef = IndexDef {
+    name: "gsi3",
+    pk: "gsi3pk",
+    sk: "gsi3sk",
+};
+
 /// Identities and sessions.
 pub const AUTH: TableDef = TableDef {
     suffix: "auth",
@@ -74,5 +103,14 @@ pub const PROJECTS: TableDef = TableDef {
     ttl_attribute: "ttl",
 };
 
+/// Agents, tools, workflows and workflow versions.
+pub const REGISTRY: TableDef = TableDef {
+    suffix: "registry",
+    pk: "pk",
+    sk: "sk",
+    indexes: &[GSI1, GSI2, GSI3],
+    ttl_attribute: "ttl",
+};
+
 /// Every table of the deployment.
-pub const TABLES: &[TableDef] = &[AUTH, PROJECTS];
+pub const TABLES: &[TableDef] = &[AUTH, PROJECTS, REGISTRY];
