@@ -1,5 +1,6 @@
 //! Router-level tests against the real local services. Each test spawns its own isolated app.
 
+mod agents;
 mod api_keys;
 mod auth;
 mod conventions;
@@ -8,3 +9,5 @@ mod members;
 mod projects;
 mod security;
 mod template;
+mod tools;
+mod workflows;

@@ -365,3 +365,55 @@ pub fn unique_slug(base: &str) -> String {
         &uuid::Uuid::now_v7().simple().to_string()[16..]
     )
 }
+
+/// Every log line (all levels, JSON as in production) written on the current thread while it
+/// is held; use it in a `current_thread` test so the handlers run on that thread.
+pub struct LogCapture {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+    // With a single live dispatcher, tracing-core judges a callsite by whichever thread reaches
+    // it first; a second one makes it consult every dispatcher, so parallel tests that hit
+    // the handlers first cannot switch this capture off.
+    _second: tracing::Dispatch,
+}
+
+#[derive(Clone)]
+struct SharedWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut bytes) = self.0.lock() {
+            bytes.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts capturing the current thread's logs.
+pub fn capture_logs() -> LogCapture {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let writer = SharedWriter(buffer.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    LogCapture {
+        buffer,
+        _guard: tracing::subscriber::set_default(subscriber),
+        _second: tracing::Dispatch::new(tracing_subscriber::registry()),
+    }
+}
+
+impl LogCapture {
+    /// What was captured so far.
+    pub fn text(&self) -> String {
+        let bytes = self.buffer.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
