@@ -1,7 +1,8 @@
 //! Signed registry manifests (the seed's YAML format for agents and tools).
 //!
-//! **Canonical form.** The checksum covers the manifest *without* its `checksum_sha256` and
-//! `signature` fields, serialised as compact JSON (no insignificant whitespace, UTF-8) with
+//! **Canonical form.** The checksum covers the manifest *without* its `checksum_sha256`,
+//! `signature` and `created_at` fields (`created_at` says when a copy was exported, not what
+//! it contains, so an asset keeps its checksum wherever it is imported), serialised as compact JSON (no insignificant whitespace, UTF-8) with
 //! object keys sorted by code point at every level and numbers printed as `serde_json` prints
 //! them. `checksum_sha256` is the lower-case hex SHA-256 of those bytes, and `signature` is
 //! `ed25519:<base64 of the Ed25519 signature over the same bytes>`. YAML and JSON manifests
@@ -18,6 +19,8 @@ use sha2::{Digest, Sha256};
 pub const CHECKSUM_FIELD: &str = "checksum_sha256";
 /// Field holding the signature.
 pub const SIGNATURE_FIELD: &str = "signature";
+/// Field holding the export time, outside the canonical form.
+pub const CREATED_AT_FIELD: &str = "created_at";
 const SIGNATURE_SCHEME: &str = "ed25519:";
 
 /// Why a manifest was refused; each names the field at fault.
@@ -49,11 +52,13 @@ pub fn parse(text: &str) -> Result<Map<String, Value>, ManifestError> {
     }
 }
 
-/// The canonical bytes of a manifest: everything except the checksum and signature.
+/// The canonical bytes of a manifest: everything except the checksum, signature and
+/// export time.
 pub fn canonical_bytes(manifest: &Map<String, Value>) -> Vec<u8> {
     let mut body = manifest.clone();
     body.remove(CHECKSUM_FIELD);
     body.remove(SIGNATURE_FIELD);
+    body.remove(CREATED_AT_FIELD);
     let mut out = Vec::new();
     write_canonical(&Value::Object(body), &mut out);
     out
@@ -191,7 +196,7 @@ pub fn to_yaml(manifest: &Map<String, Value>) -> anyhow::Result<String> {
         "name",
         "version",
         CHECKSUM_FIELD,
-        "created_at",
+        CREATED_AT_FIELD,
         "owner",
         "changelog",
         "deprecated",
@@ -234,10 +239,11 @@ mod tests {
     }
 
     #[test]
-    fn the_canonical_form_sorts_keys_and_drops_checksum_and_signature() {
+    fn the_canonical_form_sorts_keys_and_drops_checksum_signature_and_export_time() {
         let mut m = manifest();
         m.insert(CHECKSUM_FIELD.into(), json!("x"));
         m.insert(SIGNATURE_FIELD.into(), json!("y"));
+        m.insert(CREATED_AT_FIELD.into(), json!("2024-01-01T00:00:00Z"));
         assert_eq!(
             String::from_utf8(canonical_bytes(&m)).unwrap(),
             r#"{"deprecated":false,"metadata":{"inputs_schema":{"required":["a","b"],"type":"object"},"timeout_ms":5000},"name":"crm_tool","version":"1.2.0"}"#

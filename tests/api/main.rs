@@ -5,6 +5,7 @@ mod api_keys;
 mod auth;
 mod conventions;
 mod lambda_events;
+mod manifests;
 mod members;
 mod projects;
 mod security;

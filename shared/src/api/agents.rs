@@ -948,7 +948,7 @@ fn validate(body: UpdateAgent, c: &mut Checker) -> Changes {
 }
 
 /// Reads an agent and authorises `action` on it; `404` if it is missing or invisible.
-async fn visible_agent(
+pub(crate) async fn visible_agent(
     state: &AppState,
     principal: &Principal,
     id: &str,
@@ -1196,11 +1196,9 @@ pub async fn get_agent(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let agent = visible_agent(&state, &principal, &id, Action::ReadRegistry).await?;
-    let version = agent.version;
-    Ok(with_etag(
-        version,
-        Json(AgentView::new(agent, state.clock.now())),
-    ))
+    let (version, deprecated) = (agent.version, agent.deprecated);
+    let response = with_etag(version, Json(AgentView::new(agent, state.clock.now())));
+    Ok(super::manifests::with_deprecation(deprecated, response))
 }
 
 /// Changes an agent.

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod docs;
 pub mod extract;
 pub mod health;
+pub mod manifests;
 pub mod members;
 pub mod projects;
 pub mod registry;
@@ -61,8 +62,10 @@ pub fn all_routes() -> OpenApiRouter<AppState> {
     auth_routes()
         .merge(projects_routes())
         .merge(agents::routes())
+        .merge(manifests::agent_routes())
         .merge(registry::routes())
         .merge(tools::routes())
+        .merge(manifests::tool_routes())
         .merge(workflows::routes())
 }
 
@@ -100,7 +103,13 @@ pub fn agents_router(state: AppState) -> Router {
 
 /// The router of the `tools` function.
 pub fn tools_router(state: AppState) -> Router {
-    service(state, tools::routes().split_for_parts().0)
+    service(
+        state,
+        tools::routes()
+            .merge(manifests::tool_routes())
+            .split_for_parts()
+            .0,
+    )
 }
 
 /// The router of the `workflows` function.

@@ -559,12 +559,13 @@ pub async fn get_tool(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let tool = visible_tool(&state, &principal, &id, Action::ReadRegistry).await?;
-    let version = tool.version;
-    Ok(with_etag(version, Json(ToolView::from(tool))))
+    let (version, deprecated) = (tool.version, tool.deprecated);
+    let response = with_etag(version, Json(ToolView::from(tool)));
+    Ok(super::manifests::with_deprecation(deprecated, response))
 }
 
 /// The tool at `raw_id` if the caller may perform `action` on it; `404` if they cannot see it.
-async fn visible_tool(
+pub(crate) async fn visible_tool(
     state: &AppState,
     principal: &Principal,
     raw_id: &str,

@@ -1,0 +1,573 @@
+//! Signed manifests of agents and tools, in the seed registry's YAML format: export with a
+//! checksum and an Ed25519 signature, and import (YAML or JSON) that checks both.
+//!
+//! Imports go through the same create handlers as `POST /agents` and `POST /tools`, so an
+//! imported asset is validated exactly like one created by hand.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::extract::{parse_json, ApiJson, ApiQuery, MAX_BODY_BYTES};
+use super::registry::required_project_id;
+use super::{agents, tools};
+use crate::auth::rbac::Action;
+use crate::auth::{authorize, Principal};
+use crate::domain::ts;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::manifest::{self, ManifestError};
+use crate::state::AppState;
+use crate::store::agents::Agent;
+use crate::store::tools::Tool;
+
+/// Media type of exported manifests.
+const YAML: &str = "application/yaml";
+/// Agent fields kept at the top of a manifest, outside `metadata`.
+const AGENT_METADATA: [&str; 11] = [
+    "description",
+    "capabilities",
+    "max_tokens",
+    "temperature",
+    "tools",
+    "system_prompt",
+    "model",
+    "runtime",
+    "prompt_summary",
+    "concurrency",
+    "heartbeat_interval_seconds",
+];
+/// Tool fields that live in `metadata` rather than in the tool's `config`.
+const TOOL_FIELDS: [&str; 7] = [
+    "description",
+    "category",
+    "kind",
+    "auth_type",
+    "provider",
+    "scopes",
+    "rate_limit_per_min",
+];
+
+/// Marks a response as concerning a deprecated asset (RFC 9745 `Deprecation`).
+pub fn with_deprecation(deprecated: bool, mut response: Response) -> Response {
+    if deprecated {
+        response
+            .headers_mut()
+            .insert("deprecation", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn put_opt(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+    if let Some(value) = value {
+        map.insert(key.to_owned(), value);
+    }
+}
+
+fn envelope(
+    name: &str,
+    release: &str,
+    created_at: &chrono::DateTime<chrono::Utc>,
+    owner: &Option<String>,
+    changelog: &Option<String>,
+    deprecated: bool,
+    metadata: Map<String, Value>,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("name".into(), json!(name));
+    m.insert("version".into(), json!(release));
+    m.insert(
+        manifest::CREATED_AT_FIELD.into(),
+        json!(ts::format(created_at)),
+    );
+    put_opt(&mut m, "owner", owner.clone().map(Value::from));
+    put_opt(&mut m, "changelog", changelog.clone().map(Value::from));
+    m.insert("deprecated".into(), json!(deprecated));
+    m.insert("metadata".into(), Value::Object(metadata));
+    m
+}
+
+/// The manifest of an agent; its tools are named, since ids differ between projects.
+pub fn agent_manifest(agent: &Agent, tool_names: Vec<String>) -> Map<String, Value> {
+    let mut meta = Map::new();
+    put_opt(
+        &mut meta,
+        "description",
+        agent.description.clone().map(Value::from),
+    );
+    meta.insert("capabilities".into(), json!(agent.capabilities));
+    put_opt(&mut meta, "max_tokens", agent.max_tokens.map(Value::from));
+    put_opt(
+        &mut meta,
+        "temperature",
+        agent
+            .temperature
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<serde_json::Number>(t).ok())
+            .map(Value::Number),
+    );
+    meta.insert("tools".into(), json!(tool_names));
+    put_opt(
+        &mut meta,
+        "system_prompt",
+        agent.system_prompt.clone().map(Value::from),
+    );
+    meta.insert("model".into(), json!(agent.model));
+    meta.insert("runtime".into(), json!(agent.runtime));
+    put_opt(
+        &mut meta,
+        "prompt_summary",
+        agent.prompt_summary.clone().map(Value::from),
+    );
+    meta.insert("concurrency".into(), json!(agent.concurrency));
+    meta.insert(
+        "heartbeat_interval_seconds".into(),
+        json!(agent.heartbeat_interval_seconds),
+    );
+    envelope(
+        &agent.name,
+        &agent.release,
+        &agent.created_at,
+        &agent.owner,
+        &agent.changelog,
+        agent.deprecated,
+        meta,
+    )
+}
+
+/// The manifest of a tool: its contract and resilience settings (the tool's `config`) sit in
+/// `metadata` beside its description. Credentials are never part of it.
+pub fn tool_manifest(tool: &Tool) -> Map<String, Value> {
+    let mut meta = tool.config.clone();
+    put_opt(
+        &mut meta,
+        "description",
+        tool.description.clone().map(Value::from),
+    );
+    put_opt(
+        &mut meta,
+        "category",
+        tool.category.clone().map(Value::from),
+    );
+    meta.insert("kind".into(), json!(tool.kind));
+    meta.insert("auth_type".into(), json!(tool.auth_type.as_str()));
+    put_opt(
+        &mut meta,
+        "provider",
+        tool.provider.clone().map(Value::from),
+    );
+    meta.insert("scopes".into(), json!(tool.scopes));
+    put_opt(
+        &mut meta,
+        "rate_limit_per_min",
+        tool.rate_limit_per_min.map(Value::from),
+    );
+    envelope(
+        &tool.name,
+        &tool.release,
+        &tool.created_at,
+        &tool.owner,
+        &tool.changelog,
+        tool.deprecated,
+        meta,
+    )
+}
+
+async fn sealed_yaml(
+    state: &AppState,
+    mut manifest: Map<String, Value>,
+    deprecated: bool,
+) -> ApiResult<Response> {
+    state.manifest_signer().await?.seal(&mut manifest);
+    let yaml = manifest::to_yaml(&manifest)?;
+    let response = (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(YAML))],
+        yaml,
+    )
+        .into_response();
+    Ok(with_deprecation(deprecated, response))
+}
+
+/// Exports an agent's signed manifest.
+#[utoipa::path(
+    get, path = "/api/v1/agents/{id}/manifest", tag = "registry",
+    security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path, description = "Agent id")),
+    responses(
+        (status = 200, description = "The manifest, YAML, with `checksum_sha256` and `signature`", body = String, content_type = "application/yaml"),
+        (status = 404, description = "No such agent visible to the caller", body = Problem),
+    )
+)]
+pub async fn export_agent(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let agent = agents::visible_agent(&state, &principal, &id, Action::ReadRegistry).await?;
+    let names: HashMap<Uuid, String> = state
+        .store
+        .get_tools(&agent.tools)
+        .await?
+        .into_iter()
+        .filter(|t| t.project_id == agent.project_id)
+        .map(|t| (t.id, t.name))
+        .collect();
+    let tool_names = agent
+        .tools
+        .iter()
+        .filter_map(|id| names.get(id).cloned())
+        .collect();
+    let deprecated = agent.deprecated;
+    sealed_yaml(&state, agent_manifest(&agent, tool_names), deprecated).await
+}
+
+/// Exports a tool's signed manifest.
+#[utoipa::path(
+    get, path = "/api/v1/tools/{id}/manifest", tag = "registry",
+    security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path, description = "Tool id")),
+    responses(
+        (status = 200, description = "The manifest, YAML, with `checksum_sha256` and `signature`", body = String, content_type = "application/yaml"),
+        (status = 404, description = "No such tool visible to the caller", body = Problem),
+    )
+)]
+pub async fn export_tool(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let tool = tools::visible_tool(&state, &principal, &id, Action::ReadRegistry).await?;
+    let deprecated = tool.deprecated;
+    sealed_yaml(&state, tool_manifest(&tool), deprecated).await
+}
+
+/// Where an import goes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ImportQuery {
+    /// The project to import into (required).
+    pub project_id: Option<String>,
+    /// Environment of the imported asset (default `dev`).
+    pub env: Option<String>,
+    /// Model for an agent manifest that names none.
+    pub model: Option<String>,
+}
+
+/// The outcome of an import.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportResult {
+    /// The created agent or tool, as `GET` returns it.
+    #[schema(value_type = Object)]
+    pub record: Value,
+    /// The manifest's checksum.
+    pub checksum_sha256: String,
+    /// Whether the manifest carried a signature (which then verified).
+    pub signed: bool,
+    /// Things worth knowing, e.g. that the asset is deprecated.
+    pub warnings: Vec<String>,
+}
+
+/// Reads and checks a manifest body, returning it with its checksum.
+async fn checked_manifest(
+    state: &AppState,
+    body: &Bytes,
+) -> ApiResult<(Map<String, Value>, String)> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("body", "must be UTF-8 YAML or JSON"))?;
+    let manifest =
+        manifest::parse(text).map_err(|e| ApiError::bad_request("body", e.to_string()))?;
+    let mut trusted = vec![state.manifest_signer().await?.verifying_key()];
+    trusted.extend(state.config.registry_trusted_keys.iter().copied());
+    match manifest::verify(&manifest, &trusted) {
+        Ok(checksum) => Ok((manifest, checksum)),
+        Err(err @ ManifestError::ChecksumMismatch { .. }) => {
+            Err(ApiError::invalid(manifest::CHECKSUM_FIELD, err.to_string()))
+        }
+        Err(err @ ManifestError::UntrustedSignature) => Err(ApiError::invalid(
+            manifest::SIGNATURE_FIELD,
+            err.to_string(),
+        )),
+        Err(err) => Err(ApiError::bad_request("body", err.to_string())),
+    }
+}
+
+fn text_field(manifest: &Map<String, Value>, key: &str) -> Option<Value> {
+    match manifest.get(key)? {
+        Value::Number(n) => Some(Value::String(n.to_string())),
+        other => Some(other.clone()),
+    }
+}
+
+fn metadata_of(manifest: &Map<String, Value>) -> ApiResult<Map<String, Value>> {
+    match manifest.get("metadata") {
+        None => Ok(Map::new()),
+        Some(Value::Object(meta)) => Ok(meta.clone()),
+        Some(_) => Err(ApiError::invalid("metadata", "must be a mapping")),
+    }
+}
+
+/// Fields of the create body common to agents and tools.
+fn create_body(manifest: &Map<String, Value>, project_id: Uuid, env: &str) -> Map<String, Value> {
+    let mut body = Map::new();
+    body.insert("project_id".into(), json!(project_id));
+    body.insert("env".into(), json!(env));
+    for (from, to) in [
+        ("name", "name"),
+        ("version", "release"),
+        ("owner", "owner"),
+        ("changelog", "changelog"),
+        ("deprecated", "deprecated"),
+    ] {
+        put_opt(&mut body, to, text_field(manifest, from));
+    }
+    body
+}
+
+/// Turns a create handler's response into the import result.
+async fn import_result(
+    response: Response,
+    checksum: String,
+    signed: bool,
+    deprecated: bool,
+) -> ApiResult<Response> {
+    if response.status() != StatusCode::CREATED {
+        return Ok(response);
+    }
+    let location = response.headers().get(header::LOCATION).cloned();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to read the created record: {e}"))?
+        .to_bytes();
+    let record: Value = serde_json::from_slice(&bytes).map_err(anyhow::Error::from)?;
+    let warnings = if deprecated {
+        vec![
+            "the imported asset is deprecated; new uses will carry a Deprecation header".to_owned(),
+        ]
+    } else {
+        Vec::new()
+    };
+    let mut response = (
+        StatusCode::CREATED,
+        Json(ImportResult {
+            record,
+            checksum_sha256: checksum,
+            signed,
+            warnings,
+        }),
+    )
+        .into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(with_deprecation(deprecated, response))
+}
+
+fn import_target(query: &ImportQuery) -> ApiResult<(Uuid, String)> {
+    let project_id = required_project_id(query.project_id.as_deref())?;
+    Ok((
+        project_id,
+        query.env.clone().unwrap_or_else(|| "dev".to_owned()),
+    ))
+}
+
+/// Imports an agent manifest (YAML or JSON). A present checksum must match and a present
+/// signature must verify against a trusted key. Tools are named and must exist in the project.
+#[utoipa::path(
+    post, path = "/api/v1/agents/import", tag = "registry",
+    security(("bearer" = []), ("api_key" = [])),
+    params(ImportQuery),
+    request_body(content = String, description = "The manifest, YAML or JSON", content_type = "application/yaml"),
+    responses(
+        (status = 201, description = "Imported", body = ImportResult),
+        (status = 403, description = "Needs developer", body = Problem),
+        (status = 404, description = "No such project visible to the caller", body = Problem),
+        (status = 422, description = "Checksum mismatch, untrusted signature, or invalid fields", body = Problem),
+    )
+)]
+pub async fn import_agent(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(query): ApiQuery<ImportQuery>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let (project_id, env) = import_target(&query)?;
+    authorize(&state, &principal, project_id, Action::WriteRegistry).await?;
+    let (manifest, checksum) = checked_manifest(&state, &body).await?;
+    let meta = metadata_of(&manifest)?;
+    if let Some(unknown) = meta.keys().find(|k| !AGENT_METADATA.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            format!("metadata.{unknown}"),
+            "is not an agent manifest field",
+        ));
+    }
+    let mut create = create_body(&manifest, project_id, &env);
+    for key in AGENT_METADATA.iter().filter(|k| **k != "tools") {
+        put_opt(&mut create, key, meta.get(*key).cloned());
+    }
+    if !create.contains_key("runtime") {
+        create.insert("runtime".into(), json!("python"));
+    }
+    if !create.contains_key("model") {
+        let model = query.model.clone().ok_or_else(|| {
+            ApiError::invalid(
+                "metadata.model",
+                "the manifest names no model; pass ?model= to choose one",
+            )
+        })?;
+        create.insert("model".into(), json!(model));
+    }
+    create.insert(
+        "tools".into(),
+        json!(resolve_tool_names(&state, project_id, meta.get("tools")).await?),
+    );
+    let deprecated = manifest
+        .get("deprecated")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let request = parse_json::<agents::CreateAgent>(
+        &serde_json::to_vec(&create).map_err(anyhow::Error::from)?,
+    )?;
+    let response = agents::create_agent(State(state), principal, ApiJson(request)).await?;
+    import_result(
+        response,
+        checksum,
+        manifest.contains_key(manifest::SIGNATURE_FIELD),
+        deprecated,
+    )
+    .await
+}
+
+/// Maps the tool names of an agent manifest to the ids of the project's tools.
+async fn resolve_tool_names(
+    state: &AppState,
+    project_id: Uuid,
+    names: Option<&Value>,
+) -> ApiResult<Vec<Uuid>> {
+    let names = match names {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(names)) => names,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "metadata.tools",
+                "must be a list of tool names",
+            ))
+        }
+    };
+    let mut by_name: HashMap<String, Vec<Uuid>> = HashMap::new();
+    let mut start = None;
+    loop {
+        let page = state
+            .store
+            .list_tools(project_id, None, None, 200, start)
+            .await?;
+        for tool in page.items {
+            by_name.entry(tool.name).or_default().push(tool.id);
+        }
+        match page.next {
+            Some(next) => start = Some(next),
+            None => break,
+        }
+    }
+    let mut errors = Vec::new();
+    let mut ids = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let field = format!("metadata.tools[{i}]");
+        match name.as_str().map(|n| by_name.get(n).map(Vec::as_slice)) {
+            None => errors.push(crate::error::FieldError::new(field, "must be a tool name")),
+            Some(None | Some([])) => errors.push(crate::error::FieldError::new(
+                field,
+                "no tool of this name in the project",
+            )),
+            Some(Some([id])) => ids.push(*id),
+            Some(Some(_)) => errors.push(crate::error::FieldError::new(
+                field,
+                "several tools of the project have this name",
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(ids)
+    } else {
+        Err(ApiError::invalid_fields(errors))
+    }
+}
+
+/// Imports a tool manifest (YAML or JSON). A present checksum must match and a present
+/// signature must verify against a trusted key. A manifest without `metadata.kind` becomes a
+/// `custom` tool; `metadata` fields other than the tool's own become its `config`.
+#[utoipa::path(
+    post, path = "/api/v1/tools/import", tag = "registry",
+    security(("bearer" = []), ("api_key" = [])),
+    params(ImportQuery),
+    request_body(content = String, description = "The manifest, YAML or JSON", content_type = "application/yaml"),
+    responses(
+        (status = 201, description = "Imported", body = ImportResult),
+        (status = 403, description = "Needs developer", body = Problem),
+        (status = 404, description = "No such project visible to the caller", body = Problem),
+        (status = 422, description = "Checksum mismatch, untrusted signature, or invalid fields", body = Problem),
+    )
+)]
+pub async fn import_tool(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(query): ApiQuery<ImportQuery>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let (project_id, env) = import_target(&query)?;
+    authorize(&state, &principal, project_id, Action::WriteRegistry).await?;
+    let (manifest, checksum) = checked_manifest(&state, &body).await?;
+    let mut config = metadata_of(&manifest)?;
+    let mut create = create_body(&manifest, project_id, &env);
+    for key in TOOL_FIELDS {
+        put_opt(&mut create, key, config.remove(key));
+    }
+    create.entry("kind").or_insert_with(|| json!("custom"));
+    create.entry("auth_type").or_insert_with(|| json!("none"));
+    create.insert("config".into(), Value::Object(config));
+    let deprecated = manifest
+        .get("deprecated")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let request = parse_json::<tools::CreateTool>(
+        &serde_json::to_vec(&create).map_err(anyhow::Error::from)?,
+    )?;
+    let response = tools::create_tool(State(state), principal, ApiJson(request)).await?;
+    import_result(
+        response,
+        checksum,
+        manifest.contains_key(manifest::SIGNATURE_FIELD),
+        deprecated,
+    )
+    .await
+}
+
+/// Manifest routes served by the agents function.
+pub fn agent_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(export_agent))
+        .routes(routes!(import_agent))
+}
+
+/// Manifest routes served by the tools function.
+pub fn tool_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(export_tool))
+        .routes(routes!(import_tool))
+}
