@@ -325,3 +325,33 @@ async fn invalid_project_input_is_named_and_writes_nothing() {
         "Kept"
     );
 }
+
+#[tokio::test]
+async fn settings_dynamodb_cannot_store_get_422_not_500() {
+    let app = spawn_app().await;
+    let token = app.user("Ada").await;
+    let mut deep = json!(1);
+    for _ in 0..40 {
+        deep = json!({ "x": deep });
+    }
+    for settings in [deep, json!({"": 1}), json!({"huge": 1e200})] {
+        let reply = app
+            .post(
+                "/api/v1/projects",
+                Some(&token),
+                json!({"name": "Odd", "settings": settings}),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            reply.text
+        );
+        assert!(
+            reply.error_fields()[0].starts_with("settings"),
+            "{}",
+            reply.text
+        );
+    }
+}

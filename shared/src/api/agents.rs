@@ -30,7 +30,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{check_version, expected_version, ApiJson, ApiQuery, PageQuery, MAX_LIMIT};
-use super::registry::{authorize_record, check_json_object_size, not_found, record_id};
+use super::registry::{authorize_record, check_json_object, check_storable, not_found, record_id};
 use super::{created, with_etag, Page};
 use crate::agent_health::HealthStatus;
 use crate::auth::rbac::Action;
@@ -58,7 +58,6 @@ pub const MAX_METRICS_BYTES: usize = 8 * 1024;
 /// Default number of heartbeats in `GET /agents/{id}/metrics`.
 pub const DEFAULT_HISTORY: i32 = 50;
 /// Deepest nesting accepted in free-form JSON (DynamoDB stores at most 32 levels).
-const MAX_JSON_DEPTH: usize = 16;
 /// Attempts at a write that lost a race with a heartbeat (or a heartbeat with a change).
 const WRITE_ATTEMPTS: usize = 3;
 
@@ -729,55 +728,10 @@ async fn check_tools_exist(
     Ok(())
 }
 
-/// Records errors for JSON that DynamoDB cannot store: empty keys, numbers out of its range
-/// (magnitudes from 1e-130 to below 1e126) and nesting deeper than [`MAX_JSON_DEPTH`].
-fn check_storable(field: &str, value: &Value, depth: usize, checker: &mut Checker) {
-    if checker.errors.len() >= 10 {
-        return;
-    }
-    match value {
-        Value::Number(number) => {
-            let magnitude = number.as_f64().map(f64::abs).unwrap_or(f64::INFINITY);
-            if !(magnitude == 0.0 || (1e-130..1e126).contains(&magnitude)) {
-                checker.fail(
-                    field,
-                    "numbers must be 0 or have a magnitude from 1e-130 to below 1e126",
-                );
-            }
-        }
-        Value::Array(_) | Value::Object(_) if depth >= MAX_JSON_DEPTH => {
-            checker.fail(
-                field,
-                format!("must not nest deeper than {MAX_JSON_DEPTH} levels"),
-            );
-        }
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                check_storable(&format!("{field}[{i}]"), item, depth + 1, checker);
-            }
-        }
-        Value::Object(map) => check_storable_object(field, map, depth, checker),
-        Value::Null | Value::Bool(_) | Value::String(_) => {}
-    }
-}
-
-fn check_storable_object(field: &str, map: &JsonObject, depth: usize, checker: &mut Checker) {
-    for (key, value) in map {
-        if key.is_empty() {
-            checker.fail(field, "keys must not be empty");
-        } else {
-            check_storable(&format!("{field}.{key}"), value, depth + 1, checker);
-        }
-    }
-}
-
 /// A free-form object: at most 32 KiB and storable.
 fn object(field: &str, value: JsonObject, checker: &mut Checker) -> Option<JsonObject> {
     let before = checker.errors.len();
-    check_json_object_size(field, &value, &mut checker.errors);
-    if checker.errors.len() == before {
-        check_storable_object(field, &value, 1, checker);
-    }
+    check_json_object(field, &value, &mut checker.errors);
     (checker.errors.len() == before).then_some(value)
 }
 
@@ -1365,7 +1319,7 @@ fn check_report(report: HeartbeatReport) -> ApiResult<(Option<String>, Option<Js
             let field = format!("metrics.{name}");
             match value {
                 _ if name.is_empty() => c.fail("metrics", "names must not be empty"),
-                Value::Number(_) => check_storable(&field, value, 1, &mut c),
+                Value::Number(_) => check_storable(&field, value, 1, &mut c.errors),
                 Value::String(_) => {}
                 _ => c.fail(field, "must be a number or a string"),
             }
@@ -1557,24 +1511,6 @@ mod tests {
         let mut c = Checker::new();
         assert!(capabilities(&too_many, &mut c).is_none());
         assert_eq!(c.errors[0].field, "capabilities");
-    }
-
-    #[test]
-    fn json_dynamodb_cannot_store_is_named_by_path() {
-        let value = serde_json::json!({"a": {"b": [1, 1e200]}, "": 1, "ok": 0.5});
-        let mut c = Checker::new();
-        check_storable_object("metadata", value.as_object().unwrap(), 1, &mut c);
-        let fields: Vec<&str> = c.errors.iter().map(|e| e.field.as_str()).collect();
-        assert!(fields.contains(&"metadata.a.b[1]"), "{fields:?}");
-        assert!(fields.contains(&"metadata"), "{fields:?}");
-        assert_eq!(fields.len(), 2);
-        let mut deep = serde_json::json!(1);
-        for _ in 0..20 {
-            deep = serde_json::json!({ "x": deep });
-        }
-        let mut c = Checker::new();
-        check_storable_object("metadata", deep.as_object().unwrap(), 1, &mut c);
-        assert_eq!(c.errors.len(), 1);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{check_version, expected_version, ApiJson, ApiQuery, PageQuery};
-use super::registry::check_json_object_size;
+use super::registry::check_json_object;
 use super::{created, with_etag, Page};
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
@@ -155,7 +155,7 @@ pub async fn create_project(
     };
     let description = check_description(body.description, &mut errors);
     let settings = body.settings.unwrap_or_default();
-    check_json_object_size("settings", &settings, &mut errors);
+    check_json_object("settings", &settings, &mut errors);
     let (Some(name), Some(slug), true) = (name, slug, errors.is_empty()) else {
         return Err(ApiError::invalid_fields(errors));
     };
@@ -322,7 +322,7 @@ pub async fn update_project(
         updated.description = check_description(body.description, &mut errors);
     }
     if let Some(settings) = body.settings {
-        check_json_object_size("settings", &settings, &mut errors);
+        check_json_object("settings", &settings, &mut errors);
         updated.settings = settings;
     }
     if !errors.is_empty() {

@@ -50,8 +50,12 @@ pub fn required_project_id(raw: Option<&str>) -> ApiResult<Uuid> {
         .map_err(|_| ApiError::bad_request("project_id", "must be a project id (UUID)"))
 }
 
-/// Records an error if a JSON object serialises to more than [`MAX_JSON_OBJECT_BYTES`].
-pub fn check_json_object_size(
+/// Deepest nesting accepted in free-form JSON (DynamoDB itself stops at 32 levels).
+pub const MAX_JSON_DEPTH: usize = 16;
+
+/// Records errors for a free-form JSON object that is too large (over
+/// [`MAX_JSON_OBJECT_BYTES`]) or that DynamoDB cannot store.
+pub fn check_json_object(
     field: &str,
     value: &serde_json::Map<String, serde_json::Value>,
     errors: &mut Vec<FieldError>,
@@ -64,6 +68,62 @@ pub fn check_json_object_size(
             field,
             format!("must be at most {MAX_JSON_OBJECT_BYTES} bytes of JSON"),
         ));
+    } else {
+        check_storable_object(field, value, 1, errors);
+    }
+}
+
+/// Records errors for JSON that DynamoDB cannot store: empty keys, numbers out of its range
+/// (magnitudes from 1e-130 to below 1e126) and nesting deeper than [`MAX_JSON_DEPTH`].
+pub fn check_storable(
+    field: &str,
+    value: &serde_json::Value,
+    depth: usize,
+    errors: &mut Vec<FieldError>,
+) {
+    use serde_json::Value;
+    if errors.len() >= 10 {
+        return;
+    }
+    match value {
+        Value::Number(number) => {
+            let magnitude = number.as_f64().map(f64::abs).unwrap_or(f64::INFINITY);
+            if !(magnitude == 0.0 || (1e-130..1e126).contains(&magnitude)) {
+                errors.push(FieldError::new(
+                    field,
+                    "numbers must be 0 or have a magnitude from 1e-130 to below 1e126",
+                ));
+            }
+        }
+        Value::Array(_) | Value::Object(_) if depth >= MAX_JSON_DEPTH => {
+            errors.push(FieldError::new(
+                field,
+                format!("must not nest deeper than {MAX_JSON_DEPTH} levels"),
+            ));
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_storable(&format!("{field}[{i}]"), item, depth + 1, errors);
+            }
+        }
+        Value::Object(map) => check_storable_object(field, map, depth, errors),
+        Value::Null | Value::Bool(_) | Value::String(_) => {}
+    }
+}
+
+/// [`check_storable`] for the members of an object at `depth`.
+pub fn check_storable_object(
+    field: &str,
+    map: &serde_json::Map<String, serde_json::Value>,
+    depth: usize,
+    errors: &mut Vec<FieldError>,
+) {
+    for (key, value) in map {
+        if key.is_empty() {
+            errors.push(FieldError::new(field, "keys must not be empty"));
+        } else {
+            check_storable(&format!("{field}.{key}"), value, depth + 1, errors);
+        }
     }
 }
 
@@ -99,4 +159,41 @@ pub async fn public_key(
 /// The registry-wide routes.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(public_key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_dynamodb_cannot_store_is_named_by_path() {
+        let value = serde_json::json!({"a": {"b": [1, 1e200]}, "": 1, "ok": 0.5});
+        let mut errors = Vec::new();
+        check_json_object("metadata", value.as_object().unwrap(), &mut errors);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"metadata.a.b[1]"), "{fields:?}");
+        assert!(fields.contains(&"metadata"), "{fields:?}");
+        assert_eq!(fields.len(), 2);
+        let mut deep = serde_json::json!(1);
+        for _ in 0..20 {
+            deep = serde_json::json!({ "x": deep });
+        }
+        let mut errors = Vec::new();
+        check_json_object("settings", deep.as_object().unwrap(), &mut errors);
+        assert_eq!(errors.len(), 1);
+    }
+
+    #[test]
+    fn an_oversized_object_is_refused_before_its_content_is_walked() {
+        let big = serde_json::json!({"blob": "x".repeat(MAX_JSON_OBJECT_BYTES)});
+        let mut errors = Vec::new();
+        check_json_object("config", big.as_object().unwrap(), &mut errors);
+        assert_eq!(
+            errors,
+            vec![FieldError::new(
+                "config",
+                format!("must be at most {MAX_JSON_OBJECT_BYTES} bytes of JSON")
+            )]
+        );
+    }
 }

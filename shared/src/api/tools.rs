@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::extract::{check_version, expected_version, ApiJson, ApiQuery, PageQuery};
 use super::registry::{
-    authorize_record, check_json_object_size, not_found, record_id, required_project_id,
+    authorize_record, check_json_object, not_found, record_id, required_project_id,
 };
 use super::{created, with_etag, Page};
 use crate::auth::rbac::Action;
@@ -387,7 +387,7 @@ pub async fn create_tool(
     };
     let rate_limit_per_min = rate_limit(body.rate_limit_per_min, &mut errors);
     let config = body.config.unwrap_or_default();
-    check_json_object_size("config", &config, &mut errors);
+    check_json_object("config", &config, &mut errors);
     let config = kind.map(|kind| parse_config(kind, config, &mut errors));
     let provider = optional_text(
         "provider",
@@ -641,7 +641,7 @@ pub async fn update_tool(
     // A new kind re-checks the current config against that kind's rules.
     if body.config.is_some() || body.kind.is_some() {
         let config = body.config.unwrap_or_else(|| current.config.clone());
-        check_json_object_size("config", &config, &mut errors);
+        check_json_object("config", &config, &mut errors);
         if let Some(kind) = kind {
             updated.kind = kind.as_str().to_owned();
             updated.config = parse_config(kind, config, &mut errors);
