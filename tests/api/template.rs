@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde_yaml::Value;
 use spark_ops::store::provision::{RUN_QUEUE_MAX_RECEIVES, RUN_QUEUE_VISIBILITY_SECONDS};
 use spark_ops::store::schema::TABLES;
+use spark_ops_tests::spawn_app;
 
 fn template() -> Value {
     let path = format!("{}/../template.yaml", env!("CARGO_MANIFEST_DIR"));
@@ -155,4 +156,104 @@ fn every_function_crate_is_a_cargolambda_function_in_the_template() {
         globals["Environment"]["Variables"]["AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH"],
         "true"
     );
+}
+
+/// The template's API events of each function: `(binary, path)` pairs.
+fn function_events(template: &Value) -> Vec<(String, String)> {
+    let mut events = Vec::new();
+    for resource in template["Resources"].as_mapping().unwrap().values() {
+        if resource["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let binary = text(&resource["Metadata"]["BuildProperties"]["Binary"]);
+        for event in resource["Properties"]["Events"]
+            .as_mapping()
+            .unwrap()
+            .values()
+        {
+            events.push((binary.clone(), text(&event["Properties"]["Path"])));
+        }
+    }
+    events
+}
+
+fn routes_to(event_path: &str, path: &str) -> bool {
+    match event_path.strip_suffix("/{proxy+}") {
+        Some(prefix) => path.starts_with(&format!("{prefix}/")),
+        None => event_path == path,
+    }
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served_by_the_function_the_template_sends_it_to() {
+    use axum::http::{Method, StatusCode};
+    let app = spawn_app().await;
+    let routers = [
+        ("auth", spark_ops::api::auth_router(app.state.clone())),
+        (
+            "projects",
+            spark_ops::api::projects_router(app.state.clone()),
+        ),
+        ("agents", spark_ops::api::agents_router(app.state.clone())),
+        ("tools", spark_ops::api::tools_router(app.state.clone())),
+        (
+            "workflows",
+            spark_ops::api::workflows_router(app.state.clone()),
+        ),
+    ];
+    let events = function_events(&template());
+    let openapi = serde_json::to_value(spark_ops::api::openapi()).unwrap();
+    let mut checked = 0;
+    for (path, methods) in openapi["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{user_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{key_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{n}", "1");
+        let targets: Vec<&str> = events
+            .iter()
+            .filter(|(_, event)| routes_to(event, &concrete))
+            .map(|(binary, _)| binary.as_str())
+            .collect();
+        assert_eq!(
+            targets.len(),
+            1,
+            "{path} must be routed to exactly one function: {targets:?}"
+        );
+        let router = &routers
+            .iter()
+            .find(|(binary, _)| *binary == targets[0])
+            .unwrap()
+            .1;
+        for method in methods.as_object().unwrap().keys() {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let request = axum::http::Request::builder()
+                .method(method.clone())
+                .uri(&concrete)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = tower::ServiceExt::oneshot(router.clone(), request)
+                .await
+                .unwrap();
+            let status = response.status();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let text = String::from_utf8_lossy(&body);
+            assert!(
+                !text.contains("no such route"),
+                "{method} {path} is not served by the {} function",
+                targets[0]
+            );
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} in the {} function",
+                targets[0]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} operations were checked");
 }

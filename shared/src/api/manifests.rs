@@ -358,7 +358,8 @@ async fn import_result(
     let record: Value = serde_json::from_slice(&bytes).map_err(anyhow::Error::from)?;
     let warnings = if deprecated {
         vec![
-            "the imported asset is deprecated; new uses will carry a Deprecation header".to_owned(),
+            "the imported asset is deprecated; reads and exports of it carry a Deprecation header"
+                .to_owned(),
         ]
     } else {
         Vec::new()

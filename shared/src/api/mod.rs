@@ -57,16 +57,30 @@ pub fn projects_routes() -> OpenApiRouter<AppState> {
         .merge(health::routes())
 }
 
-/// Every route; what the dev server mounts.
+/// Routes of the `agents` function: agents, their manifests, and the registry public key.
+pub fn agents_routes() -> OpenApiRouter<AppState> {
+    agents::routes()
+        .merge(manifests::agent_routes())
+        .merge(registry::routes())
+}
+
+/// Routes of the `tools` function: tools and their manifests.
+pub fn tools_routes() -> OpenApiRouter<AppState> {
+    tools::routes().merge(manifests::tool_routes())
+}
+
+/// Routes of the `workflows` function: workflows and their versions.
+pub fn workflows_routes() -> OpenApiRouter<AppState> {
+    workflows::routes()
+}
+
+/// Every route, i.e. the union of every function's; what the dev server mounts.
 pub fn all_routes() -> OpenApiRouter<AppState> {
     auth_routes()
         .merge(projects_routes())
-        .merge(agents::routes())
-        .merge(manifests::agent_routes())
-        .merge(registry::routes())
-        .merge(tools::routes())
-        .merge(manifests::tool_routes())
-        .merge(workflows::routes())
+        .merge(agents_routes())
+        .merge(tools_routes())
+        .merge(workflows_routes())
 }
 
 /// The OpenAPI document of every route, generated from the handlers.
@@ -90,31 +104,19 @@ pub fn projects_router(state: AppState) -> Router {
     )
 }
 
-/// The router of the `agents` function, which also serves the registry's public key.
+/// The router of the `agents` function.
 pub fn agents_router(state: AppState) -> Router {
-    service(
-        state,
-        agents::routes()
-            .merge(registry::routes())
-            .split_for_parts()
-            .0,
-    )
+    service(state, agents_routes().split_for_parts().0)
 }
 
 /// The router of the `tools` function.
 pub fn tools_router(state: AppState) -> Router {
-    service(
-        state,
-        tools::routes()
-            .merge(manifests::tool_routes())
-            .split_for_parts()
-            .0,
-    )
+    service(state, tools_routes().split_for_parts().0)
 }
 
 /// The router of the `workflows` function.
 pub fn workflows_router(state: AppState) -> Router {
-    service(state, workflows::routes().split_for_parts().0)
+    service(state, workflows_routes().split_for_parts().0)
 }
 
 /// The whole API on one router; what the dev server serves.
@@ -190,6 +192,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::ETAG,
             header::RETRY_AFTER,
             header::LOCATION,
+            HeaderName::from_static("deprecation"),
         ])
         .max_age(Duration::from_secs(600))
 }
