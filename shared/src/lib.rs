@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod engine;
 pub mod error;
 pub mod manifest;
 pub mod state;
