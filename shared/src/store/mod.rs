@@ -8,6 +8,7 @@ pub mod provision;
 pub mod schema;
 pub mod secrets;
 pub mod sessions;
+pub mod tool_runtime;
 pub mod tools;
 pub mod users;
 pub mod workflows;

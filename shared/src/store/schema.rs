@@ -35,6 +35,8 @@
 //! | `AGENT#<id>` | `CAP#<capability>` | `PROJECT#<p>#AGENTS#CAP#<capability>` / `AGENT#<id>` | | | capability marker |
 //! | `AGENT#<id>` | `BEAT#<at>` | | | | heartbeat (`ttl`) |
 //! | `TOOL#<id>` | `TOOL` | `PROJECT#<p>#TOOLS` / `TOOL#<id>` | `PROJECT#<p>#TOOLS#ENV#<env>` / `TOOL#<id>` | | tool |
+//! | `TOOL#<id>` | `BREAKER` | | | | circuit breaker shared by workers (`ttl`; see `tool_runtime`) |
+//! | `TOOL#<id>` | `RATE#<yyyymmddhhmm>` | | | | calls admitted in that UTC minute (`ttl`) |
 //! | `WORKFLOW#<id>` | `WORKFLOW` | `PROJECT#<p>#WORKFLOWS` / `WORKFLOW#<id>` | | | workflow |
 //! | `WORKFLOW#<id>` | `VERSION#<n, 10 digits>` | | | | immutable workflow version |
 

@@ -72,6 +72,44 @@ impl SecretStore {
         }
     }
 
+    /// Creates the secret at `path` with `value` unless it exists; returns whether this call
+    /// created it. An existing secret is never overwritten (one scheduled for deletion is
+    /// restored as it was), so concurrent callers all end up reading the same value.
+    pub async fn create_if_absent(&self, path: &str, value: &SecretString) -> anyhow::Result<bool> {
+        let name = self.name(path);
+        let created = self
+            .client
+            .create_secret()
+            .name(&name)
+            .secret_string(value.expose_secret())
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(true),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_exists_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_invalid_request_exception()) =>
+            {
+                self.client
+                    .restore_secret()
+                    .secret_id(&name)
+                    .send()
+                    .await
+                    .with_context(|| format!("Failed to restore secret {name}"))?;
+                Ok(false)
+            }
+            Err(err) => Err(err).with_context(|| format!("Failed to create secret {name}")),
+        }
+    }
+
     /// The value of the secret at `path`, if it exists.
     pub async fn get(&self, path: &str) -> anyhow::Result<Option<SecretString>> {
         let name = self.name(path);
