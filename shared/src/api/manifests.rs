@@ -339,12 +339,14 @@ fn create_body(manifest: &Map<String, Value>, project_id: Uuid, env: &str) -> Ma
 }
 
 /// Turns a create handler's response into the import result.
-async fn import_result(
-    response: Response,
-    checksum: String,
-    signed: bool,
-    deprecated: bool,
-) -> ApiResult<Response> {
+async fn import_result(response: Response, import: &Import) -> ApiResult<Response> {
+    let signed = import.manifest.contains_key(manifest::SIGNATURE_FIELD);
+    let deprecated = import
+        .manifest
+        .get("deprecated")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let checksum = import.checksum.clone();
     if response.status() != StatusCode::CREATED {
         return Ok(response);
     }
@@ -380,12 +382,35 @@ async fn import_result(
     Ok(with_deprecation(deprecated, response))
 }
 
-fn import_target(query: &ImportQuery) -> ApiResult<(Uuid, String)> {
+/// A checked manifest and where it goes.
+struct Import {
+    project_id: Uuid,
+    env: String,
+    manifest: Map<String, Value>,
+    checksum: String,
+}
+
+/// Authorises an import into the query's project and checks the manifest.
+async fn begin_import(
+    state: &AppState,
+    principal: &Principal,
+    query: &ImportQuery,
+    body: &Bytes,
+) -> ApiResult<Import> {
     let project_id = required_project_id(query.project_id.as_deref())?;
-    Ok((
+    authorize(state, principal, project_id, Action::WriteRegistry).await?;
+    let (manifest, checksum) = checked_manifest(state, body).await?;
+    Ok(Import {
         project_id,
-        query.env.clone().unwrap_or_else(|| "dev".to_owned()),
-    ))
+        env: query.env.clone().unwrap_or_else(|| "dev".to_owned()),
+        manifest,
+        checksum,
+    })
+}
+
+/// Parses a create body built from a manifest, so its errors name fields like a `POST` would.
+fn create_request<T: serde::de::DeserializeOwned>(create: &Map<String, Value>) -> ApiResult<T> {
+    parse_json::<T>(&serde_json::to_vec(create).map_err(anyhow::Error::from)?)
 }
 
 /// Imports an agent manifest (YAML or JSON). A present checksum must match and a present
@@ -408,17 +433,15 @@ pub async fn import_agent(
     ApiQuery(query): ApiQuery<ImportQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let (project_id, env) = import_target(&query)?;
-    authorize(&state, &principal, project_id, Action::WriteRegistry).await?;
-    let (manifest, checksum) = checked_manifest(&state, &body).await?;
-    let meta = metadata_of(&manifest)?;
+    let import = begin_import(&state, &principal, &query, &body).await?;
+    let meta = metadata_of(&import.manifest)?;
     if let Some(unknown) = meta.keys().find(|k| !AGENT_METADATA.contains(&k.as_str())) {
         return Err(ApiError::invalid(
             format!("metadata.{unknown}"),
             "is not an agent manifest field",
         ));
     }
-    let mut create = create_body(&manifest, project_id, &env);
+    let mut create = create_body(&import.manifest, import.project_id, &import.env);
     for key in AGENT_METADATA.iter().filter(|k| **k != "tools") {
         put_opt(&mut create, key, meta.get(*key).cloned());
     }
@@ -436,23 +459,11 @@ pub async fn import_agent(
     }
     create.insert(
         "tools".into(),
-        json!(resolve_tool_names(&state, project_id, meta.get("tools")).await?),
+        json!(resolve_tool_names(&state, import.project_id, meta.get("tools")).await?),
     );
-    let deprecated = manifest
-        .get("deprecated")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let request = parse_json::<agents::CreateAgent>(
-        &serde_json::to_vec(&create).map_err(anyhow::Error::from)?,
-    )?;
+    let request = create_request::<agents::CreateAgent>(&create)?;
     let response = agents::create_agent(State(state), principal, ApiJson(request)).await?;
-    import_result(
-        response,
-        checksum,
-        manifest.contains_key(manifest::SIGNATURE_FIELD),
-        deprecated,
-    )
-    .await
+    import_result(response, &import).await
 }
 
 /// Maps the tool names of an agent manifest to the ids of the project's tools.
@@ -531,32 +542,18 @@ pub async fn import_tool(
     ApiQuery(query): ApiQuery<ImportQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let (project_id, env) = import_target(&query)?;
-    authorize(&state, &principal, project_id, Action::WriteRegistry).await?;
-    let (manifest, checksum) = checked_manifest(&state, &body).await?;
-    let mut config = metadata_of(&manifest)?;
-    let mut create = create_body(&manifest, project_id, &env);
+    let import = begin_import(&state, &principal, &query, &body).await?;
+    let mut config = metadata_of(&import.manifest)?;
+    let mut create = create_body(&import.manifest, import.project_id, &import.env);
     for key in TOOL_FIELDS {
         put_opt(&mut create, key, config.remove(key));
     }
     create.entry("kind").or_insert_with(|| json!("custom"));
     create.entry("auth_type").or_insert_with(|| json!("none"));
     create.insert("config".into(), Value::Object(config));
-    let deprecated = manifest
-        .get("deprecated")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let request = parse_json::<tools::CreateTool>(
-        &serde_json::to_vec(&create).map_err(anyhow::Error::from)?,
-    )?;
+    let request = create_request::<tools::CreateTool>(&create)?;
     let response = tools::create_tool(State(state), principal, ApiJson(request)).await?;
-    import_result(
-        response,
-        checksum,
-        manifest.contains_key(manifest::SIGNATURE_FIELD),
-        deprecated,
-    )
-    .await
+    import_result(response, &import).await
 }
 
 /// Manifest routes served by the agents function.
