@@ -26,6 +26,19 @@ pub struct Config {
     /// Extra Ed25519 public keys (base64) whose manifest signatures imports accept, besides
     /// this deployment's own key.
     pub registry_trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// ARN of the run lifecycle state machine (`RUN_STATE_MACHINE_ARN`); local provisioning
+    /// fills it in.
+    pub run_state_machine_arn: Option<String>,
+    /// URL of the run queue (`RUN_QUEUE_URL`); looked up by name when unset.
+    pub run_queue_url: Option<String>,
+    /// Chat-completions base URL for agents without their own (`LLM_BASE_URL`); its key, if
+    /// any, is the secret `{prefix}/llm-api-key`.
+    pub llm_base_url: Option<String>,
+    /// How long a message the run worker failed stays invisible before its next delivery
+    /// (`RUN_WORKER_RETRY_DELAY_SECONDS`, default 30).
+    pub run_retry_delay: Duration,
+    /// The AWS region runs are recorded in (`AWS_REGION`, default `us-east-1`).
+    pub region: String,
 }
 
 impl Config {
@@ -82,7 +95,13 @@ impl Config {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
+        let optional = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
         Ok(Self {
+            run_state_machine_arn: optional("RUN_STATE_MACHINE_ARN"),
+            run_queue_url: optional("RUN_QUEUE_URL"),
+            llm_base_url: optional("LLM_BASE_URL"),
+            run_retry_delay: seconds("RUN_WORKER_RETRY_DELAY_SECONDS", 30)?,
+            region: optional("AWS_REGION").unwrap_or_else(|| "us-east-1".to_owned()),
             registry_trusted_keys,
             jwt_issuer: lookup("JWT_ISSUER").unwrap_or_else(|| "spark-ops".to_owned()),
             jwt_audience: lookup("JWT_AUDIENCE").unwrap_or_else(|| "spark-ops-api".to_owned()),
@@ -113,6 +132,16 @@ impl Config {
     /// Name of the run queue's dead-letter queue.
     pub fn run_dlq_name(&self) -> String {
         format!("{}-runs-dlq", self.prefix)
+    }
+
+    /// Name of the run lifecycle state machine.
+    pub fn state_machine_name(&self) -> String {
+        format!("{}-run-lifecycle", self.prefix)
+    }
+
+    /// Secrets Manager name of the default LLM endpoint's API key.
+    pub fn llm_secret_name(&self) -> String {
+        format!("{}/llm-api-key", self.prefix)
     }
 
     /// Full name of the table described by `suffix` in the schema.

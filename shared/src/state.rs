@@ -23,6 +23,8 @@ pub struct Clients {
     pub sqs: aws_sdk_sqs::Client,
     /// Secrets Manager.
     pub secrets: aws_sdk_secretsmanager::Client,
+    /// Step Functions.
+    pub sfn: aws_sdk_sfn::Client,
 }
 
 impl Clients {
@@ -32,6 +34,7 @@ impl Clients {
             ddb: aws_sdk_dynamodb::Client::new(sdk),
             sqs: aws_sdk_sqs::Client::new(sdk),
             secrets: aws_sdk_secretsmanager::Client::new(sdk),
+            sfn: aws_sdk_sfn::Client::new(sdk),
         }
     }
 }

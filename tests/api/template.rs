@@ -1,15 +1,24 @@
 //! `template.yaml` must declare what the code provisions: same tables, keys, indexes, TTL,
-//! queue settings, and one function per crate under `functions/`.
+//! queue settings, state machine definition, and one function per crate under `functions/`.
 
 use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
 
 use serde_yaml::Value;
-use spark_ops::store::provision::{RUN_QUEUE_MAX_RECEIVES, RUN_QUEUE_VISIBILITY_SECONDS};
+use spark_ops::store::provision::{
+    RUN_LIFECYCLE_ASL, RUN_QUEUE_MAX_RECEIVES, RUN_QUEUE_VISIBILITY_SECONDS,
+};
 use spark_ops::store::schema::TABLES;
+use spark_ops::Config;
 use spark_ops_tests::spawn_app;
 
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 fn template() -> Value {
-    let path = format!("{}/../template.yaml", env!("CARGO_MANIFEST_DIR"));
+    let path = root().join("template.yaml");
     serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -20,6 +29,21 @@ fn text(value: &Value) -> String {
         Value::Tagged(tagged) => text(&tagged.value),
         Value::Number(n) => n.to_string(),
         other => panic!("expected a string, got {other:?}"),
+    }
+}
+
+/// The logical id named by a `!Ref`, or by a `!GetAtt` of `attribute`.
+fn reference(value: &Value, attribute: Option<&str>) -> Option<String> {
+    let Value::Tagged(tagged) = value else {
+        return None;
+    };
+    let target = tagged.value.as_str()?;
+    match attribute {
+        None if tagged.tag == "Ref" => Some(target.to_owned()),
+        Some(attribute) if tagged.tag == "GetAtt" => target
+            .strip_suffix(&format!(".{attribute}"))
+            .map(str::to_owned),
+        _ => None,
     }
 }
 
@@ -142,12 +166,14 @@ fn every_function_crate_is_a_cargolambda_function_in_the_template() {
             text(&r["Metadata"]["BuildProperties"]["Binary"])
         })
         .collect();
-    let crates: BTreeSet<String> =
-        std::fs::read_dir(format!("{}/../functions", env!("CARGO_MANIFEST_DIR")))
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-    assert_eq!(declared, crates);
+    let crates: BTreeSet<String> = std::fs::read_dir(root().join("functions"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        declared, crates,
+        "the template's functions (left) and the crates under functions/ (right)"
+    );
     let globals = &template["Globals"]["Function"];
     assert_eq!(globals["Runtime"], "provided.al2023");
     assert_eq!(globals["Tracing"], "Active");
@@ -156,6 +182,19 @@ fn every_function_crate_is_a_cargolambda_function_in_the_template() {
         globals["Environment"]["Variables"]["AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH"],
         "true"
     );
+}
+
+/// The function built from `binary`: its logical id and properties.
+fn function(template: &Value, binary: &str) -> (String, Value) {
+    let resources = template["Resources"].as_mapping().unwrap();
+    let (logical, resource) = resources
+        .iter()
+        .find(|(_, r)| {
+            r["Type"] == "AWS::Serverless::Function"
+                && r["Metadata"]["BuildProperties"]["Binary"] == binary
+        })
+        .unwrap_or_else(|| panic!("template.yaml declares no function built from {binary}"));
+    (text(logical), resource["Properties"].clone())
 }
 
 /// The template's API events of each function: `(binary, path)` pairs.
@@ -170,6 +209,7 @@ fn function_events(template: &Value) -> Vec<(String, String)> {
             .as_mapping()
             .unwrap()
             .values()
+            .filter(|event| event["Type"] == "Api")
         {
             events.push((binary.clone(), text(&event["Properties"]["Path"])));
         }
@@ -200,6 +240,7 @@ async fn every_documented_route_is_served_by_the_function_the_template_sends_it_
             "workflows",
             spark_ops::api::workflows_router(app.state.clone()),
         ),
+        ("runs", spark_ops::api::runs_router(app.state.clone())),
     ];
     let events = function_events(&template());
     let openapi = serde_json::to_value(spark_ops::api::openapi()).unwrap();
@@ -223,7 +264,7 @@ async fn every_documented_route_is_served_by_the_function_the_template_sends_it_
         let router = &routers
             .iter()
             .find(|(binary, _)| *binary == targets[0])
-            .unwrap()
+            .unwrap_or_else(|| panic!("this test has no router for the {} function", targets[0]))
             .1;
         for method in methods.as_object().unwrap().keys() {
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
@@ -256,4 +297,227 @@ async fn every_documented_route_is_served_by_the_function_the_template_sends_it_
         }
     }
     assert!(checked >= 40, "only {checked} operations were checked");
+}
+
+/// The file that `RUN_LIFECYCLE_ASL` includes, relative to the workspace root (the form of a
+/// SAM `DefinitionUri`).
+fn included_asl_path() -> PathBuf {
+    let source = std::fs::read_to_string(root().join("shared/src/store/provision.rs")).unwrap();
+    let after = &source[source
+        .find("pub const RUN_LIFECYCLE_ASL")
+        .expect("provision.rs defines RUN_LIFECYCLE_ASL")..];
+    let start = after
+        .find("include_str!(\"")
+        .expect("RUN_LIFECYCLE_ASL is an include_str!")
+        + "include_str!(\"".len();
+    let relative = &after[start..start + after[start..].find('"').unwrap()];
+    let mut path = PathBuf::from("shared/src/store");
+    for component in Path::new(relative).components() {
+        match component {
+            Component::ParentDir => assert!(path.pop(), "{relative} leaves the workspace"),
+            Component::Normal(part) => path.push(part),
+            other => panic!("unexpected component {other:?} in {relative}"),
+        }
+    }
+    path
+}
+
+/// The `${Name}` placeholders of a definition.
+fn placeholders(definition: &str) -> BTreeSet<String> {
+    definition
+        .split("${")
+        .skip(1)
+        .map(|rest| rest[..rest.find('}').expect("an unterminated ${")].to_owned())
+        .collect()
+}
+
+/// Every `Resource` of a `Task` state, in nested states too.
+fn task_resources(value: &serde_json::Value, found: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            if fields.get("Type").and_then(|t| t.as_str()) == Some("Task") {
+                found.push(fields["Resource"].as_str().unwrap().to_owned());
+            }
+            fields.values().for_each(|v| task_resources(v, found));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| task_resources(v, found)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_state_machine_deploys_the_definition_local_provisioning_uses() {
+    // GIVEN the template's one state machine
+    let template = template();
+    let machines = resources_of(&template, "AWS::Serverless::StateMachine");
+    assert_eq!(machines.len(), 1, "one state machine: the run lifecycle");
+    let (logical, machine) = &machines[0];
+
+    // THEN it deploys the very file provisioning includes, as a standard workflow
+    let included = included_asl_path();
+    assert_eq!(
+        Path::new(&text(&machine["DefinitionUri"])),
+        included,
+        "{logical} DefinitionUri"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root().join(&included)).unwrap(),
+        RUN_LIFECYCLE_ASL
+    );
+    assert_eq!(machine["Type"], "STANDARD");
+
+    // AND it bears the name the code derives from the prefix
+    let config =
+        Config::from_lookup(|key| (key == "SPARK_OPS_PREFIX").then(|| "stack".into())).unwrap();
+    assert_eq!(
+        text(&machine["Name"]).replace("${AWS::StackName}", "stack"),
+        config.state_machine_name()
+    );
+
+    // AND every placeholder of the definition is substituted, with nothing left over
+    let substituted: BTreeSet<String> = machine["DefinitionSubstitutions"]
+        .as_mapping()
+        .map(|all| all.keys().map(text).collect())
+        .unwrap_or_default();
+    assert_eq!(placeholders(RUN_LIFECYCLE_ASL), substituted);
+    assert_eq!(
+        reference(&machine["DefinitionSubstitutions"]["RunQueueUrl"], None).as_deref(),
+        Some("RunQueue")
+    );
+}
+
+#[test]
+fn the_state_machine_may_only_send_to_the_run_queue_which_is_all_its_tasks_do() {
+    // GIVEN the lifecycle's task states
+    let definition: serde_json::Value = serde_json::from_str(RUN_LIFECYCLE_ASL).unwrap();
+    let mut resources = Vec::new();
+    task_resources(&definition, &mut resources);
+    assert!(!resources.is_empty());
+
+    // THEN each sends a message, optionally waiting for its task token
+    for resource in &resources {
+        assert!(
+            [
+                "arn:aws:states:::sqs:sendMessage",
+                "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
+            ]
+            .contains(&resource.as_str()),
+            "a task calls {resource}: grant it in the state machine's Policies"
+        );
+    }
+
+    // AND the machine's role allows exactly sqs:SendMessage on the run queue
+    let template = template();
+    let (_, machine) = &resources_of(&template, "AWS::Serverless::StateMachine")[0];
+    let statements: Vec<&Value> = machine["Policies"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|policy| policy["Statement"].as_sequence().unwrap())
+        .collect();
+    assert_eq!(statements.len(), 1, "{statements:?}");
+    assert_eq!(statements[0]["Effect"], "Allow");
+    assert_eq!(
+        statements[0]["Action"],
+        Value::Sequence(vec!["sqs:SendMessage".into()])
+    );
+    let targets: Vec<Option<String>> = statements[0]["Resource"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| reference(r, Some("Arn")))
+        .collect();
+    assert_eq!(targets, [Some("RunQueue".to_owned())]);
+}
+
+#[test]
+fn the_run_worker_consumes_the_run_queue_reporting_partial_batch_failures() {
+    // GIVEN the worker's events
+    let template = template();
+    let (logical, worker) = function(&template, "run-worker");
+    let events: Vec<&Value> = worker["Events"].as_mapping().unwrap().values().collect();
+
+    // THEN its only trigger is the run queue, and a failed message fails alone
+    assert_eq!(events.len(), 1, "{logical} has one event");
+    let event = events[0];
+    assert_eq!(event["Type"], "SQS");
+    assert_eq!(
+        reference(&event["Properties"]["Queue"], Some("Arn")).as_deref(),
+        Some("RunQueue")
+    );
+    assert!(
+        event["Properties"]["FunctionResponseTypes"]
+            .as_sequence()
+            .is_some_and(|types| types.contains(&"ReportBatchItemFailures".into())),
+        "{logical} must report partial batch failures"
+    );
+    assert!(event["Properties"]["BatchSize"].as_u64().unwrap() <= 10);
+}
+
+#[test]
+fn the_run_queue_hides_a_message_for_at_least_six_worker_timeouts() {
+    // GIVEN the worker's timeout (its own, or the global one)
+    let template = template();
+    let (_, worker) = function(&template, "run-worker");
+    let timeout = worker["Timeout"]
+        .as_u64()
+        .or_else(|| template["Globals"]["Function"]["Timeout"].as_u64())
+        .unwrap();
+
+    // THEN the run queue's visibility timeout, in the template and in provisioning, is at
+    // least six times it (the SQS event source's rule for Lambda consumers)
+    let queues = resources_of(&template, "AWS::SQS::Queue");
+    let (_, run_queue) = queues
+        .iter()
+        .find(|(_, p)| text(&p["QueueName"]) == "${AWS::StackName}-runs")
+        .unwrap();
+    let visibility = run_queue["VisibilityTimeout"].as_u64().unwrap();
+    assert!(
+        visibility >= 6 * timeout,
+        "VisibilityTimeout {visibility} < 6 x worker Timeout {timeout}"
+    );
+    assert!(u64::from(RUN_QUEUE_VISIBILITY_SECONDS) >= 6 * timeout);
+}
+
+#[test]
+fn the_run_functions_are_told_the_state_machine_and_the_run_queue() {
+    let template = template();
+    for binary in ["runs", "run-worker"] {
+        // GIVEN the function's environment
+        let (logical, function) = function(&template, binary);
+        let variables = &function["Environment"]["Variables"];
+
+        // THEN it names the resources the code would otherwise have to look up
+        assert_eq!(
+            reference(&variables["RUN_STATE_MACHINE_ARN"], None).as_deref(),
+            Some("RunLifecycleStateMachine"),
+            "{logical} RUN_STATE_MACHINE_ARN"
+        );
+        assert_eq!(
+            reference(&variables["RUN_QUEUE_URL"], None).as_deref(),
+            Some("RunQueue"),
+            "{logical} RUN_QUEUE_URL"
+        );
+    }
+}
+
+#[test]
+fn an_alarm_watches_the_run_dead_letter_queue() {
+    let template = template();
+    let alarms = resources_of(&template, "AWS::CloudWatch::Alarm");
+    let watched = alarms.iter().any(|(_, alarm)| {
+        alarm["Namespace"] == "AWS/SQS"
+            && alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+            && alarm["Dimensions"].as_sequence().is_some_and(|dimensions| {
+                dimensions.iter().any(|d| {
+                    d["Name"] == "QueueName"
+                        && reference(&d["Value"], Some("QueueName")).as_deref()
+                            == Some("RunDeadLetterQueue")
+                })
+            })
+    });
+    assert!(
+        watched,
+        "no alarm on the visible messages of RunDeadLetterQueue"
+    );
 }

@@ -170,15 +170,18 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         ddb: aws_sdk_dynamodb::Client::from_conf(ddb_config),
         sqs: aws_sdk_sqs::Client::new(&sdk),
         secrets: aws_sdk_secretsmanager::Client::new(&sdk),
+        sfn: aws_sdk_sfn::Client::new(&sdk),
     };
     Provisioner {
         ddb: &clients.ddb,
         sqs: &clients.sqs,
         secrets: &clients.secrets,
+        sfn: &clients.sfn,
     }
     .ensure_all(&config)
     .await
-    .expect("provisioning against the local services; are they running? (make services)");
+    .expect("provisioning against the local services; are they running? (make services)")
+    .configure(&mut config);
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let state = AppState::load(config, clients, clock.clone())
         .await

@@ -28,6 +28,7 @@ pub const DOCS_PATH: &str = "/docs";
         (name = "tools", description = "Tools, their schemas and write-only credentials"),
         (name = "workflows", description = "Workflow DAGs and their immutable versions"),
         (name = "registry", description = "Signed manifests"),
+        (name = "runs", description = "Runs of workflows: lifecycle, steps, logs, cost"),
         (name = "platform", description = "Health and documentation"),
     )
 )]

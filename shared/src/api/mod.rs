@@ -11,6 +11,7 @@ pub mod manifests;
 pub mod members;
 pub mod projects;
 pub mod registry;
+pub mod runs;
 pub mod tools;
 pub mod workflows;
 
@@ -74,6 +75,11 @@ pub fn workflows_routes() -> OpenApiRouter<AppState> {
     workflows::routes()
 }
 
+/// Routes of the `runs` function: runs, their steps and logs.
+pub fn runs_routes() -> OpenApiRouter<AppState> {
+    runs::routes()
+}
+
 /// Every route, i.e. the union of every function's; what the dev server mounts.
 pub fn all_routes() -> OpenApiRouter<AppState> {
     auth_routes()
@@ -81,6 +87,7 @@ pub fn all_routes() -> OpenApiRouter<AppState> {
         .merge(agents_routes())
         .merge(tools_routes())
         .merge(workflows_routes())
+        .merge(runs_routes())
 }
 
 /// The OpenAPI document of every route, generated from the handlers.
@@ -117,6 +124,11 @@ pub fn tools_router(state: AppState) -> Router {
 /// The router of the `workflows` function.
 pub fn workflows_router(state: AppState) -> Router {
     service(state, workflows_routes().split_for_parts().0)
+}
+
+/// The router of the `runs` function.
+pub fn runs_router(state: AppState) -> Router {
+    service(state, runs_routes().split_for_parts().0)
 }
 
 /// The whole API on one router; what the dev server serves.

@@ -24,17 +24,27 @@ pub enum Action {
     /// Create, change, import or delete agents, tools and workflows; release versions;
     /// report heartbeats.
     WriteRegistry,
+    /// Read runs, their steps and logs.
+    ReadRuns,
+    /// Start, cancel, retry and resume runs.
+    OperateRuns,
+    /// Approve or reject runs waiting for approval.
+    ApproveRuns,
 }
 
 impl Action {
     /// The least role that may perform this action.
     pub fn required_role(self) -> Role {
         match self {
-            Self::ReadProject | Self::ReadMembers | Self::ReadRegistry => Role::Viewer,
-            Self::WriteRegistry => Role::Developer,
-            Self::UpdateProject | Self::ManageMembers | Self::ReadApiKeys | Self::ManageApiKeys => {
-                Role::Admin
+            Self::ReadProject | Self::ReadMembers | Self::ReadRegistry | Self::ReadRuns => {
+                Role::Viewer
             }
+            Self::WriteRegistry | Self::OperateRuns => Role::Developer,
+            Self::UpdateProject
+            | Self::ManageMembers
+            | Self::ReadApiKeys
+            | Self::ManageApiKeys
+            | Self::ApproveRuns => Role::Admin,
             Self::DeleteProject => Role::Owner,
         }
     }
@@ -55,7 +65,7 @@ pub fn may_assign(actor: Role, target: Role) -> bool {
 mod tests {
     use super::*;
 
-    const ALL_ACTIONS: [Action; 9] = [
+    const ALL_ACTIONS: [Action; 12] = [
         Action::ReadProject,
         Action::UpdateProject,
         Action::DeleteProject,
@@ -65,6 +75,9 @@ mod tests {
         Action::ManageApiKeys,
         Action::ReadRegistry,
         Action::WriteRegistry,
+        Action::ReadRuns,
+        Action::OperateRuns,
+        Action::ApproveRuns,
     ];
 
     #[test]
@@ -78,7 +91,8 @@ mod tests {
             vec![
                 Action::ReadProject,
                 Action::ReadMembers,
-                Action::ReadRegistry
+                Action::ReadRegistry,
+                Action::ReadRuns
             ]
         );
     }
@@ -95,7 +109,7 @@ mod tests {
             .into_iter()
             .filter(|a| a.allowed_for(Role::Developer) && !a.allowed_for(Role::Viewer))
             .collect();
-        assert_eq!(allowed, vec![Action::WriteRegistry]);
+        assert_eq!(allowed, vec![Action::WriteRegistry, Action::OperateRuns]);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod cursor;
 pub mod projects;
 pub mod provision;
+pub mod runs;
 pub mod schema;
 pub mod secrets;
 pub mod sessions;
@@ -76,6 +77,7 @@ pub struct Store {
     auth_table: String,
     projects_table: String,
     registry_table: String,
+    runs_table: String,
 }
 
 impl Store {
@@ -85,6 +87,7 @@ impl Store {
             auth_table: config.table_name(schema::AUTH.suffix),
             projects_table: config.table_name(schema::PROJECTS.suffix),
             registry_table: config.table_name(schema::REGISTRY.suffix),
+            runs_table: config.table_name(schema::RUNS.suffix),
             ddb,
         }
     }
@@ -95,8 +98,13 @@ impl Store {
     }
 
     /// Names of every table, for health checks.
-    pub fn table_names(&self) -> [&str; 3] {
-        [&self.auth_table, &self.projects_table, &self.registry_table]
+    pub fn table_names(&self) -> [&str; 4] {
+        [
+            &self.auth_table,
+            &self.projects_table,
+            &self.registry_table,
+            &self.runs_table,
+        ]
     }
 
     /// Reads one record with a strongly consistent `GetItem`.

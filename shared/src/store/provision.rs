@@ -17,6 +17,33 @@ pub const RUN_QUEUE_MAX_RECEIVES: u32 = 5;
 /// Visibility timeout of the run queue, in seconds (6× a 150 s worker).
 pub const RUN_QUEUE_VISIBILITY_SECONDS: u32 = 900;
 
+/// The run lifecycle state machine, in Amazon States Language. `template.yaml` deploys the
+/// same file; `${RunQueueUrl}` is substituted in both places.
+pub const RUN_LIFECYCLE_ASL: &str =
+    include_str!("../../../infra/statemachine/run-lifecycle.asl.json");
+
+/// The run lifecycle definition with the run queue's URL filled in.
+pub fn run_lifecycle_definition(run_queue_url: &str) -> String {
+    RUN_LIFECYCLE_ASL.replace("${RunQueueUrl}", run_queue_url)
+}
+
+/// What provisioning created or found, for the configuration of the processes using it.
+#[derive(Clone, Debug)]
+pub struct Provisioned {
+    /// The run queue's URL.
+    pub run_queue_url: String,
+    /// The run lifecycle state machine's ARN.
+    pub state_machine_arn: String,
+}
+
+impl Provisioned {
+    /// Records the resources in `config`.
+    pub fn configure(&self, config: &mut Config) {
+        config.run_queue_url = Some(self.run_queue_url.clone());
+        config.run_state_machine_arn = Some(self.state_machine_arn.clone());
+    }
+}
+
 /// Clients needed to provision.
 pub struct Provisioner<'a> {
     /// DynamoDB.
@@ -25,24 +52,79 @@ pub struct Provisioner<'a> {
     pub sqs: &'a aws_sdk_sqs::Client,
     /// Secrets Manager.
     pub secrets: &'a aws_sdk_secretsmanager::Client,
+    /// Step Functions.
+    pub sfn: &'a aws_sdk_sfn::Client,
 }
 
 impl Provisioner<'_> {
     /// Creates whatever is missing: tables with their indexes and TTL, the run queue and its
-    /// DLQ, the JWT signing key and the manifest signing key.
-    pub async fn ensure_all(&self, config: &Config) -> anyhow::Result<()> {
+    /// DLQ, the JWT signing key, the manifest signing key and the run lifecycle state
+    /// machine (whose definition is brought up to date).
+    pub async fn ensure_all(&self, config: &Config) -> anyhow::Result<Provisioned> {
         for table in TABLES {
             self.ensure_table(&config.table_name(table.suffix), table)
                 .await?;
         }
-        self.ensure_queues(config).await?;
+        let run_queue_url = self.ensure_queues(config).await?;
+        let state_machine_arn = self.ensure_state_machine(config, &run_queue_url).await?;
         self.ensure_secret(&config.jwt_secret_name(), "Spark-Ops JWT signing key")
             .await?;
         self.ensure_secret(
             &config.registry_secret_name(),
             "Spark-Ops manifest signing key seed",
         )
-        .await
+        .await?;
+        Ok(Provisioned {
+            run_queue_url,
+            state_machine_arn,
+        })
+    }
+
+    /// Creates the run lifecycle state machine, or updates its definition if it exists.
+    pub async fn ensure_state_machine(
+        &self,
+        config: &Config,
+        run_queue_url: &str,
+    ) -> anyhow::Result<String> {
+        let name = config.state_machine_name();
+        let definition = run_lifecycle_definition(run_queue_url);
+        let mut next_token = None;
+        loop {
+            let page = self
+                .sfn
+                .list_state_machines()
+                .set_next_token(next_token)
+                .send()
+                .await
+                .context("Failed to list state machines")?;
+            if let Some(found) = page.state_machines().iter().find(|m| m.name() == name) {
+                let arn = found.state_machine_arn().to_owned();
+                self.sfn
+                    .update_state_machine()
+                    .state_machine_arn(&arn)
+                    .definition(definition)
+                    .send()
+                    .await
+                    .with_context(|| format!("Failed to update state machine {name}"))?;
+                return Ok(arn);
+            }
+            next_token = page.next_token().map(str::to_owned);
+            if next_token.is_none() {
+                break;
+            }
+        }
+        // The local emulator does not assume the role; in AWS, template.yaml creates it.
+        let role = format!("arn:aws:iam::000000000000:role/{name}");
+        let created = self
+            .sfn
+            .create_state_machine()
+            .name(&name)
+            .definition(definition)
+            .role_arn(role)
+            .send()
+            .await
+            .with_context(|| format!("Failed to create state machine {name}"))?;
+        Ok(created.state_machine_arn().to_owned())
     }
 
     /// Creates a table if it does not exist.
@@ -140,8 +222,8 @@ impl Provisioner<'_> {
             })
     }
 
-    /// Creates the run queue and its dead-letter queue.
-    pub async fn ensure_queues(&self, config: &Config) -> anyhow::Result<()> {
+    /// Creates the run queue and its dead-letter queue; returns the run queue's URL.
+    pub async fn ensure_queues(&self, config: &Config) -> anyhow::Result<String> {
         let dlq = self
             .sqs
             .create_queue()
@@ -167,7 +249,8 @@ impl Provisioner<'_> {
             "deadLetterTargetArn": dlq_arn,
             "maxReceiveCount": RUN_QUEUE_MAX_RECEIVES.to_string(),
         });
-        self.sqs
+        let queue = self
+            .sqs
             .create_queue()
             .queue_name(config.run_queue_name())
             .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
@@ -178,7 +261,10 @@ impl Provisioner<'_> {
             .send()
             .await
             .context("Failed to create the run queue")?;
-        Ok(())
+        queue
+            .queue_url()
+            .map(str::to_owned)
+            .context("CreateQueue returned no URL")
     }
 
     /// Creates a secret of 64 random characters if it does not exist.

@@ -39,6 +39,19 @@
 //! | `TOOL#<id>` | `RATE#<yyyymmddhhmm>` | | | | calls admitted in that UTC minute (`ttl`) |
 //! | `WORKFLOW#<id>` | `WORKFLOW` | `PROJECT#<p>#WORKFLOWS` / `WORKFLOW#<id>` | | | workflow |
 //! | `WORKFLOW#<id>` | `VERSION#<n, 10 digits>` | | | | immutable workflow version |
+//!
+//! ## `{prefix}-runs`: runs, their steps and logs, idempotency keys
+//!
+//! A run's items share its partition; every index key starts with the project id and sorts
+//! by `<created_at>#<run_id>`, so each list filter is a `Query` on one index, newest first.
+//!
+//! | pk | sk | index keys | item |
+//! |---|---|---|---|
+//! | `RUN#<id>` | `RUN` | gsi1 `PROJECT#<p>#RUNS`, gsi2 `…#STATUS#<status>`, gsi3 `…#WORKFLOW#<id>`, gsi4 `…#AGENT#<id>`, gsi5 `…#TRIGGER#<trigger>` | run |
+//! | `RUN#<id>` | `STEP#<idx, 4 digits>` | | step record; `idx` is the step's place in the definition's execution order |
+//! | `RUN#<id>` | `STEP#<idx>#<iteration, 5 digits>` | | one loop iteration |
+//! | `RUN#<id>` | `LOG#<uuidv7>` | | one log line |
+//! | `IDEMPOTENCY#<project_id>#<sha256 of key>` | `IDEMPOTENCY` | | `Idempotency-Key` → run id and request digest (`ttl`) |
 
 /// A global secondary index with string keys and all attributes projected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +100,20 @@ pub const GSI3: IndexDef = IndexDef {
     sk: "gsi3sk",
 };
 
+/// The index over `gsi4pk`/`gsi4sk`.
+pub const GSI4: IndexDef = IndexDef {
+    name: "gsi4",
+    pk: "gsi4pk",
+    sk: "gsi4sk",
+};
+
+/// The index over `gsi5pk`/`gsi5sk`.
+pub const GSI5: IndexDef = IndexDef {
+    name: "gsi5",
+    pk: "gsi5pk",
+    sk: "gsi5sk",
+};
+
 /// Identities and sessions.
 pub const AUTH: TableDef = TableDef {
     suffix: "auth",
@@ -114,5 +141,14 @@ pub const REGISTRY: TableDef = TableDef {
     ttl_attribute: "ttl",
 };
 
+/// Runs, run steps, run logs and idempotency keys.
+pub const RUNS: TableDef = TableDef {
+    suffix: "runs",
+    pk: "pk",
+    sk: "sk",
+    indexes: &[GSI1, GSI2, GSI3, GSI4, GSI5],
+    ttl_attribute: "ttl",
+};
+
 /// Every table of the deployment.
-pub const TABLES: &[TableDef] = &[AUTH, PROJECTS, REGISTRY];
+pub const TABLES: &[TableDef] = &[AUTH, PROJECTS, REGISTRY, RUNS];

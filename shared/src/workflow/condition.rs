@@ -4,13 +4,23 @@
 //! An expression reads the run through variables: `input`, `steps.<id>` (a step's record,
 //! e.g. `steps.lookup.output.tier`), and inside a `while` loop `iteration` (iterations done
 //! so far). Which of them a given expression may use is checked by the definition.
+//!
+//! While a run executes, [`Expression::evaluate`] binds those variables from a [`Scope`]:
+//! `input`, `steps` (step id → `{output, status}`), `run`, and `item` and `iteration` when
+//! the scope has them. JSON numbers become CEL `int` when they fit, else `uint`, else `double`.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::objects::{Key, Map as CelMap};
+use cel::{Context, Env, Program, Value as Cel};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
 
-use super::StepId;
+use super::{Scope, StepId};
 
 /// Largest accepted expression, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
@@ -31,12 +41,31 @@ const TYPE_NAMES: &[&str] = &[
 ];
 
 /// A CEL expression that parses, with the variables it reads.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// It keeps the compiled program (shared: `Program` is `Send + Sync` but not `Clone`), so
+/// evaluating does not parse again.
+#[derive(Clone)]
 pub struct Expression {
     source: String,
+    program: Arc<Program>,
     steps: Vec<StepId>,
     variables: Vec<String>,
 }
+
+/// Two expressions are equal when written the same; the rest derives from the source.
+impl PartialEq for Expression {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Expression {}
+
+// Definitions holding expressions are shared across tasks.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<Expression>();
+};
 
 impl Expression {
     /// Parses an expression and collects the steps and other variables it reads.
@@ -47,7 +76,7 @@ impl Expression {
         if source.len() > MAX_EXPRESSION_BYTES {
             return Err(format!("must be at most {MAX_EXPRESSION_BYTES} bytes"));
         }
-        let program = cel::Program::compile(source).map_err(|errors| {
+        let program = Program::compile(source).map_err(|errors| {
             let first = errors.errors.first();
             match first {
                 Some(e) => format!(
@@ -63,6 +92,7 @@ impl Expression {
         visit(program.expression(), &mut Vec::new(), &mut found)?;
         Ok(Self {
             source: source.to_owned(),
+            program: Arc::new(program),
             steps: found.steps,
             variables: found.variables,
         })
@@ -81,6 +111,67 @@ impl Expression {
     /// The other variables it reads (`input`, `iteration`, …), each once.
     pub fn variables(&self) -> &[String] {
         &self.variables
+    }
+
+    /// Evaluates the expression over `scope` and gives its result as JSON. Errors (no such key,
+    /// no matching overload, a variable the scope lacks, a result JSON cannot hold) carry
+    /// CEL's message.
+    pub fn evaluate(&self, scope: &Scope) -> Result<Value, String> {
+        to_json(&self.execute(scope)?)
+    }
+
+    /// Evaluates a condition; a result that is not a bool is an error naming its type.
+    pub fn evaluate_bool(&self, scope: &Scope) -> Result<bool, String> {
+        match self.execute(scope)? {
+            Cel::Bool(result) => Ok(result),
+            other => Err(format!("gives {}, not a bool", cel_type(&other))),
+        }
+    }
+
+    /// Evaluates a list (a loop's `over`); any other result is an error naming its type.
+    pub fn evaluate_list(&self, scope: &Scope) -> Result<Vec<Value>, String> {
+        match self.execute(scope)? {
+            Cel::List(items) => items.iter().map(to_json).collect(),
+            other => Err(format!("gives {}, not a list", cel_type(&other))),
+        }
+    }
+
+    /// Runs the program with the variables it reads bound from `scope`; only the steps it
+    /// names are converted, not every step output of the run.
+    fn execute(&self, scope: &Scope) -> Result<Cel, String> {
+        let mut context = Context::with_env(Arc::clone(stdlib()));
+        for name in &self.variables {
+            let value = match name.as_str() {
+                "input" => to_cel(scope.input),
+                "run" => to_cel(scope.run),
+                "item" => match scope.item {
+                    Some(item) => to_cel(item),
+                    None => continue,
+                },
+                "iteration" => match scope.iteration {
+                    Some(rounds) => Cel::Int(i64::try_from(rounds).unwrap_or(i64::MAX)),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            context.add_variable_from_value(name.as_str(), value);
+        }
+        if !self.steps.is_empty() {
+            let steps = self
+                .steps
+                .iter()
+                .filter_map(|id| {
+                    let record = scope.steps.get(id.as_str())?;
+                    Some((Key::from(id.as_str()), to_cel(record)))
+                })
+                .collect::<HashMap<_, _>>();
+            context.add_variable_from_value("steps", cel_map(steps));
+        }
+        // The interpreter is a third-party crate and the expression comes from a user: a bug
+        // there must fail this evaluation, not the worker running the run.
+        panic::catch_unwind(AssertUnwindSafe(|| self.program.execute(&context)))
+            .map_err(|_| "could not be evaluated (the CEL interpreter failed)".to_owned())?
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -209,8 +300,90 @@ fn visit_entry(
     }
 }
 
+/// The standard CEL environment, built once.
+fn stdlib() -> &'static Arc<Env> {
+    static STDLIB: OnceLock<Arc<Env>> = OnceLock::new();
+    STDLIB.get_or_init(|| Arc::new(Env::stdlib()))
+}
+
+fn cel_map(map: HashMap<Key, Cel>) -> Cel {
+    Cel::Map(CelMap { map: Arc::new(map) })
+}
+
+/// JSON → CEL: integers as `int` when they fit, else `uint`; other numbers as `double`.
+fn to_cel(value: &Value) -> Cel {
+    match value {
+        Value::Null => Cel::Null,
+        Value::Bool(b) => Cel::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Cel::Int(i),
+            (None, Some(u)) => Cel::UInt(u),
+            _ => Cel::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Cel::String(Arc::new(s.clone())),
+        Value::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Object(map) => cel_map(
+            map.iter()
+                .map(|(key, value)| (Key::from(key.as_str()), to_cel(value)))
+                .collect(),
+        ),
+    }
+}
+
+/// CEL → JSON; map keys become strings. Values JSON cannot hold (bytes, non-finite
+/// doubles, types, functions) are errors.
+fn to_json(value: &Cel) -> Result<Value, String> {
+    Ok(match value {
+        Cel::Null => Value::Null,
+        Cel::Bool(b) => Value::Bool(*b),
+        Cel::Int(i) => Value::from(*i),
+        Cel::UInt(u) => Value::from(*u),
+        Cel::Float(f) => Number::from_f64(*f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("gives the double {f}, which JSON cannot hold"))?,
+        Cel::String(s) => Value::String(s.as_str().to_owned()),
+        Cel::List(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        Cel::Map(map) => Value::Object(
+            map.map
+                .iter()
+                .map(|(key, value)| Ok((key_text(key), to_json(value)?)))
+                .collect::<Result<Map<_, _>, String>>()?,
+        ),
+        other => return Err(format!("gives {}, which JSON cannot hold", cel_type(other))),
+    })
+}
+
+fn key_text(key: &Key) -> String {
+    match key {
+        Key::String(s) => s.as_str().to_owned(),
+        Key::Int(i) => i.to_string(),
+        Key::Uint(u) => u.to_string(),
+        Key::Bool(b) => b.to_string(),
+    }
+}
+
+/// "a string", "an int", "null", … for error messages, in CEL's type names.
+fn cel_type(value: &Cel) -> String {
+    match value {
+        Cel::Null => "null".to_owned(),
+        Cel::Bytes(_) => "bytes".to_owned(),
+        Cel::Float(_) => "a double".to_owned(),
+        other => {
+            let name = other.type_of().to_string();
+            let article = if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            };
+            format!("{article} {name}")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn ids(expr: &Expression) -> Vec<&str> {
@@ -251,5 +424,172 @@ mod tests {
             assert!(Expression::parse(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(Expression::parse(&"1 + ".repeat(2000)).is_err());
+    }
+
+    /// Owns what a [`Scope`] borrows.
+    struct Run {
+        input: Value,
+        steps: Map<String, Value>,
+        run: Value,
+    }
+
+    impl Run {
+        fn new(input: Value, steps: Value) -> Self {
+            let Value::Object(steps) = steps else {
+                panic!("steps must be an object")
+            };
+            Self {
+                input,
+                steps,
+                run: json!({"id": "r1", "env": "prod", "retries": 0}),
+            }
+        }
+
+        fn scope(&self) -> Scope<'_> {
+            Scope {
+                input: &self.input,
+                steps: &self.steps,
+                run: &self.run,
+                item: None,
+                iteration: None,
+            }
+        }
+    }
+
+    fn expr(source: &str) -> Expression {
+        Expression::parse(source).unwrap()
+    }
+
+    fn run() -> Run {
+        Run::new(
+            json!({"list": [1, 2, 3], "vip": true, "name": "Ada", "limit": 2.5}),
+            json!({
+                "lookup": {"status": "succeeded", "output": {"tier": "gold", "total": 42, "items": [{"id": "a"}, {"id": "b"}]}},
+                "draft": {"status": "failed", "output": null},
+            }),
+        )
+    }
+
+    #[test]
+    fn conditions_compare_step_outputs_and_input() {
+        let run = run();
+        let scope = run.scope();
+        for (source, expected) in [
+            ("steps.lookup.output.tier == 'gold'", true),
+            ("steps.lookup.output.total > 40 && input.vip", true),
+            ("steps['lookup'].output.total >= 100", false),
+            ("steps.draft.status == 'failed'", true),
+            ("input.list.size() > 2", true),
+            ("size(input.list) > 3", false),
+            ("input.limit > 2.0", true),
+            ("has(input.name) && !has(input.missing)", true),
+            ("has(steps.lookup.output.tier)", true),
+            ("steps.lookup.output.items.exists(x, x.id == 'b')", true),
+            ("run.env == 'prod' && run.retries == 0", true),
+        ] {
+            assert_eq!(expr(source).evaluate_bool(&scope), Ok(expected), "{source}");
+        }
+    }
+
+    #[test]
+    fn an_expression_gives_json_of_any_type() {
+        let run = run();
+        let scope = run.scope();
+        assert_eq!(
+            expr("steps.lookup.output.items.map(x, x.id)").evaluate(&scope),
+            Ok(json!(["a", "b"]))
+        );
+        assert_eq!(
+            expr("{'n': steps.lookup.output.total + 1, 'half': 0.5, 'none': null}")
+                .evaluate(&scope),
+            Ok(json!({"n": 43, "half": 0.5, "none": null}))
+        );
+        assert_eq!(expr("input.name + '!'").evaluate(&scope), Ok(json!("Ada!")));
+    }
+
+    #[test]
+    fn a_list_expression_gives_its_elements() {
+        let run = run();
+        let scope = run.scope();
+        assert_eq!(
+            expr("input.list.filter(n, n > 1)").evaluate_list(&scope),
+            Ok(vec![json!(2), json!(3)])
+        );
+        assert_eq!(
+            expr("steps.lookup.output.items").evaluate_list(&scope),
+            Ok(vec![json!({"id": "a"}), json!({"id": "b"})])
+        );
+        let err = expr("input.name").evaluate_list(&scope).unwrap_err();
+        assert_eq!(err, "gives a string, not a list");
+    }
+
+    #[test]
+    fn a_condition_that_is_no_bool_is_an_error_naming_its_type() {
+        let run = run();
+        let scope = run.scope();
+        assert_eq!(
+            expr("steps.lookup.output.total").evaluate_bool(&scope),
+            Err("gives an int, not a bool".to_owned())
+        );
+        assert_eq!(
+            expr("steps.draft.output").evaluate_bool(&scope),
+            Err("gives null, not a bool".to_owned())
+        );
+    }
+
+    #[test]
+    fn runtime_errors_are_errors_with_cel_messages() {
+        let run = run();
+        let scope = run.scope();
+        let missing = expr("steps.lookup.output.nope == 1")
+            .evaluate_bool(&scope)
+            .unwrap_err();
+        assert!(missing.contains("nope"), "{missing}");
+        let not_run = expr("steps.later.output.x").evaluate(&scope).unwrap_err();
+        assert!(not_run.contains("later"), "{not_run}");
+        let mistyped = expr("input.name > 3").evaluate_bool(&scope).unwrap_err();
+        assert!(!mistyped.is_empty());
+        let division = expr("steps.lookup.output.total / 0").evaluate(&scope);
+        assert!(division.is_err());
+        let no_item = expr("item > 1").evaluate(&scope).unwrap_err();
+        assert!(no_item.contains("item"), "{no_item}");
+        assert_eq!(
+            expr("b'abc'").evaluate(&scope),
+            Err("gives bytes, which JSON cannot hold".to_owned())
+        );
+        assert!(expr("1.0 / 0.0").evaluate(&scope).is_err());
+    }
+
+    #[test]
+    fn loop_variables_are_bound_when_the_scope_has_them() {
+        let run = run();
+        let item = json!({"score": 5});
+        let scope = Scope {
+            item: Some(&item),
+            iteration: Some(3),
+            ..run.scope()
+        };
+        assert_eq!(
+            expr("iteration < 3 || item.score > 4").evaluate_bool(&scope),
+            Ok(true)
+        );
+        assert_eq!(expr("iteration").evaluate(&scope), Ok(json!(3)));
+    }
+
+    #[test]
+    fn large_numbers_keep_their_kind() {
+        let run = Run::new(json!({"big": u64::MAX, "neg": -7, "x": 1.5}), json!({}));
+        let scope = run.scope();
+        assert_eq!(expr("input.big").evaluate(&scope), Ok(json!(u64::MAX)));
+        assert_eq!(expr("input.neg * 2").evaluate(&scope), Ok(json!(-14)));
+        assert_eq!(expr("input.x * 2.0").evaluate(&scope), Ok(json!(3.0)));
+    }
+
+    #[test]
+    fn equal_sources_make_equal_expressions() {
+        assert_eq!(expr("input.a == 1"), expr("input.a == 1"));
+        assert_ne!(expr("input.a == 1"), expr("input.a == 2"));
+        let copy = expr("input.vip").clone();
+        assert_eq!(copy.evaluate_bool(&run().scope()), Ok(true));
     }
 }

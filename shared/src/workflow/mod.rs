@@ -21,6 +21,7 @@
 
 pub mod condition;
 pub mod definition;
+pub mod scope;
 pub mod template;
 
 pub use condition::Expression;
@@ -29,6 +30,7 @@ pub use definition::{
     LoopStep, PromptConfig, Step, StepId, StepKind, TemplateObject, ToolConfig, WebhookConfig,
     WebhookUrl,
 };
+pub use scope::Scope;
 pub use template::Template;
 
 use crate::error::FieldError;

@@ -8,12 +8,17 @@
 //!
 //! After the root, a path continues with `.<field>` (letters, digits, `_`, `-`) or `[<index>]`.
 //! There is no escape for a literal `{{`; a `}}` outside a placeholder is plain text.
+//!
+//! Rendering ([`Template::render`]) reads a [`Scope`]: a template that is one placeholder and
+//! nothing else (whitespace aside) gives the value it names, of whatever JSON type; any other
+//! template gives text, strings inserted as they are and other values as compact JSON.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::StepId;
+use super::{Scope, StepId, TemplateObject};
 
 /// Largest accepted template, in bytes.
 pub const MAX_TEMPLATE_BYTES: usize = 16 * 1024;
@@ -142,6 +147,171 @@ impl<'de> Deserialize<'de> for Template {
     }
 }
 
+impl Template {
+    /// Renders: a template that is exactly one placeholder (whitespace around it allowed)
+    /// yields the referenced JSON value as is; any other template yields a string, with string
+    /// values inserted as they are and other values as compact JSON.
+    pub fn render(&self, scope: &Scope) -> Result<Value, String> {
+        match self.single_placeholder() {
+            Some(reference) => reference.resolve(scope).cloned(),
+            None => self.render_text(scope).map(Value::String),
+        }
+    }
+
+    /// Renders as text (for prompts, headers, instructions), whatever the template holds.
+    pub fn render_text(&self, scope: &Scope) -> Result<String, String> {
+        let mut text = String::with_capacity(self.source.len());
+        for part in &self.parts {
+            match part {
+                Part::Text(plain) => text.push_str(plain),
+                Part::Placeholder(reference) => match reference.resolve(scope)? {
+                    Value::String(value) => text.push_str(value),
+                    value => text.push_str(&value.to_string()),
+                },
+            }
+        }
+        Ok(text)
+    }
+
+    /// The placeholder, if the template is one placeholder with only whitespace around it.
+    fn single_placeholder(&self) -> Option<&Reference> {
+        let mut found = None;
+        for part in &self.parts {
+            match part {
+                Part::Text(plain) if plain.trim().is_empty() => {}
+                Part::Placeholder(reference) if found.is_none() => found = Some(reference),
+                _ => return None,
+            }
+        }
+        found
+    }
+}
+
+impl Reference {
+    /// The value this path names in `scope`; the error names the placeholder and what is
+    /// missing, e.g. "`{{ steps.fetch.output.total }}`: steps.fetch.output has no field `total`".
+    pub fn resolve<'a>(&self, scope: &Scope<'a>) -> Result<&'a Value, String> {
+        self.walk(scope)
+            .map_err(|why| format!("`{{{{ {self} }}}}`: {why}"))
+    }
+
+    fn walk<'a>(&self, scope: &Scope<'a>) -> Result<&'a Value, String> {
+        let (mut value, mut at) = match &self.root {
+            Root::Input => (scope.input, "input".to_owned()),
+            Root::Item => (
+                scope
+                    .item
+                    .ok_or("`item` exists only inside a loop's step")?,
+                "item".to_owned(),
+            ),
+            Root::Step(id) => {
+                let record = scope
+                    .steps
+                    .get(id.as_str())
+                    .ok_or_else(|| format!("step `{id}` has not run"))?;
+                let output = record.get("output").ok_or_else(|| {
+                    match record.get("status").and_then(Value::as_str) {
+                        Some(status) => format!("step `{id}` has no output (it is {status})"),
+                        None => format!("step `{id}` has no output"),
+                    }
+                })?;
+                (output, format!("steps.{id}.output"))
+            }
+        };
+        for segment in &self.path {
+            value = match (segment, value) {
+                (Segment::Field(name), Value::Object(map)) => map
+                    .get(name)
+                    .ok_or_else(|| format!("{at} has no field `{name}`"))?,
+                (Segment::Index(index), Value::Array(items)) => {
+                    items.get(*index).ok_or_else(|| {
+                        format!("{at} has no index {index} (it has {} items)", items.len())
+                    })?
+                }
+                (Segment::Field(name), other) => {
+                    return Err(format!(
+                        "{at} is {}, which has no field `{name}`",
+                        json_type(other)
+                    ))
+                }
+                (Segment::Index(index), other) => {
+                    return Err(format!(
+                        "{at} is {}, which has no index {index}",
+                        json_type(other)
+                    ))
+                }
+            };
+            write_segment(&mut at, segment);
+        }
+        Ok(value)
+    }
+}
+
+impl fmt::Display for Reference {
+    /// The path as written in a placeholder, e.g. `steps.fetch.output.items[0]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut path = match &self.root {
+            Root::Input => "input".to_owned(),
+            Root::Item => "item".to_owned(),
+            Root::Step(id) => format!("steps.{id}.output"),
+        };
+        self.path
+            .iter()
+            .for_each(|segment| write_segment(&mut path, segment));
+        f.write_str(&path)
+    }
+}
+
+fn write_segment(path: &mut String, segment: &Segment) {
+    match segment {
+        Segment::Field(name) => {
+            path.push('.');
+            path.push_str(name);
+        }
+        Segment::Index(index) => path.push_str(&format!("[{index}]")),
+    }
+}
+
+/// "a string", "an object", … for error messages.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a bool",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl TemplateObject {
+    /// Renders every string in the object, recursively through arrays and objects, with
+    /// [`Template::render`] (so `"{{ input.count }}"` stays a number); keys are kept.
+    pub fn render(&self, scope: &Scope) -> Result<Value, String> {
+        render_map(self.as_map(), scope)
+    }
+}
+
+fn render_map(map: &serde_json::Map<String, Value>, scope: &Scope) -> Result<Value, String> {
+    map.iter()
+        .map(|(key, value)| Ok((key.clone(), render_value(value, scope)?)))
+        .collect::<Result<_, String>>()
+        .map(Value::Object)
+}
+
+fn render_value(value: &Value, scope: &Scope) -> Result<Value, String> {
+    match value {
+        Value::String(source) => Template::parse(source)?.render(scope),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| render_value(item, scope))
+            .collect::<Result<_, _>>()
+            .map(Value::Array),
+        Value::Object(map) => render_map(map, scope),
+        other => Ok(other.clone()),
+    }
+}
+
 fn placeholder_error(path: &str, why: &str) -> String {
     format!("has a placeholder `{{{{ {path} }}}}` that {why}")
 }
@@ -226,6 +396,8 @@ fn split_path(path: &str) -> Option<Vec<Segment>> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Map};
+
     use super::*;
 
     fn refs(source: &str) -> Vec<Reference> {
@@ -294,5 +466,185 @@ mod tests {
     #[test]
     fn a_huge_template_is_refused() {
         assert!(Template::parse(&"x".repeat(MAX_TEMPLATE_BYTES + 1)).is_err());
+    }
+
+    struct Run {
+        input: Value,
+        steps: Map<String, Value>,
+        run: Value,
+    }
+
+    fn run() -> Run {
+        let Value::Object(steps) = json!({
+            "fetch": {"status": "succeeded", "output": {"items": [{"name": "a", "n": 1}, {"name": "b"}], "total": 2, "ok": true}},
+            "raw": {"status": "succeeded", "output": "plain text"},
+            "skipped": {"status": "skipped"},
+        }) else {
+            unreachable!()
+        };
+        Run {
+            input: json!({"message": "hi", "count": 3, "tags": ["x", "y"], "none": null}),
+            steps,
+            run: json!({"id": "r1"}),
+        }
+    }
+
+    impl Run {
+        fn scope(&self) -> Scope<'_> {
+            Scope {
+                input: &self.input,
+                steps: &self.steps,
+                run: &self.run,
+                item: None,
+                iteration: None,
+            }
+        }
+    }
+
+    fn render(source: &str, scope: &Scope) -> Result<Value, String> {
+        Template::parse(source).unwrap().render(scope)
+    }
+
+    #[test]
+    fn a_lone_placeholder_keeps_the_type_of_its_value() {
+        let run = run();
+        let scope = run.scope();
+        assert_eq!(render("{{ input.count }}", &scope), Ok(json!(3)));
+        assert_eq!(render("  {{input.tags}}\n", &scope), Ok(json!(["x", "y"])));
+        assert_eq!(
+            render("{{ steps.fetch.output.items[0] }}", &scope),
+            Ok(json!({"name": "a", "n": 1}))
+        );
+        assert_eq!(render("{{ input.none }}", &scope), Ok(Value::Null));
+        assert_eq!(
+            render("{{ steps.raw.output }}", &scope),
+            Ok(json!("plain text"))
+        );
+        assert_eq!(render("{{ input }}", &scope), Ok(run.input.clone()));
+    }
+
+    #[test]
+    fn text_around_placeholders_interpolates_strings_raw_and_the_rest_as_json() {
+        let run = run();
+        let scope = run.scope();
+        assert_eq!(
+            render(
+                "Say {{ input.message }} {{ input.count }} times to {{ steps.fetch.output.items[1] }}; ok={{ steps.fetch.output.ok }}",
+                &scope
+            ),
+            Ok(json!(r#"Say hi 3 times to {"name":"b"}; ok=true"#))
+        );
+        assert_eq!(
+            render("{{ input.message }}{{ input.message }}", &scope),
+            Ok(json!("hihi"))
+        );
+        assert_eq!(
+            render("no placeholders", &scope),
+            Ok(json!("no placeholders"))
+        );
+        assert_eq!(render("", &scope), Ok(json!("")));
+    }
+
+    #[test]
+    fn render_text_always_gives_text() {
+        let run = run();
+        let scope = run.scope();
+        let text = |source: &str| Template::parse(source).unwrap().render_text(&scope);
+        assert_eq!(text("{{ input.count }}"), Ok("3".to_owned()));
+        assert_eq!(text(" {{ input.tags }} "), Ok(r#" ["x","y"] "#.to_owned()));
+        assert_eq!(text("{{ input.message }}"), Ok("hi".to_owned()));
+        assert_eq!(text("{{ input.none }}"), Ok("null".to_owned()));
+    }
+
+    #[test]
+    fn an_object_renders_every_string_at_any_depth_and_keeps_keys() {
+        let run = run();
+        let item = json!({"id": 7});
+        let scope = Scope {
+            item: Some(&item),
+            ..run.scope()
+        };
+        let object = TemplateObject::try_from(
+            json!({
+                "{{ input.message }}": "key untouched",
+                "count": "{{ input.count }}",
+                "nested": {"list": ["{{ item.id }}", "id {{ item.id }}", 5, null, {"deep": "{{ steps.fetch.output.total }}"}]},
+                "flag": false,
+            })
+            .as_object()
+            .unwrap()
+            .clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            object.render(&scope),
+            Ok(json!({
+                "{{ input.message }}": "key untouched",
+                "count": 3,
+                "nested": {"list": [7, "id 7", 5, null, {"deep": 2}]},
+                "flag": false,
+            }))
+        );
+        assert_eq!(TemplateObject::default().render(&scope), Ok(json!({})));
+    }
+
+    #[test]
+    fn a_missing_path_is_an_error_naming_the_placeholder() {
+        let run = run();
+        let scope = run.scope();
+        for (source, expected) in [
+            (
+                "{{ steps.fetch.output.missing }}",
+                "`{{ steps.fetch.output.missing }}`: steps.fetch.output has no field `missing`",
+            ),
+            (
+                "Total: {{ steps.fetch.output.items[5].name }}",
+                "`{{ steps.fetch.output.items[5].name }}`: steps.fetch.output.items has no index 5 (it has 2 items)",
+            ),
+            (
+                "{{ steps.fetch.output.items[1].n }}",
+                "`{{ steps.fetch.output.items[1].n }}`: steps.fetch.output.items[1] has no field `n`",
+            ),
+            (
+                "{{ input.message.text }}",
+                "`{{ input.message.text }}`: input.message is a string, which has no field `text`",
+            ),
+            (
+                "{{ input.count[0] }}",
+                "`{{ input.count[0] }}`: input.count is a number, which has no index 0",
+            ),
+            (
+                "{{ steps.later.output }}",
+                "`{{ steps.later.output }}`: step `later` has not run",
+            ),
+            (
+                "{{ steps.skipped.output.x }}",
+                "`{{ steps.skipped.output.x }}`: step `skipped` has no output (it is skipped)",
+            ),
+            (
+                "{{ item }}",
+                "`{{ item }}`: `item` exists only inside a loop's step",
+            ),
+        ] {
+            assert_eq!(render(source, &scope), Err(expected.to_owned()), "{source}");
+        }
+        let object = TemplateObject::try_from(
+            json!({"a": ["{{ input.nope }}"]})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            object.render(&scope),
+            Err("`{{ input.nope }}`: input has no field `nope`".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_reference_displays_as_its_path() {
+        let template = Template::parse("{{ steps.fetch.output.items[0].name }}").unwrap();
+        let reference = template.references().next().unwrap();
+        assert_eq!(reference.to_string(), "steps.fetch.output.items[0].name");
     }
 }

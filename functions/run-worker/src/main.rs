@@ -1,0 +1,19 @@
+//! Lambda function consuming the run queue: the lifecycle's tasks, reported back with
+//! partial batch failures (`ReportBatchItemFailures`).
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::{service_fn, LambdaEvent};
+use spark_ops::engine::worker::Worker;
+use spark_ops::{bootstrap, AppState};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    // Everything below runs once per cold start; invocations only borrow it.
+    bootstrap::init_tracing();
+    let state = AppState::from_env().await?;
+    let worker = &Worker::new(state).await?;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<SqsBatchResponse, lambda_runtime::Error>(worker.handle_event(event.payload).await)
+    }))
+    .await
+}

@@ -1,0 +1,1387 @@
+//! Executes a run's steps for one time slice of an `execute` task.
+//!
+//! Steps run one at a time, in the order [`execution_order`] gives the definition (a
+//! topological order that keeps the author's order among independent steps); a step's place
+//! in that order is its `idx`. For each step:
+//!
+//! 1. a record that already succeeded (or was skipped) is reused: its output feeds later
+//!    templates, nothing runs again;
+//! 2. a step on a decision's branch not taken, or after a skipped step, is recorded `skipped`;
+//! 3. otherwise the step is *claimed*: its record is created only if absent, in a transaction
+//!    that also checks the run is still `running` (so a cancelled run stops at the next step
+//!    boundary). A record left `running` by a worker that died (its lease expired) is taken
+//!    over only if the step is safe to run twice ([`Engine::safe_to_repeat`]); otherwise the
+//!    step fails as interrupted, and a person decides with `retry`. A record whose lease is
+//!    still held belongs to another worker: the slice stops ([`Outcome::Busy`]);
+//! 4. the step executes; long steps renew their lease and send the task heartbeat;
+//! 5. the attempt ends in one transaction that checks the claim is still ours and adds its
+//!    tokens and cost to the run, so nothing is counted twice.
+//!
+//! A failed step fails the run; `retry` re-drives it: failed records of an earlier round
+//! are taken over again, succeeded ones are kept.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use secrecy::SecretString;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::cost::PriceTable;
+use super::llm::{self, ChatClient, Endpoint, PromptParams, ToolCaller, ToolSpec};
+use super::tool::{self, ToolExecutor};
+use super::webhook::{Delivery, WebhookSender};
+use crate::api::agents::llm_key_path;
+use crate::state::AppState;
+use crate::store::agents::Agent;
+use crate::store::runs::{
+    Claim, LogLevel, LogLine, Run, RunChange, RunStatus, StepEnd, StepRecord, StepStatus,
+};
+use crate::store::tools::Tool;
+use crate::workflow::{
+    Definition, HumanConfig, Iteration, LoopConfig, LoopStep, PromptConfig, Scope, Step, StepKind,
+    ToolConfig, WebhookConfig,
+};
+
+/// How long a worker keeps executing steps before handing the run back to the lifecycle.
+pub const DEFAULT_SLICE: Duration = Duration::from_secs(60);
+
+/// How long a claimed step is presumed alive without news from its worker.
+pub const STEP_LEASE: Duration = Duration::from_secs(300);
+
+/// How often a long step renews its lease and heartbeats the task.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
+
+/// Default `max_iterations` of a prompt step.
+const DEFAULT_PROMPT_ITERATIONS: u32 = 10;
+
+/// Retries of a webhook step after a retryable failure.
+const WEBHOOK_RETRIES: u32 = 2;
+
+/// Longest error message stored on a run or step.
+const MAX_ERROR_CHARS: usize = 2000;
+
+/// How an `execute` slice ended: what the lifecycle does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// More steps to run: execute again.
+    Continue,
+    /// A `human` step waits for `resume`.
+    AwaitingInput,
+    /// Every step is done.
+    Succeeded,
+    /// A step failed.
+    Failed,
+    /// The run was cancelled.
+    Cancelled,
+    /// Another worker holds the run's current step; try this message again later.
+    Busy,
+}
+
+impl Outcome {
+    /// The `status` the state machine routes on; `None` for [`Outcome::Busy`].
+    pub fn status(self) -> Option<&'static str> {
+        match self {
+            Self::Continue => Some("continue"),
+            Self::AwaitingInput => Some("awaiting_input"),
+            Self::Succeeded => Some("succeeded"),
+            Self::Failed => Some("failed"),
+            Self::Cancelled => Some("cancelled"),
+            Self::Busy => None,
+        }
+    }
+
+    fn of(status: RunStatus) -> Self {
+        match status {
+            RunStatus::AwaitingInput => Self::AwaitingInput,
+            RunStatus::Succeeded => Self::Succeeded,
+            RunStatus::Failed => Self::Failed,
+            RunStatus::Cancelled => Self::Cancelled,
+            RunStatus::Queued | RunStatus::Running => Self::Continue,
+            // Never current while an `execute` task runs: let the message come back.
+            RunStatus::AwaitingApproval => Self::Busy,
+        }
+    }
+}
+
+/// Something that keeps the lifecycle's task alive while a step runs.
+#[async_trait]
+pub trait Heartbeat: Send + Sync {
+    /// Tells the lifecycle the worker is alive.
+    async fn beat(&self);
+}
+
+/// The order steps execute in: dependencies first, otherwise the definition's order.
+pub fn execution_order(definition: &Definition) -> Vec<usize> {
+    let index: HashMap<&str, usize> = definition
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    let mut done = vec![false; definition.steps.len()];
+    let mut order = Vec::with_capacity(definition.steps.len());
+    while order.len() < definition.steps.len() {
+        let next = definition.steps.iter().enumerate().find(|(i, step)| {
+            !done[*i]
+                && step
+                    .depends_on
+                    .iter()
+                    .all(|d| index.get(d.as_str()).is_none_or(|&j| done[j]))
+        });
+        // A saved definition has no cycles; should one slip through, run the rest as listed.
+        let i = next.map_or_else(|| done.iter().position(|d| !d).unwrap_or(0), |(i, _)| i);
+        done[i] = true;
+        order.push(i);
+    }
+    order
+}
+
+/// Runs steps; one per process, shared by every message it handles.
+pub struct Engine {
+    state: AppState,
+    tools: ToolExecutor,
+    webhooks: WebhookSender,
+    chat: ChatClient,
+    slice: Duration,
+    definitions: Mutex<HashMap<(Uuid, u64), Arc<Definition>>>,
+}
+
+/// What one step attempt produced.
+struct StepResult {
+    status: StepStatus,
+    request: Option<Value>,
+    response: Option<Value>,
+    error: Option<String>,
+    tokens_prompt: u64,
+    tokens_completion: u64,
+    usd_cost: Decimal,
+    logs: Vec<(LogLevel, String)>,
+}
+
+impl StepResult {
+    fn succeeded(request: Value, response: Value) -> Self {
+        Self {
+            status: StepStatus::Succeeded,
+            request: Some(request),
+            response: Some(response),
+            error: None,
+            tokens_prompt: 0,
+            tokens_completion: 0,
+            usd_cost: Decimal::ZERO,
+            logs: Vec::new(),
+        }
+    }
+
+    fn failed(request: Option<Value>, error: impl Into<String>) -> Self {
+        Self {
+            status: StepStatus::Failed,
+            request,
+            response: None,
+            error: Some(clip(error.into())),
+            tokens_prompt: 0,
+            tokens_completion: 0,
+            usd_cost: Decimal::ZERO,
+            logs: Vec::new(),
+        }
+    }
+}
+
+/// Everything one slice reads, loaded once.
+struct Slice<'a> {
+    run: Run,
+    definition: Arc<Definition>,
+    records: HashMap<String, StepRecord>,
+    outputs: Map<String, Value>,
+    run_view: Value,
+    agent: Option<Agent>,
+    heartbeat: &'a dyn Heartbeat,
+    started: Instant,
+}
+
+enum StepFlow {
+    /// Go on with the next step.
+    Next,
+    /// End the slice.
+    Stop(Outcome),
+}
+
+impl Engine {
+    /// An engine on `state`, with HTTP clients for tools, webhooks and models.
+    pub fn new(state: AppState) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("spark-ops/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("Failed to build the HTTP client")?;
+        Ok(Self {
+            tools: ToolExecutor::new(
+                http.clone(),
+                state.store.clone(),
+                state.secrets.clone(),
+                state.clock.clone(),
+            ),
+            webhooks: WebhookSender::new(http.clone(), state.secrets.clone(), state.clock.clone()),
+            chat: ChatClient::new(http),
+            slice: DEFAULT_SLICE,
+            definitions: Mutex::new(HashMap::new()),
+            state,
+        })
+    }
+
+    /// Uses `slice` as the time budget of one `execute` task.
+    pub fn with_slice(mut self, slice: Duration) -> Self {
+        self.slice = slice;
+        self
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.state.clock.now()
+    }
+
+    /// Executes `run`'s ready steps for one slice.
+    #[tracing::instrument(name = "execute", skip_all, fields(run_id = %run.id))]
+    pub async fn execute(&self, run: Run, heartbeat: &dyn Heartbeat) -> anyhow::Result<Outcome> {
+        let run = match run.status {
+            RunStatus::Queued => {
+                let change = RunChange {
+                    started_at: Some(self.now()),
+                    ..RunChange::default()
+                };
+                match self
+                    .state
+                    .store
+                    .transition_run(&run, RunStatus::Running, self.now(), change)
+                    .await
+                {
+                    Ok(run) => {
+                        self.log(run.id, None, LogLevel::Info, "run started".into())
+                            .await;
+                        run
+                    }
+                    Err(crate::store::StoreError::ConditionFailed) => {
+                        return match self.state.store.get_run(run.id).await? {
+                            Some(current) if current.status == RunStatus::Running => {
+                                Box::pin(self.execute(current, heartbeat)).await
+                            }
+                            Some(current) => Ok(Outcome::of(current.status)),
+                            None => anyhow::bail!("run {} vanished", run.id),
+                        };
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            RunStatus::Running => run,
+            other => return Ok(Outcome::of(other)),
+        };
+        let definition = self.definition(&run).await?;
+        let records: HashMap<String, StepRecord> = self
+            .state
+            .store
+            .all_steps(run.id)
+            .await?
+            .into_iter()
+            .map(|r| (r.sk(), r))
+            .collect();
+        let mut outputs = Map::new();
+        let run_view = json!({
+            "id": run.id,
+            "project_id": run.project_id,
+            "workflow_id": run.workflow_id,
+            "workflow_version": run.workflow_version,
+            "agent_id": run.agent_id,
+            "env": run.env,
+            "trigger": run.trigger,
+            "retries": run.retries,
+        });
+        for record in records.values().filter(|r| r.iteration.is_none()) {
+            if matches!(record.status, StepStatus::Succeeded | StepStatus::Skipped) {
+                outputs.insert(
+                    record.step_id.clone(),
+                    json!({"output": record.response.clone().unwrap_or(Value::Null),
+                           "status": record.status}),
+                );
+            }
+        }
+        let mut slice = Slice {
+            run,
+            definition: definition.clone(),
+            records,
+            outputs,
+            run_view,
+            agent: None,
+            heartbeat,
+            started: Instant::now(),
+        };
+        for (idx, &position) in execution_order(&definition).iter().enumerate() {
+            let step = &definition.steps[position];
+            let idx = u32::try_from(idx).context("too many steps")?;
+            match self.step(&mut slice, idx, step).await? {
+                StepFlow::Next => {}
+                StepFlow::Stop(outcome) => return Ok(outcome),
+            }
+        }
+        self.finish_run(&slice.run, RunStatus::Succeeded, None)
+            .await
+    }
+
+    /// Handles one top-level step.
+    async fn step(&self, slice: &mut Slice<'_>, idx: u32, step: &Step) -> anyhow::Result<StepFlow> {
+        let sk = crate::store::runs::step_sk(idx, None);
+        if let Some(existing) = slice.records.get(&sk).cloned() {
+            match existing.status {
+                StepStatus::Succeeded | StepStatus::Skipped => return Ok(StepFlow::Next),
+                _ => {}
+            }
+        }
+        if slice.started.elapsed() >= self.slice {
+            return Ok(StepFlow::Stop(Outcome::Continue));
+        }
+        if let Some(reason) = self.skip_reason(slice, step) {
+            let record = self.new_record(slice, idx, None, step.id.as_str(), step.kind.type_name());
+            let record = StepRecord {
+                status: StepStatus::Skipped,
+                ended_at: Some(record.started_at),
+                duration_ms: Some(0),
+                lease_until: None,
+                attempts: 0,
+                ..record
+            };
+            self.state.store.skip_step(&record).await?;
+            self.log(
+                slice.run.id,
+                Some(step.id.as_str()),
+                LogLevel::Info,
+                format!("skipped: {reason}"),
+            )
+            .await;
+            slice.outputs.insert(
+                step.id.as_str().to_owned(),
+                json!({"output": null, "status": StepStatus::Skipped}),
+            );
+            return Ok(StepFlow::Next);
+        }
+        let record = self.new_record(slice, idx, None, step.id.as_str(), step.kind.type_name());
+        let record = match self.acquire(slice, record, &step.kind).await? {
+            Ok(record) => record,
+            Err(flow) => return Ok(flow),
+        };
+        if let StepKind::Loop(config) = &step.kind {
+            return self.run_loop(slice, idx, step, config, record).await;
+        }
+        let scope_item = None;
+        let result = self
+            .with_heartbeat(
+                slice.heartbeat,
+                &record,
+                self.execute_kind(
+                    slice,
+                    step.id.as_str(),
+                    &as_loop_step(&step.kind),
+                    scope_item,
+                    &record,
+                ),
+            )
+            .await;
+        self.conclude(slice, step.id.as_str(), record, result).await
+    }
+
+    /// Claims a new record, or takes over an existing one when allowed. `Err(flow)` ends
+    /// the step's handling with that flow.
+    async fn acquire(
+        &self,
+        slice: &mut Slice<'_>,
+        record: StepRecord,
+        kind: &StepKind,
+    ) -> anyhow::Result<Result<StepRecord, StepFlow>> {
+        let store = &self.state.store;
+        let existing = match slice.records.get(&record.sk()).cloned() {
+            Some(existing) => existing,
+            None => match store.claim_step(&record).await? {
+                Claim::Claimed => {
+                    slice.records.insert(record.sk(), record.clone());
+                    return Ok(Ok(record));
+                }
+                Claim::RunNotRunning => {
+                    return Ok(Err(StepFlow::Stop(self.stopped(&slice.run).await?)))
+                }
+                Claim::Exists(existing) => *existing,
+            },
+        };
+        let now = self.now();
+        match existing.status {
+            StepStatus::Succeeded | StepStatus::Skipped => {
+                slice.records.insert(existing.sk(), existing);
+                return Ok(Err(StepFlow::Next));
+            }
+            StepStatus::Waiting => {
+                // A worker stopped between pausing the step and pausing the run.
+                let run = self.pause_for_input(&slice.run, &existing).await?;
+                return Ok(Err(StepFlow::Stop(Outcome::of(run))));
+            }
+            StepStatus::Failed if existing.round < slice.run.retries => {}
+            StepStatus::Failed => {
+                // A worker stopped between failing the step and failing the run.
+                let message = step_failure(&existing.step_id, existing.error_message.as_deref());
+                let outcome = self
+                    .finish_run(&slice.run, RunStatus::Failed, Some(message))
+                    .await?;
+                return Ok(Err(StepFlow::Stop(outcome)));
+            }
+            StepStatus::Running if matches!(kind, StepKind::Loop(_)) => {
+                // A loop's record only frames its iterations, which are claimed one by one.
+                return Ok(Ok(existing));
+            }
+            StepStatus::Running => {
+                if existing.lease_until.is_some_and(|lease| lease > now) {
+                    return Ok(Err(StepFlow::Stop(Outcome::Busy)));
+                }
+                if !self.safe_to_repeat(&as_loop_step(kind)).await {
+                    let error = "the worker running this step stopped mid-call, and the step is \
+                                 not safe to repeat automatically; retry the run to run it again";
+                    let result = StepResult::failed(existing.request.clone(), error);
+                    let step_id = existing.step_id.clone();
+                    return Ok(Err(self
+                        .conclude(slice, &step_id, existing, result)
+                        .await?));
+                }
+            }
+        }
+        let lease = now + chrono::Duration::from_std(STEP_LEASE).unwrap_or_default();
+        if store
+            .retake_step(&existing, now, lease, slice.run.retries)
+            .await?
+        {
+            let record = StepRecord {
+                status: StepStatus::Running,
+                started_at: now,
+                lease_until: Some(lease),
+                round: slice.run.retries,
+                attempts: existing.attempts + 1,
+                ended_at: None,
+                duration_ms: None,
+                error_message: None,
+                ..existing
+            };
+            self.log(
+                slice.run.id,
+                Some(&record.step_id),
+                LogLevel::Info,
+                format!("attempt {} started", record.attempts),
+            )
+            .await;
+            slice.records.insert(record.sk(), record.clone());
+            Ok(Ok(record))
+        } else {
+            // Someone else moved it, or the run stopped running.
+            match store.get_run(slice.run.id).await? {
+                Some(run) if run.status == RunStatus::Running => {
+                    Ok(Err(StepFlow::Stop(Outcome::Busy)))
+                }
+                Some(run) => Ok(Err(StepFlow::Stop(Outcome::of(run.status)))),
+                None => anyhow::bail!("run {} vanished", slice.run.id),
+            }
+        }
+    }
+
+    /// Why a step is skipped: a dependency was skipped, or a decision chose another branch.
+    fn skip_reason(&self, slice: &Slice<'_>, step: &Step) -> Option<String> {
+        for dependency in &step.depends_on {
+            let view = slice.outputs.get(dependency.as_str());
+            if view.and_then(|v| v.get("status")) == Some(&json!(StepStatus::Skipped)) {
+                return Some(format!("it depends on `{dependency}`, which was skipped"));
+            }
+            let Some(StepKind::Decision(decision)) =
+                slice.definition.step(dependency.as_str()).map(|s| &s.kind)
+            else {
+                continue;
+            };
+            let branch = view
+                .and_then(|v| v.pointer("/output/branch"))
+                .and_then(Value::as_str);
+            let (taken, other) = match branch {
+                Some("then") => (&decision.then, &decision.otherwise),
+                Some("else") => (&decision.otherwise, &decision.then),
+                _ => continue,
+            };
+            if other.contains(&step.id) && !taken.contains(&step.id) {
+                return Some(format!(
+                    "decision `{dependency}` took its `{}` branch",
+                    branch.unwrap_or_default()
+                ));
+            }
+        }
+        None
+    }
+
+    fn new_record(
+        &self,
+        slice: &Slice<'_>,
+        idx: u32,
+        iteration: Option<u32>,
+        step_id: &str,
+        kind: &str,
+    ) -> StepRecord {
+        let now = self.now();
+        StepRecord {
+            run_id: slice.run.id,
+            idx,
+            step_id: step_id.to_owned(),
+            iteration,
+            kind: kind.to_owned(),
+            name: match iteration {
+                Some(i) => format!("{step_id}[{i}]"),
+                None => step_id.to_owned(),
+            },
+            status: StepStatus::Running,
+            started_at: now,
+            ended_at: None,
+            duration_ms: None,
+            error_message: None,
+            request: None,
+            response: None,
+            tokens_prompt: 0,
+            tokens_completion: 0,
+            usd_cost: Decimal::ZERO,
+            attempts: 1,
+            lease_until: Some(now + chrono::Duration::from_std(STEP_LEASE).unwrap_or_default()),
+            round: slice.run.retries,
+        }
+    }
+
+    /// Records the end of an attempt and decides what happens next.
+    async fn conclude(
+        &self,
+        slice: &mut Slice<'_>,
+        step_id: &str,
+        record: StepRecord,
+        result: StepResult,
+    ) -> anyhow::Result<StepFlow> {
+        let at = self.now();
+        let end = StepEnd {
+            status: result.status,
+            at,
+            duration_ms: elapsed_ms(record.started_at, at),
+            error_message: result.error.clone(),
+            request: result.request.clone(),
+            response: result.response.clone(),
+            tokens_prompt: result.tokens_prompt,
+            tokens_completion: result.tokens_completion,
+            usd_cost: result.usd_cost,
+        };
+        if !self.state.store.finish_step(&record, &end).await? {
+            tracing::warn!(step = %record.name, "another worker took the step over; its result is dropped");
+            return Ok(StepFlow::Stop(Outcome::Busy));
+        }
+        let mut lines: Vec<LogLine> = result
+            .logs
+            .into_iter()
+            .map(|(level, message)| LogLine {
+                at,
+                level,
+                step_id: Some(step_id.to_owned()),
+                message,
+            })
+            .collect();
+        lines.push(LogLine {
+            at,
+            level: if result.status == StepStatus::Failed {
+                LogLevel::Error
+            } else {
+                LogLevel::Info
+            },
+            step_id: Some(step_id.to_owned()),
+            message: match (&result.status, &result.error) {
+                (StepStatus::Failed, Some(error)) => format!("{} failed: {error}", record.name),
+                (StepStatus::Waiting, _) => format!("{} waits for input", record.name),
+                (status, _) => format!(
+                    "{} {} in {} ms",
+                    record.name,
+                    status.as_str(),
+                    end.duration_ms
+                ),
+            },
+        });
+        self.append_logs(slice.run.id, &lines).await;
+        let finished = StepRecord {
+            status: result.status,
+            ended_at: Some(at),
+            duration_ms: Some(end.duration_ms),
+            error_message: result.error.clone(),
+            request: result.request,
+            response: result.response.clone(),
+            lease_until: None,
+            ..record
+        };
+        slice.records.insert(finished.sk(), finished.clone());
+        match result.status {
+            StepStatus::Succeeded => {
+                if finished.iteration.is_none() {
+                    slice.outputs.insert(
+                        step_id.to_owned(),
+                        json!({"output": result.response.unwrap_or(Value::Null), "status": StepStatus::Succeeded}),
+                    );
+                }
+                Ok(StepFlow::Next)
+            }
+            StepStatus::Waiting => {
+                let status = self.pause_for_input(&slice.run, &finished).await?;
+                Ok(StepFlow::Stop(Outcome::of(status)))
+            }
+            StepStatus::Failed => {
+                let message = step_failure(&finished.name, result.error.as_deref());
+                Ok(StepFlow::Stop(
+                    self.finish_run(&slice.run, RunStatus::Failed, Some(message))
+                        .await?,
+                ))
+            }
+            StepStatus::Running | StepStatus::Skipped => Ok(StepFlow::Next),
+        }
+    }
+
+    /// Moves a running run to `awaiting_input` on `step`; returns the run's status after.
+    async fn pause_for_input(&self, run: &Run, step: &StepRecord) -> anyhow::Result<RunStatus> {
+        let change = RunChange {
+            waiting_step: Some(Some(step.sk())),
+            ..RunChange::default()
+        };
+        match self
+            .state
+            .store
+            .transition_run(run, RunStatus::AwaitingInput, self.now(), change)
+            .await
+        {
+            Ok(run) => Ok(run.status),
+            Err(crate::store::StoreError::ConditionFailed) => Ok(self
+                .state
+                .store
+                .get_run(run.id)
+                .await?
+                .map_or(RunStatus::Cancelled, |r| r.status)),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Ends a running run; returns the outcome it ended with (another writer may have ended
+    /// it first, e.g. a cancel).
+    async fn finish_run(
+        &self,
+        run: &Run,
+        status: RunStatus,
+        error: Option<String>,
+    ) -> anyhow::Result<Outcome> {
+        let at = self.now();
+        let started = run.started_at.unwrap_or(run.created_at);
+        let change = RunChange {
+            ended: Some((at, elapsed_ms(started, at))),
+            error_message: Some(error.clone()),
+            ..RunChange::default()
+        };
+        match self
+            .state
+            .store
+            .transition_run(run, status, at, change)
+            .await
+        {
+            Ok(_) => {
+                let (level, message) = match &error {
+                    Some(error) => (LogLevel::Error, format!("run {}: {error}", status.as_str())),
+                    None => (LogLevel::Info, format!("run {}", status.as_str())),
+                };
+                self.log(run.id, None, level, message).await;
+                Ok(Outcome::of(status))
+            }
+            Err(crate::store::StoreError::ConditionFailed) => self.stopped(run).await,
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The outcome of a run that is no longer `running`.
+    async fn stopped(&self, run: &Run) -> anyhow::Result<Outcome> {
+        match self.state.store.get_run(run.id).await? {
+            Some(current) if current.status == RunStatus::Running => Ok(Outcome::Busy),
+            Some(current) => Ok(Outcome::of(current.status)),
+            None => anyhow::bail!("run {} vanished", run.id),
+        }
+    }
+
+    /// Runs a loop's iterations, each with its own record.
+    async fn run_loop(
+        &self,
+        slice: &mut Slice<'_>,
+        idx: u32,
+        step: &Step,
+        config: &LoopConfig,
+        record: StepRecord,
+    ) -> anyhow::Result<StepFlow> {
+        let step_id = step.id.as_str();
+        let items = match &config.iteration {
+            Iteration::Over(expression) => match expression.evaluate_list(&slice.scope(None, None))
+            {
+                Ok(items) if items.len() > config.max_iterations as usize => {
+                    let error = format!(
+                        "`over` gave {} items, more than max_iterations ({})",
+                        items.len(),
+                        config.max_iterations
+                    );
+                    return self
+                        .conclude(slice, step_id, record, StepResult::failed(None, error))
+                        .await;
+                }
+                Ok(items) => Some(items),
+                Err(error) => {
+                    let error = format!("`over` could not be evaluated: {error}");
+                    return self
+                        .conclude(slice, step_id, record, StepResult::failed(None, error))
+                        .await;
+                }
+            },
+            Iteration::While(_) => None,
+        };
+        let inner = &config.step;
+        let mut outputs = Vec::new();
+        let mut round: u32 = 0;
+        loop {
+            let item = match (&items, &config.iteration) {
+                (Some(items), _) => match items.get(round as usize) {
+                    Some(item) => item.clone(),
+                    None => break,
+                },
+                (None, Iteration::While(condition)) => {
+                    match condition.evaluate_bool(&slice.scope(None, Some(u64::from(round)))) {
+                        Ok(false) => break,
+                        Ok(true) if round >= config.max_iterations => {
+                            let error = format!(
+                                "`while` still held after max_iterations ({})",
+                                config.max_iterations
+                            );
+                            return self
+                                .conclude(slice, step_id, record, StepResult::failed(None, error))
+                                .await;
+                        }
+                        Ok(true) => json!(round),
+                        Err(error) => {
+                            let error = format!("`while` could not be evaluated: {error}");
+                            return self
+                                .conclude(slice, step_id, record, StepResult::failed(None, error))
+                                .await;
+                        }
+                    }
+                }
+                (None, Iteration::Over(_)) => break,
+            };
+            let sk = crate::store::runs::step_sk(idx, Some(round));
+            let done = slice
+                .records
+                .get(&sk)
+                .filter(|r| r.status == StepStatus::Succeeded)
+                .cloned();
+            let output = match done {
+                Some(done) => done.response.unwrap_or(Value::Null),
+                None => {
+                    if slice.started.elapsed() >= self.slice {
+                        return Ok(StepFlow::Stop(Outcome::Continue));
+                    }
+                    let kind = loop_kind(inner);
+                    let iteration =
+                        self.new_record(slice, idx, Some(round), step_id, kind.type_name());
+                    let iteration = match self.acquire(slice, iteration, &kind).await? {
+                        Ok(iteration) => iteration,
+                        Err(StepFlow::Next) => {
+                            // Another attempt finished it meanwhile.
+                            match slice.records.get(&sk) {
+                                Some(r) if r.status == StepStatus::Succeeded => {
+                                    outputs.push(r.response.clone().unwrap_or(Value::Null));
+                                    round += 1;
+                                    continue;
+                                }
+                                _ => return Ok(StepFlow::Stop(Outcome::Busy)),
+                            }
+                        }
+                        Err(flow) => return Ok(flow),
+                    };
+                    let result = self
+                        .with_heartbeat(
+                            slice.heartbeat,
+                            &iteration,
+                            self.execute_kind(
+                                slice,
+                                step_id,
+                                &LoopStepOrDecision::Step(inner.clone()),
+                                Some(&item),
+                                &iteration,
+                            ),
+                        )
+                        .await;
+                    let status = result.status;
+                    let response = result.response.clone();
+                    match self.conclude(slice, step_id, iteration, result).await? {
+                        StepFlow::Next if status == StepStatus::Succeeded => {
+                            response.unwrap_or(Value::Null)
+                        }
+                        StepFlow::Next => return Ok(StepFlow::Stop(Outcome::Busy)),
+                        stop => {
+                            if status == StepStatus::Failed {
+                                // The loop fails with its iteration.
+                                let error = format!("iteration {round} failed");
+                                let _ = self
+                                    .state
+                                    .store
+                                    .finish_step(
+                                        &record,
+                                        &StepEnd {
+                                            status: StepStatus::Failed,
+                                            at: self.now(),
+                                            duration_ms: elapsed_ms(record.started_at, self.now()),
+                                            error_message: Some(error),
+                                            request: None,
+                                            response: None,
+                                            tokens_prompt: 0,
+                                            tokens_completion: 0,
+                                            usd_cost: Decimal::ZERO,
+                                        },
+                                    )
+                                    .await?;
+                            }
+                            return Ok(stop);
+                        }
+                    }
+                }
+            };
+            outputs.push(output);
+            round += 1;
+        }
+        let request = match &items {
+            Some(items) => json!({"over": items}),
+            None => json!({"while": true}),
+        };
+        let response = json!({"iterations": round, "outputs": outputs});
+        self.conclude(
+            slice,
+            step_id,
+            record,
+            StepResult::succeeded(request, response),
+        )
+        .await
+    }
+
+    /// Runs `future` while renewing the step's lease and heartbeating the task.
+    async fn with_heartbeat(
+        &self,
+        heartbeat: &dyn Heartbeat,
+        record: &StepRecord,
+        future: impl std::future::Future<Output = StepResult>,
+    ) -> StepResult {
+        tokio::pin!(future);
+        let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut future => return result,
+                _ = ticker.tick() => {
+                    heartbeat.beat().await;
+                    let lease = self.now() + chrono::Duration::from_std(STEP_LEASE).unwrap_or_default();
+                    if let Err(err) = self.state.store.renew_step_lease(record, lease).await {
+                        tracing::warn!(error = %err, "could not renew a step lease");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Executes one step (or iteration) of `kind`.
+    async fn execute_kind(
+        &self,
+        slice: &Slice<'_>,
+        step_id: &str,
+        kind: &LoopStepOrDecision<'_>,
+        item: Option<&Value>,
+        record: &StepRecord,
+    ) -> StepResult {
+        let scope = slice.scope(item, None);
+        match kind {
+            LoopStepOrDecision::Decision(decision) => {
+                match decision.condition.evaluate_bool(&scope) {
+                    Ok(result) => StepResult::succeeded(
+                        json!({"condition": decision.condition.as_str()}),
+                        json!({"result": result, "branch": if result { "then" } else { "else" }}),
+                    ),
+                    Err(error) => StepResult::failed(
+                        Some(json!({"condition": decision.condition.as_str()})),
+                        format!("the condition could not be evaluated: {error}"),
+                    ),
+                }
+            }
+            LoopStepOrDecision::Step(LoopStep::Tool(config)) => {
+                self.tool_step(slice, config, &scope, record).await
+            }
+            LoopStepOrDecision::Step(LoopStep::Prompt(config)) => {
+                self.prompt_step(slice, config, &scope, record).await
+            }
+            LoopStepOrDecision::Step(LoopStep::Webhook(config)) => {
+                self.webhook_step(slice, config, &scope, record).await
+            }
+            LoopStepOrDecision::Step(LoopStep::Human(config)) => human_step(config, &scope),
+            LoopStepOrDecision::Loop => {
+                StepResult::failed(None, format!("step `{step_id}`: a loop cannot nest"))
+            }
+        }
+    }
+
+    async fn tool_step(
+        &self,
+        slice: &Slice<'_>,
+        config: &ToolConfig,
+        scope: &Scope<'_>,
+        record: &StepRecord,
+    ) -> StepResult {
+        let input = match config.input.render(scope) {
+            Ok(input) => input,
+            Err(error) => {
+                return StepResult::failed(
+                    None,
+                    format!("the input could not be rendered: {error}"),
+                )
+            }
+        };
+        let tool = match self
+            .project_tool(slice.run.project_id, config.tool_id)
+            .await
+        {
+            Ok(tool) => tool,
+            Err(error) => return StepResult::failed(Some(input), error),
+        };
+        let key = idempotency_key(record);
+        match self
+            .tools
+            .call_with_key(&tool, input.clone(), Some(&key))
+            .await
+        {
+            Ok(outcome) => {
+                let mut result = StepResult::succeeded(outcome.request.clone(), outcome.output);
+                result.logs.push((
+                    LogLevel::Info,
+                    format!(
+                        "tool `{}` answered HTTP {} after {} attempt(s)",
+                        tool.name, outcome.status, outcome.attempts
+                    ),
+                ));
+                result
+            }
+            Err(error) => StepResult::failed(
+                Some(json!({"tool_id": tool.id, "input": input})),
+                format!("tool `{}`: {error}", tool.name),
+            ),
+        }
+    }
+
+    async fn webhook_step(
+        &self,
+        slice: &Slice<'_>,
+        config: &WebhookConfig,
+        scope: &Scope<'_>,
+        record: &StepRecord,
+    ) -> StepResult {
+        let body = match config.body.render(scope) {
+            Ok(body) => body,
+            Err(error) => {
+                return StepResult::failed(None, format!("the body could not be rendered: {error}"))
+            }
+        };
+        let mut headers = BTreeMap::new();
+        for (name, template) in &config.headers {
+            match template.render_text(scope) {
+                Ok(value) => {
+                    headers.insert(name.clone(), value);
+                }
+                Err(error) => {
+                    return StepResult::failed(
+                        None,
+                        format!("header `{name}` could not be rendered: {error}"),
+                    )
+                }
+            }
+        }
+        let request = json!({"url": config.url.as_str(), "body": body, "headers": headers.keys().collect::<Vec<_>>()});
+        let id = idempotency_key(record);
+        let delivery = Delivery {
+            project_id: slice.run.project_id,
+            url: config.url.as_str(),
+            body: &body,
+            headers: &headers,
+            retries: WEBHOOK_RETRIES,
+            id: Some(&id),
+        };
+        match self.webhooks.deliver(&delivery).await {
+            Ok(outcome) => StepResult::succeeded(
+                request,
+                json!({"status": outcome.status, "delivery_id": outcome.delivery_id, "response": outcome.response}),
+            ),
+            Err(error) => StepResult::failed(Some(request), error.to_string()),
+        }
+    }
+
+    async fn prompt_step(
+        &self,
+        slice: &Slice<'_>,
+        config: &PromptConfig,
+        scope: &Scope<'_>,
+        record: &StepRecord,
+    ) -> StepResult {
+        let prompt = match config.prompt.render_text(scope) {
+            Ok(prompt) => prompt,
+            Err(error) => {
+                return StepResult::failed(
+                    None,
+                    format!("the prompt could not be rendered: {error}"),
+                )
+            }
+        };
+        let request = json!({"prompt": prompt, "tools": config.tools});
+        let agent = match &slice.agent {
+            Some(agent) => agent.clone(),
+            None => match self.state.store.get_agent(slice.run.agent_id).await {
+                Ok(Some(agent)) if agent.project_id == slice.run.project_id => agent,
+                Ok(_) => {
+                    return StepResult::failed(Some(request), "the run's agent no longer exists")
+                }
+                Err(error) => {
+                    return StepResult::failed(
+                        Some(request),
+                        format!("the agent could not be read: {error}"),
+                    )
+                }
+            },
+        };
+        let endpoint = match self.endpoint(&agent).await {
+            Ok(endpoint) => endpoint,
+            Err(error) => return StepResult::failed(Some(request), error),
+        };
+        let prices = match self.prices(slice.run.project_id).await {
+            Ok(prices) => prices,
+            Err(error) => return StepResult::failed(Some(request), error),
+        };
+        let mut tools = Vec::new();
+        for id in &config.tools {
+            match self.project_tool(slice.run.project_id, *id).await {
+                Ok(tool) => tools.push(tool),
+                Err(error) => return StepResult::failed(Some(request), error),
+            }
+        }
+        let names = llm::function_names(tools.iter().map(|t| t.name.as_str()));
+        let specs = tools
+            .iter()
+            .zip(&names)
+            .map(|(tool, name)| {
+                ToolSpec::new(
+                    name.clone(),
+                    tool.description.clone(),
+                    tool.http_config()
+                        .and_then(|c| c.inputs_schema)
+                        .map(Value::Object),
+                )
+            })
+            .collect();
+        let params = PromptParams {
+            model: agent.model.clone(),
+            system_prompt: agent.system_prompt.clone(),
+            temperature: agent.temperature.as_deref().and_then(|t| t.parse().ok()),
+            max_tokens: agent.max_tokens,
+            prompt,
+            tools: specs,
+            max_iterations: config.max_iterations.unwrap_or(DEFAULT_PROMPT_ITERATIONS),
+        };
+        let caller = PromptTools {
+            engine: self,
+            tools: names.into_iter().zip(tools).collect(),
+            key: idempotency_key(record),
+        };
+        let (outcome, error) = match llm::run_prompt(&self.chat, &endpoint, &params, &caller).await
+        {
+            Ok(outcome) => (outcome, None),
+            Err(error) => (error.partial().clone(), Some(error.to_string())),
+        };
+        let mut result = match error {
+            None => StepResult::succeeded(request, outcome.output()),
+            Some(error) => {
+                let mut failed = StepResult::failed(Some(request), error);
+                failed.response = Some(outcome.output());
+                failed
+            }
+        };
+        result.tokens_prompt = outcome.tokens_prompt;
+        result.tokens_completion = outcome.tokens_completion;
+        match prices.cost(&agent.model, outcome.tokens_prompt, outcome.tokens_completion) {
+            Ok(cost) => result.usd_cost = cost,
+            Err(error) => result.logs.push((
+                LogLevel::Warn,
+                format!("cost not counted: {error}; add the model to the project's settings.model_prices"),
+            )),
+        }
+        result.logs.push((
+            LogLevel::Info,
+            format!(
+                "model `{}`: {} call(s), {} prompt + {} completion tokens, {} tool call(s)",
+                agent.model,
+                outcome.model_calls,
+                outcome.tokens_prompt,
+                outcome.tokens_completion,
+                outcome.tool_calls.len()
+            ),
+        ));
+        result
+    }
+
+    /// The chat endpoint of an agent: its own, or the deployment's default.
+    async fn endpoint(&self, agent: &Agent) -> Result<Endpoint, String> {
+        let secrets = &self.state.secrets;
+        let (base_url, key) = match &agent.llm {
+            Some(llm) => {
+                let key = if llm.has_api_key {
+                    secrets.get(&llm_key_path(agent.id)).await.map_err(|e| {
+                        tracing::error!(error = ?e, "could not read an agent's LLM key");
+                        "the agent's LLM API key could not be read".to_owned()
+                    })?
+                } else {
+                    None
+                };
+                (llm.base_url.clone(), key)
+            }
+            None => {
+                let base_url = self.state.config.llm_base_url.clone().ok_or_else(|| {
+                    "the agent has no llm.base_url and the deployment sets no LLM_BASE_URL"
+                        .to_owned()
+                })?;
+                let key = secrets.get("llm-api-key").await.map_err(|e| {
+                    tracing::error!(error = ?e, "could not read the default LLM key");
+                    "the default LLM API key could not be read".to_owned()
+                })?;
+                (base_url, key)
+            }
+        };
+        Ok(Endpoint {
+            base_url,
+            api_key: key.map(|k: SecretString| k),
+        })
+    }
+
+    async fn prices(&self, project_id: Uuid) -> Result<PriceTable, String> {
+        let project = self
+            .state
+            .store
+            .get_project(project_id)
+            .await
+            .map_err(|e| format!("the project could not be read: {e}"))?
+            .ok_or_else(|| "the run's project no longer exists".to_owned())?;
+        PriceTable::with_overrides(&project.settings)
+            .map_err(|e| format!("the project's settings.model_prices are invalid: {e}"))
+    }
+
+    async fn project_tool(&self, project_id: Uuid, id: Uuid) -> Result<Tool, String> {
+        match self.state.store.get_tool(id).await {
+            Ok(Some(tool)) if tool.project_id == project_id => Ok(tool),
+            Ok(_) => Err(format!("tool {id} no longer exists")),
+            Err(error) => Err(format!("tool {id} could not be read: {error}")),
+        }
+    }
+
+    /// Whether a step interrupted mid-call may run again without a person deciding: tools
+    /// only when their method is idempotent; prompts only when all their tools are;
+    /// webhooks yes, since their delivery id lets receivers drop the duplicate.
+    async fn safe_to_repeat(&self, kind: &LoopStepOrDecision<'_>) -> bool {
+        match kind {
+            LoopStepOrDecision::Decision(_) | LoopStepOrDecision::Loop => true,
+            LoopStepOrDecision::Step(LoopStep::Human(_) | LoopStep::Webhook(_)) => true,
+            LoopStepOrDecision::Step(LoopStep::Tool(config)) => self
+                .state
+                .store
+                .get_tool(config.tool_id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|t| tool::is_idempotent(&t)),
+            LoopStepOrDecision::Step(LoopStep::Prompt(config)) => {
+                for id in &config.tools {
+                    let idempotent = self
+                        .state
+                        .store
+                        .get_tool(*id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|t| tool::is_idempotent(&t));
+                    if !idempotent {
+                        return false;
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// The definition of a run's workflow version; versions are immutable, so it is cached.
+    async fn definition(&self, run: &Run) -> anyhow::Result<Arc<Definition>> {
+        let key = (run.workflow_id, run.workflow_version);
+        if let Some(found) = self
+            .definitions
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&key).cloned())
+        {
+            return Ok(found);
+        }
+        let version = self
+            .state
+            .store
+            .get_workflow_version(run.workflow_id, run.workflow_version)
+            .await?
+            .with_context(|| {
+                format!(
+                    "workflow {} version {} no longer exists",
+                    run.workflow_id, run.workflow_version
+                )
+            })?;
+        let definition = Arc::new(version.definition);
+        if let Ok(mut cache) = self.definitions.lock() {
+            if cache.len() > 256 {
+                cache.clear();
+            }
+            cache.insert(key, definition.clone());
+        }
+        Ok(definition)
+    }
+
+    async fn log(&self, run_id: Uuid, step_id: Option<&str>, level: LogLevel, message: String) {
+        let line = LogLine {
+            at: self.now(),
+            level,
+            step_id: step_id.map(str::to_owned),
+            message,
+        };
+        self.append_logs(run_id, &[line]).await;
+    }
+
+    /// Log lines are best effort: losing one must not fail a step that did its work.
+    async fn append_logs(&self, run_id: Uuid, lines: &[LogLine]) {
+        if let Err(error) = self.state.store.append_logs(run_id, lines).await {
+            tracing::warn!(%run_id, error = %error, "could not store run log lines");
+        }
+    }
+}
+
+/// The tools a prompt step offers, called through the tool executor.
+struct PromptTools<'a> {
+    engine: &'a Engine,
+    tools: HashMap<String, Tool>,
+    key: String,
+}
+
+#[async_trait]
+impl ToolCaller for PromptTools<'_> {
+    async fn call(&self, name: &str, arguments: Value) -> Result<Value, String> {
+        let tool = self
+            .tools
+            .get(name)
+            .ok_or_else(|| format!("no tool is called `{name}`"))?;
+        // One key per call, stable across a re-run of the same prompt attempt.
+        let key = format!("{}:{name}:{}", self.key, digest(&arguments));
+        self.engine
+            .tools
+            .call_with_key(tool, arguments, Some(&key))
+            .await
+            .map(|outcome| outcome.output)
+            .map_err(|error| error.to_string())
+    }
+}
+
+/// A step that can run at a loop's place or on its own.
+enum LoopStepOrDecision<'a> {
+    Step(LoopStep),
+    Decision(&'a crate::workflow::DecisionConfig),
+    Loop,
+}
+
+fn as_loop_step(kind: &StepKind) -> LoopStepOrDecision<'_> {
+    match kind {
+        StepKind::Prompt(c) => LoopStepOrDecision::Step(LoopStep::Prompt(c.clone())),
+        StepKind::Tool(c) => LoopStepOrDecision::Step(LoopStep::Tool(c.clone())),
+        StepKind::Webhook(c) => LoopStepOrDecision::Step(LoopStep::Webhook(c.clone())),
+        StepKind::Human(c) => LoopStepOrDecision::Step(LoopStep::Human(c.clone())),
+        StepKind::Decision(c) => LoopStepOrDecision::Decision(c),
+        StepKind::Loop(_) => LoopStepOrDecision::Loop,
+    }
+}
+
+fn loop_kind(step: &LoopStep) -> StepKind {
+    match step {
+        LoopStep::Prompt(c) => StepKind::Prompt(c.clone()),
+        LoopStep::Tool(c) => StepKind::Tool(c.clone()),
+        LoopStep::Webhook(c) => StepKind::Webhook(c.clone()),
+        LoopStep::Human(c) => StepKind::Human(c.clone()),
+    }
+}
+
+fn human_step(config: &HumanConfig, scope: &Scope<'_>) -> StepResult {
+    match config.instructions.render_text(scope) {
+        Ok(instructions) => StepResult {
+            status: StepStatus::Waiting,
+            request: Some(json!({"instructions": instructions})),
+            response: None,
+            error: None,
+            tokens_prompt: 0,
+            tokens_completion: 0,
+            usd_cost: Decimal::ZERO,
+            logs: vec![(LogLevel::Info, format!("waiting for input: {instructions}"))],
+        },
+        Err(error) => StepResult::failed(
+            None,
+            format!("the instructions could not be rendered: {error}"),
+        ),
+    }
+}
+
+impl Slice<'_> {
+    fn scope<'s>(&'s self, item: Option<&'s Value>, iteration: Option<u64>) -> Scope<'s> {
+        Scope {
+            input: &self.run.input,
+            steps: &self.outputs,
+            run: &self.run_view,
+            item,
+            iteration,
+        }
+    }
+}
+
+/// The key sent with a step's calls: stable across workers re-running the same attempt
+/// round, new for each `retry` of the run.
+fn idempotency_key(record: &StepRecord) -> String {
+    format!("{}:{}:{}", record.run_id, record.name, record.round)
+}
+
+fn digest(value: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(value.to_string().as_bytes());
+    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn step_failure(name: &str, error: Option<&str>) -> String {
+    clip(format!(
+        "step `{name}` failed: {}",
+        error.unwrap_or("no reason recorded")
+    ))
+}
+
+fn clip(mut text: String) -> String {
+    if text.chars().count() > MAX_ERROR_CHARS {
+        text = text.chars().take(MAX_ERROR_CHARS).collect::<String>() + "…";
+    }
+    text
+}
+
+fn elapsed_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+    u64::try_from((to - from).num_milliseconds()).unwrap_or(0)
+}

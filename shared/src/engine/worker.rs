@@ -1,0 +1,494 @@
+//! The run worker: consumes the run queue, where the lifecycle state machine sends its tasks.
+//!
+//! Every message is `{kind, run_id, task_token?, error?}`:
+//!
+//! - `execute`: runs the run's ready steps for one slice ([`Engine::execute`]) and answers the
+//!   task with `{status}` (`continue`, `awaiting_input`, `succeeded`, `failed`, `cancelled`);
+//! - `approval`, `await_human`, `await_retry`: parks the task token on the run, which waits in
+//!   `awaiting_approval`, `awaiting_input` or `failed`. The API call that ends the wait
+//!   (approve, resume, retry) moves the run first and then answers the token if it is parked;
+//!   if the run had already moved when the worker tried to park, the worker answers it. One of
+//!   the two always sees both the token and the new status;
+//! - `finalize`: the lifecycle broke (a wait or heartbeat timed out): the run ends unless it
+//!   already has.
+//!
+//! Delivery is at least once: messages of one run in a batch are handled one after the other,
+//! step records make a duplicate harmless, and answering a task twice is refused by Step
+//! Functions, which the worker treats as done. A message the worker cannot handle is
+//! reported failed and comes back after [`Config::run_retry_delay`]; after the queue's
+//! `maxReceiveCount` it lands in the dead-letter queue.
+//!
+//! The same [`Worker`] serves the Lambda function (an SQS event, partial batch failures) and
+//! the dev server ([`Worker::run`], a long-polling loop).
+//!
+//! [`Config::run_retry_delay`]: crate::config::Config::run_retry_delay
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use aws_sdk_sfn::error::ProvideErrorMetadata;
+use futures_util::future::join_all;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::lifecycle::{self, is_stale_token};
+use super::run::{Engine, Heartbeat, STEP_LEASE};
+use crate::state::AppState;
+use crate::store::runs::{LogLevel, LogLine, Run, RunChange, RunStatus};
+use crate::store::StoreError;
+
+/// A message as the queue delivered it.
+#[derive(Clone, Debug)]
+pub struct QueueMessage {
+    /// SQS message id.
+    pub message_id: String,
+    /// Receipt handle, to delay a failed message's next delivery; `None` leaves that to
+    /// the queue's visibility timeout.
+    pub receipt_handle: Option<String>,
+    /// The body.
+    pub body: String,
+}
+
+/// A task the lifecycle sent.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Task {
+    Approval {
+        run_id: Uuid,
+        task_token: String,
+    },
+    Execute {
+        run_id: Uuid,
+        task_token: String,
+    },
+    AwaitHuman {
+        run_id: Uuid,
+        task_token: String,
+    },
+    AwaitRetry {
+        run_id: Uuid,
+        task_token: String,
+    },
+    Finalize {
+        run_id: Uuid,
+        #[serde(default)]
+        error: Value,
+    },
+}
+
+impl Task {
+    fn run_id(&self) -> Uuid {
+        match self {
+            Self::Approval { run_id, .. }
+            | Self::Execute { run_id, .. }
+            | Self::AwaitHuman { run_id, .. }
+            | Self::AwaitRetry { run_id, .. }
+            | Self::Finalize { run_id, .. } => *run_id,
+        }
+    }
+}
+
+/// How handling a message went.
+enum Handled {
+    /// Done: delete it.
+    Done,
+    /// Try again after this long.
+    Later(Duration),
+}
+
+/// Consumes the run queue.
+pub struct Worker {
+    engine: Engine,
+    state: AppState,
+}
+
+impl Worker {
+    /// A worker on `state`.
+    pub async fn new(state: AppState) -> anyhow::Result<Self> {
+        Ok(Self {
+            engine: Engine::new(state.clone())?,
+            state,
+        })
+    }
+
+    /// Uses `slice` as the time budget of one `execute` task.
+    pub fn with_slice(mut self, slice: Duration) -> Self {
+        self.engine = self.engine.with_slice(slice);
+        self
+    }
+
+    /// Handles a batch; returns the ids of the messages that failed. Messages of the same run
+    /// are handled in order, different runs concurrently.
+    pub async fn handle_batch(&self, messages: Vec<QueueMessage>) -> Vec<String> {
+        let mut groups: BTreeMap<String, Vec<QueueMessage>> = BTreeMap::new();
+        for message in messages {
+            let group = serde_json::from_str::<Task>(&message.body)
+                .map(|t| t.run_id().to_string())
+                .unwrap_or_else(|_| format!("unreadable:{}", message.message_id));
+            groups.entry(group).or_default().push(message);
+        }
+        let results = join_all(groups.into_values().map(|group| async move {
+            let mut failed = Vec::new();
+            for message in group {
+                match self.handle(&message.body).await {
+                    Ok(Handled::Done) => {}
+                    Ok(Handled::Later(delay)) => {
+                        self.delay(&message, delay).await;
+                        failed.push(message.message_id);
+                    }
+                    Err(error) => {
+                        tracing::error!(message_id = %message.message_id, error = ?error, "a run message failed");
+                        self.delay(&message, self.state.config.run_retry_delay).await;
+                        failed.push(message.message_id);
+                    }
+                }
+            }
+            failed
+        }))
+        .await;
+        results.into_iter().flatten().collect()
+    }
+
+    /// Handles one message body.
+    async fn handle(&self, body: &str) -> anyhow::Result<Handled> {
+        let task: Task = serde_json::from_str(body).context("the message is not a run task")?;
+        let run_id = task.run_id();
+        let run = self.state.store.get_run(run_id).await?;
+        let Some(run) = run else {
+            if let Some(token) = token(&task) {
+                self.fail_task(
+                    token,
+                    "RunNotFound",
+                    &format!("run {run_id} does not exist"),
+                )
+                .await;
+                return Ok(Handled::Done);
+            }
+            anyhow::bail!("run {run_id} does not exist");
+        };
+        let span = tracing::info_span!("run_task", %run_id, project_id = %run.project_id);
+        let _entered = span.enter();
+        match task {
+            Task::Execute { task_token, .. } => {
+                let beat = TaskHeartbeat {
+                    sfn: &self.state.clients.sfn,
+                    token: &task_token,
+                };
+                let outcome = self.engine.execute(run, &beat).await?;
+                match outcome.status() {
+                    Some(status) => {
+                        self.answer(&task_token, json!({ "status": status }))
+                            .await?;
+                        Ok(Handled::Done)
+                    }
+                    None => Ok(Handled::Later(STEP_LEASE / 5)),
+                }
+            }
+            Task::Approval { task_token, .. } => {
+                self.park(
+                    run,
+                    RunStatus::AwaitingApproval,
+                    RunStatus::Queued,
+                    &task_token,
+                    json!({"decision": "approved"}),
+                )
+                .await
+            }
+            Task::AwaitHuman { task_token, .. } => {
+                self.park(
+                    run,
+                    RunStatus::AwaitingInput,
+                    RunStatus::Running,
+                    &task_token,
+                    json!({"resumed": true}),
+                )
+                .await
+            }
+            Task::AwaitRetry { task_token, .. } => {
+                self.park(
+                    run,
+                    RunStatus::Failed,
+                    RunStatus::Queued,
+                    &task_token,
+                    json!({"retried": true}),
+                )
+                .await
+            }
+            Task::Finalize { error, .. } => {
+                self.finalize(run, &error).await?;
+                Ok(Handled::Done)
+            }
+        }
+    }
+
+    /// Parks `token` on a run waiting in `waiting`; if it already moved on to `released`,
+    /// answers the token with `output` instead.
+    async fn park(
+        &self,
+        run: Run,
+        waiting: RunStatus,
+        released: RunStatus,
+        token: &str,
+        output: Value,
+    ) -> anyhow::Result<Handled> {
+        match self
+            .state
+            .store
+            .park_task_token(run.id, waiting, token)
+            .await
+        {
+            Ok(()) => return Ok(Handled::Done),
+            Err(StoreError::ConditionFailed) => {}
+            Err(err) => return Err(err.into()),
+        }
+        let current = self.state.store.get_run(run.id).await?;
+        if current.is_some_and(|r| r.status == released) {
+            self.answer(token, output).await?;
+        }
+        // Otherwise the run ended (cancelled or rejected): the execution was stopped.
+        Ok(Handled::Done)
+    }
+
+    /// Ends a run whose lifecycle broke, unless it already ended.
+    async fn finalize(&self, run: Run, error: &Value) -> anyhow::Result<()> {
+        let cause = [error.get("Error"), error.get("Cause")]
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(": ");
+        let message = format!(
+            "the run lifecycle stopped it: {}",
+            if cause.is_empty() {
+                "unknown error"
+            } else {
+                &cause
+            }
+        );
+        let to = match run.status {
+            RunStatus::Running => RunStatus::Failed,
+            RunStatus::Queued | RunStatus::AwaitingApproval | RunStatus::AwaitingInput => {
+                RunStatus::Cancelled
+            }
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled => return Ok(()),
+        };
+        let at = self.state.clock.now();
+        let started = run.started_at.unwrap_or(run.created_at);
+        let change = RunChange {
+            ended: Some((
+                at,
+                u64::try_from((at - started).num_milliseconds()).unwrap_or(0),
+            )),
+            error_message: Some(Some(message.clone())),
+            ..RunChange::default()
+        };
+        match self.state.store.transition_run(&run, to, at, change).await {
+            Ok(_) => {
+                let line = LogLine {
+                    at,
+                    level: LogLevel::Error,
+                    step_id: None,
+                    message,
+                };
+                if let Err(error) = self.state.store.append_logs(run.id, &[line]).await {
+                    tracing::warn!(error = %error, "could not store a run log line");
+                }
+                Ok(())
+            }
+            // Someone else moved it meanwhile; the lifecycle has ended either way.
+            Err(StoreError::ConditionFailed) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn answer(&self, token: &str, output: Value) -> anyhow::Result<()> {
+        lifecycle::answer(&self.state, token, output).await
+    }
+
+    async fn fail_task(&self, token: &str, error: &str, cause: &str) {
+        if let Err(err) = self
+            .state
+            .clients
+            .sfn
+            .send_task_failure()
+            .task_token(token)
+            .error(error)
+            .cause(cause)
+            .send()
+            .await
+        {
+            if !is_stale_token(err.code()) {
+                tracing::warn!(error = ?err, "could not fail a lifecycle task");
+            }
+        }
+    }
+
+    /// Delays a failed message's next delivery.
+    async fn delay(&self, message: &QueueMessage, delay: Duration) {
+        let Some(receipt) = &message.receipt_handle else {
+            return;
+        };
+        let queue_url = match self.queue_url().await {
+            Ok(url) => url,
+            Err(error) => {
+                tracing::warn!(error = ?error, "could not find the run queue");
+                return;
+            }
+        };
+        let seconds = i32::try_from(delay.as_secs())
+            .unwrap_or(i32::MAX)
+            .min(43_200);
+        if let Err(error) = self
+            .state
+            .clients
+            .sqs
+            .change_message_visibility()
+            .queue_url(queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+        {
+            tracing::warn!(error = ?error, "could not delay a failed run message");
+        }
+    }
+
+    async fn queue_url(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.state.config.run_queue_url {
+            return Ok(url.clone());
+        }
+        let name = self.state.config.run_queue_name();
+        let out = self
+            .state
+            .clients
+            .sqs
+            .get_queue_url()
+            .queue_name(&name)
+            .send()
+            .await
+            .with_context(|| format!("Failed to find queue {name}"))?;
+        out.queue_url
+            .with_context(|| format!("queue {name} has no URL"))
+    }
+
+    /// Long-polls the run queue until `shutdown` resolves, handling what arrives. Handled
+    /// messages are deleted; failed ones come back after the retry delay.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let queue_url = self.queue_url().await?;
+        tokio::pin!(shutdown);
+        loop {
+            let received = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                received = self
+                    .state
+                    .clients
+                    .sqs
+                    .receive_message()
+                    .queue_url(&queue_url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(10)
+                    .send() => received,
+            };
+            let messages = match received {
+                Ok(out) => out.messages.unwrap_or_default(),
+                Err(error) => {
+                    tracing::warn!(error = ?error, "could not receive run messages");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if messages.is_empty() {
+                continue;
+            }
+            let batch: Vec<QueueMessage> = messages
+                .iter()
+                .map(|m| QueueMessage {
+                    message_id: m.message_id.clone().unwrap_or_default(),
+                    receipt_handle: m.receipt_handle.clone(),
+                    body: m.body.clone().unwrap_or_default(),
+                })
+                .collect();
+            let failed = self.handle_batch(batch.clone()).await;
+            for message in batch.iter().filter(|m| !failed.contains(&m.message_id)) {
+                let Some(receipt) = &message.receipt_handle else {
+                    continue;
+                };
+                if let Err(error) = self
+                    .state
+                    .clients
+                    .sqs
+                    .delete_message()
+                    .queue_url(&queue_url)
+                    .receipt_handle(receipt)
+                    .send()
+                    .await
+                {
+                    tracing::warn!(error = ?error, "could not delete a handled run message");
+                }
+            }
+        }
+    }
+
+    /// Handles an SQS event of the Lambda function: the ids of failed messages, for
+    /// `ReportBatchItemFailures`.
+    pub async fn handle_event(
+        &self,
+        event: aws_lambda_events::event::sqs::SqsEvent,
+    ) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+        let batch = event
+            .records
+            .into_iter()
+            .map(|record| QueueMessage {
+                message_id: record.message_id.unwrap_or_default(),
+                receipt_handle: record.receipt_handle,
+                body: record.body.unwrap_or_default(),
+            })
+            .collect();
+        let failed = self.handle_batch(batch).await;
+        aws_lambda_events::event::sqs::SqsBatchResponse {
+            batch_item_failures: failed
+                .into_iter()
+                .map(
+                    |item_identifier| aws_lambda_events::event::sqs::BatchItemFailure {
+                        item_identifier,
+                    },
+                )
+                .collect(),
+        }
+    }
+}
+
+fn token(task: &Task) -> Option<&str> {
+    match task {
+        Task::Approval { task_token, .. }
+        | Task::Execute { task_token, .. }
+        | Task::AwaitHuman { task_token, .. }
+        | Task::AwaitRetry { task_token, .. } => Some(task_token),
+        Task::Finalize { .. } => None,
+    }
+}
+
+/// Heartbeats an `execute` task while a long step runs.
+struct TaskHeartbeat<'a> {
+    sfn: &'a aws_sdk_sfn::Client,
+    token: &'a str,
+}
+
+#[async_trait]
+impl Heartbeat for TaskHeartbeat<'_> {
+    async fn beat(&self) {
+        if let Err(error) = self
+            .sfn
+            .send_task_heartbeat()
+            .task_token(self.token)
+            .send()
+            .await
+        {
+            tracing::warn!(error = ?error, "could not heartbeat the run task");
+        }
+    }
+}
