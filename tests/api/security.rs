@@ -204,4 +204,5 @@ async fn every_route_but_health_and_docs_requires_credentials() {
     assert_eq!(health.body["checks"]["dynamodb"]["status"], "ok");
     assert_eq!(health.body["checks"]["sqs"]["status"], "ok");
     assert_eq!(health.body["checks"]["secretsmanager"]["status"], "ok");
+    assert_eq!(health.body["checks"]["stepfunctions"]["status"], "ok");
 }

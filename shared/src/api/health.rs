@@ -58,7 +58,8 @@ where
     }
 }
 
-/// Reports whether DynamoDB, SQS and Secrets Manager are ready.
+/// Reports whether DynamoDB, SQS, Secrets Manager and the run lifecycle state machine are
+/// ready.
 #[utoipa::path(
     get,
     path = "/health",
@@ -99,7 +100,23 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         .describe_secret()
         .secret_id(state.config.jwt_secret_name())
         .send();
-    let (dynamodb, sqs, secrets) = tokio::join!(
+    let stepfunctions = async {
+        let arn = state
+            .config
+            .run_state_machine_arn
+            .as_deref()
+            .ok_or_else(|| "RUN_STATE_MACHINE_ARN is not set".to_owned())?;
+        state
+            .clients
+            .sfn
+            .describe_state_machine()
+            .state_machine_arn(arn)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws_sdk_sfn::error::DisplayErrorContext(e).to_string())
+    };
+    let (dynamodb, sqs, secrets, stepfunctions) = tokio::join!(
         timed(dynamodb),
         timed(async {
             sqs.await
@@ -110,11 +127,13 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
                 .await
                 .map_err(|e| aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())
         }),
+        timed(stepfunctions),
     );
     let checks = BTreeMap::from([
         ("dynamodb", dynamodb),
         ("sqs", sqs),
         ("secretsmanager", secrets),
+        ("stepfunctions", stepfunctions),
     ]);
     let ready = checks.values().all(|c| c.error.is_none());
     let status = if ready {

@@ -1385,3 +1385,44 @@ fn clip(mut text: String) -> String {
 fn elapsed_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
     u64::try_from((to - from).num_milliseconds()).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn definition(steps: serde_json::Value) -> Definition {
+        crate::workflow::parse(&json!({ "steps": steps }), &HashSet::new()).unwrap()
+    }
+
+    fn human(id: &str, depends_on: &[&str]) -> serde_json::Value {
+        json!({"id": id, "type": "human", "depends_on": depends_on, "config": {"instructions": "ok"}})
+    }
+
+    #[test]
+    fn dependencies_run_first_and_independent_steps_keep_the_authors_order() {
+        let d = definition(json!([
+            human("c", &["b"]),
+            human("a", &[]),
+            human("b", &["a"]),
+            human("z", &[]),
+        ]));
+        let ids: Vec<&str> = execution_order(&d)
+            .into_iter()
+            .map(|i| d.steps[i].id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c", "z"]);
+    }
+
+    #[test]
+    fn the_lifecycle_routes_on_the_outcome_and_busy_answers_nothing() {
+        assert_eq!(Outcome::Continue.status(), Some("continue"));
+        assert_eq!(Outcome::AwaitingInput.status(), Some("awaiting_input"));
+        assert_eq!(Outcome::Failed.status(), Some("failed"));
+        assert_eq!(Outcome::Busy.status(), None);
+        assert_eq!(Outcome::of(RunStatus::AwaitingApproval), Outcome::Busy);
+    }
+}

@@ -1302,3 +1302,103 @@ impl StepsSummary {
 pub fn empty_object() -> Value {
     Value::Object(Map::new())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_documented_transitions_are_legal() {
+        use RunStatus::*;
+        let legal: Vec<(RunStatus, RunStatus)> = RunStatus::ALL
+            .into_iter()
+            .flat_map(|from| RunStatus::ALL.into_iter().map(move |to| (from, to)))
+            .filter(|(from, to)| from.can_become(*to))
+            .collect();
+        assert_eq!(
+            legal,
+            vec![
+                (Queued, Running),
+                (Queued, Failed),
+                (Queued, Cancelled),
+                (AwaitingApproval, Queued),
+                (AwaitingApproval, Failed),
+                (AwaitingApproval, Cancelled),
+                (Running, Running),
+                (Running, AwaitingInput),
+                (Running, Succeeded),
+                (Running, Failed),
+                (Running, Cancelled),
+                (AwaitingInput, Running),
+                (AwaitingInput, Cancelled),
+                (Failed, Queued),
+            ]
+        );
+        assert!(!Succeeded.can_become(Cancelled) && !Cancelled.can_become(Queued));
+    }
+
+    #[test]
+    fn step_keys_sort_in_execution_order_with_iterations_after_their_loop() {
+        let mut keys = vec![
+            step_sk(10, None),
+            step_sk(2, Some(1)),
+            step_sk(2, None),
+            step_sk(2, Some(0)),
+            step_sk(3, None),
+        ];
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "STEP#0002",
+                "STEP#0002#00000",
+                "STEP#0002#00001",
+                "STEP#0003",
+                "STEP#0010"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_summary_counts_top_level_records_and_the_steps_not_reached() {
+        let record = |idx, iteration, status| StepRecord {
+            run_id: Uuid::nil(),
+            idx,
+            step_id: format!("s{idx}"),
+            iteration,
+            kind: "tool".into(),
+            name: format!("s{idx}"),
+            status,
+            started_at: Utc::now(),
+            ended_at: None,
+            duration_ms: None,
+            error_message: None,
+            request: None,
+            response: None,
+            tokens_prompt: 0,
+            tokens_completion: 0,
+            usd_cost: Decimal::ZERO,
+            attempts: 1,
+            lease_until: None,
+            round: 0,
+        };
+        let records = [
+            record(0, None, StepStatus::Succeeded),
+            record(1, None, StepStatus::Skipped),
+            record(2, None, StepStatus::Running),
+            record(2, Some(0), StepStatus::Succeeded),
+        ];
+        assert_eq!(
+            StepsSummary::of(5, &records),
+            StepsSummary {
+                total: 5,
+                pending: 2,
+                running: 1,
+                waiting: 0,
+                succeeded: 1,
+                failed: 0,
+                skipped: 1,
+            }
+        );
+    }
+}
