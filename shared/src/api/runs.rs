@@ -734,7 +734,7 @@ pub async fn cancel_run(
         (status = 200, description = "The run, queued again with `retries` incremented", body = RunView),
         (status = 403, description = "Needs developer", body = Problem),
         (status = 404, description = "No such run visible to the caller", body = Problem),
-        (status = 409, description = "The run has not failed", body = Problem),
+        (status = 409, description = "The run has not failed, or its lifecycle has ended (its retry window passed)", body = Problem),
     )
 )]
 pub async fn retry_run(
@@ -743,6 +743,19 @@ pub async fn retry_run(
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunView>> {
     let run = visible_run(&state, &principal, &id, Action::OperateRuns).await?;
+    if run.status != RunStatus::Failed {
+        return Err(not_in(&run, RunStatus::Failed));
+    }
+    // A failed run waits for a retry in its execution for seven days; one whose lifecycle
+    // broke or expired cannot be re-driven.
+    if !lifecycle::is_running(&state, run.id)
+        .await
+        .map_err(ApiError::Internal)?
+    {
+        return Err(ApiError::Conflict(
+            "the run's lifecycle has ended, so it cannot be retried; start a new run".into(),
+        ));
+    }
     let change = RunChange {
         retried: true,
         ..RunChange::default()

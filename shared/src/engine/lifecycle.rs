@@ -72,6 +72,23 @@ pub async fn stop(state: &AppState, run_id: Uuid, cause: &str) -> anyhow::Result
     }
 }
 
+/// Whether a run's execution is still going (and so can still be answered).
+pub async fn is_running(state: &AppState, run_id: Uuid) -> anyhow::Result<bool> {
+    let arn = execution_arn(state_machine_arn(state)?, run_id);
+    match state
+        .clients
+        .sfn
+        .describe_execution()
+        .execution_arn(arn)
+        .send()
+        .await
+    {
+        Ok(execution) => Ok(execution.status() == &aws_sdk_sfn::types::ExecutionStatus::Running),
+        Err(err) if err.code() == Some("ExecutionDoesNotExist") => Ok(false),
+        Err(err) => Err(anyhow::Error::new(err).context("Failed to read the run's execution")),
+    }
+}
+
 /// Answers a waiting task. A token that is no longer current (answered already, timed out,
 /// or its execution stopped) is not an error: someone else got there first.
 pub async fn answer(state: &AppState, token: &str, output: Value) -> anyhow::Result<()> {
