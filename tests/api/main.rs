@@ -9,6 +9,8 @@ mod lambda_events;
 mod manifests;
 mod members;
 mod projects;
+mod run_recovery;
+mod runs;
 mod security;
 mod template;
 mod tools;

@@ -479,7 +479,7 @@ pub async fn create_run(
     });
     match state.store.create_run(&run, idempotency.as_ref()).await {
         Ok(()) => {}
-        Err(StoreError::ConditionFailed) => {
+        Err(err) if matches!(err, StoreError::ConditionFailed) || err.is_conflict() => {
             // A concurrent request with the same key won the race.
             let key = idempotency_key.as_deref().unwrap_or_default();
             return match replay(&state, project_id, key, &body).await? {
@@ -507,6 +507,7 @@ async fn start_lifecycle(state: &AppState, run: Run) -> ApiResult<Run> {
     tracing::error!(run_id = %run.id, error = ?error, "the run's lifecycle did not start");
     let now = state.clock.now();
     let change = RunChange {
+        from: vec![run.status],
         ended: Some((now, 0)),
         error_message: Some(Some(
             "the run's lifecycle could not be started; start a new run".into(),
@@ -757,6 +758,7 @@ pub async fn retry_run(
         ));
     }
     let change = RunChange {
+        from: vec![RunStatus::Failed],
         retried: true,
         ..RunChange::default()
     };
@@ -874,6 +876,7 @@ pub async fn approve_run(
         ));
     }
     let change = RunChange {
+        from: vec![RunStatus::AwaitingApproval],
         approval: Some(Approval {
             decision: "approved".into(),
             decided_by: principal.actor_id(),
@@ -926,6 +929,7 @@ pub async fn reject_run(
     }
     let at = state.clock.now();
     let change = RunChange {
+        from: vec![RunStatus::AwaitingApproval],
         ended: Some((at, elapsed_ms(run.created_at, at))),
         error_message: Some(Some(format!("rejected: {reason}"))),
         approval: Some(Approval {
@@ -1039,10 +1043,15 @@ async fn visible_run(
     Ok(run)
 }
 
-/// Moves a run to `to` with a conditional write; `409` naming its status if it may not.
+/// Moves a run to `to` with a conditional write (only from `change.from`, when given);
+/// `409` naming what the operation needs if the run is elsewhere.
 async fn move_run(state: &AppState, run: &Run, to: RunStatus, change: RunChange) -> ApiResult<Run> {
-    if !run.status.can_become(to) || run.status == to {
-        return Err(conflict_for(run, to));
+    let from = change.from.clone();
+    let allowed = |status: RunStatus| {
+        status.can_become(to) && status != to && (from.is_empty() || from.contains(&status))
+    };
+    if !allowed(run.status) {
+        return Err(conflict_for(run, to, &from));
     }
     match state
         .store
@@ -1056,22 +1065,19 @@ async fn move_run(state: &AppState, run: &Run, to: RunStatus, change: RunChange)
                 .get_run(run.id)
                 .await?
                 .ok_or_else(|| not_found(WHAT))?;
-            Err(conflict_for(&current, to))
+            Err(conflict_for(&current, to, &from))
         }
         Err(err) => Err(err.into()),
     }
 }
 
-fn conflict_for(run: &Run, to: RunStatus) -> ApiError {
-    match to {
-        RunStatus::Cancelled if run.status.is_terminal() => ApiError::Conflict(format!(
+fn conflict_for(run: &Run, to: RunStatus, from: &[RunStatus]) -> ApiError {
+    match from {
+        [expected] => not_in(run, *expected),
+        _ if to == RunStatus::Cancelled && run.status.is_terminal() => ApiError::Conflict(format!(
             "the run has already ended ({})",
             run.status.as_str()
         )),
-        RunStatus::Queued if run.require_approval && run.approval.is_none() => {
-            not_in(run, RunStatus::AwaitingApproval)
-        }
-        RunStatus::Queued => not_in(run, RunStatus::Failed),
         _ => ApiError::Conflict(format!(
             "the run is {} and cannot become {}",
             run.status.as_str(),

@@ -249,6 +249,7 @@ impl Engine {
         let run = match run.status {
             RunStatus::Queued => {
                 let change = RunChange {
+                    from: vec![RunStatus::Queued],
                     started_at: Some(self.now()),
                     ..RunChange::default()
                 };
@@ -278,7 +279,13 @@ impl Engine {
             RunStatus::Running => run,
             other => return Ok(Outcome::of(other)),
         };
-        let definition = self.definition(&run).await?;
+        let Some(definition) = self.definition(&run).await? else {
+            let error = format!(
+                "workflow {} version {} no longer exists",
+                run.workflow_id, run.workflow_version
+            );
+            return self.finish_run(&run, RunStatus::Failed, Some(error)).await;
+        };
         let records: HashMap<String, StepRecord> = self
             .state
             .store
@@ -646,6 +653,7 @@ impl Engine {
     /// Moves a running run to `awaiting_input` on `step`; returns the run's status after.
     async fn pause_for_input(&self, run: &Run, step: &StepRecord) -> anyhow::Result<RunStatus> {
         let change = RunChange {
+            from: vec![RunStatus::Running],
             waiting_step: Some(Some(step.sk())),
             ..RunChange::default()
         };
@@ -677,6 +685,7 @@ impl Engine {
         let at = self.now();
         let started = run.started_at.unwrap_or(run.created_at);
         let change = RunChange {
+            from: vec![RunStatus::Running],
             ended: Some((at, elapsed_ms(started, at))),
             error_message: Some(error.clone()),
             ..RunChange::default()
@@ -1224,7 +1233,7 @@ impl Engine {
     }
 
     /// The definition of a run's workflow version; versions are immutable, so it is cached.
-    async fn definition(&self, run: &Run) -> anyhow::Result<Arc<Definition>> {
+    async fn definition(&self, run: &Run) -> anyhow::Result<Option<Arc<Definition>>> {
         let key = (run.workflow_id, run.workflow_version);
         if let Some(found) = self
             .definitions
@@ -1232,19 +1241,16 @@ impl Engine {
             .ok()
             .and_then(|d| d.get(&key).cloned())
         {
-            return Ok(found);
+            return Ok(Some(found));
         }
-        let version = self
+        let Some(version) = self
             .state
             .store
             .get_workflow_version(run.workflow_id, run.workflow_version)
             .await?
-            .with_context(|| {
-                format!(
-                    "workflow {} version {} no longer exists",
-                    run.workflow_id, run.workflow_version
-                )
-            })?;
+        else {
+            return Ok(None);
+        };
         let definition = Arc::new(version.definition);
         if let Ok(mut cache) = self.definitions.lock() {
             if cache.len() > 256 {
@@ -1252,7 +1258,7 @@ impl Engine {
             }
             cache.insert(key, definition.clone());
         }
-        Ok(definition)
+        Ok(Some(definition))
     }
 
     async fn log(&self, run_id: Uuid, step_id: Option<&str>, level: LogLevel, message: String) {

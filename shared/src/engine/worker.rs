@@ -279,6 +279,7 @@ impl Worker {
         let at = self.state.clock.now();
         let started = run.started_at.unwrap_or(run.created_at);
         let change = RunChange {
+            from: vec![run.status],
             ended: Some((
                 at,
                 u64::try_from((at - started).num_milliseconds()).unwrap_or(0),

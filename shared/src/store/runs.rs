@@ -442,6 +442,8 @@ pub struct StepEnd {
 /// Fields set along with a status change.
 #[derive(Clone, Debug, Default)]
 pub struct RunChange {
+    /// Move only from these statuses; empty: from any status that may become the target.
+    pub from: Vec<RunStatus>,
     /// Set `started_at` unless already set.
     pub started_at: Option<DateTime<Utc>>,
     /// Set `ended_at` and `duration_ms`.
@@ -554,7 +556,16 @@ impl Store {
                     ("sk", "IDEMPOTENCY".into()),
                 ],
             )?;
-            items.push(put(&self.runs_table, record, "attribute_not_exists(pk)")?);
+            // DynamoDB deletes expired items only eventually: an expired key is free again.
+            let put = Put::builder()
+                .table_name(&self.runs_table)
+                .set_item(Some(record))
+                .condition_expression("attribute_not_exists(pk) OR #ttl <= :now")
+                .expression_attribute_names("#ttl", "ttl")
+                .expression_attribute_values(":now", n(idem.created_at.timestamp()))
+                .build()
+                .context("Failed to build a put")?;
+            items.push(TransactWriteItem::builder().put(put).build());
         }
         match self.transact(items, "store a run").await {
             Err(err) if err.failed_at(1) => Err(StoreError::ConditionFailed),
@@ -705,7 +716,13 @@ impl Store {
         at: DateTime<Utc>,
         change: RunChange,
     ) -> StoreResult<Run> {
-        let sources = RunStatus::sources_of(to);
+        let mut sources = RunStatus::sources_of(to);
+        if !change.from.is_empty() {
+            sources.retain(|status| change.from.contains(status));
+        }
+        if sources.is_empty() {
+            return Err(StoreError::ConditionFailed);
+        }
         let (condition, from_values) = status_list(&sources);
         let mut set = vec![
             "#status = :to".to_owned(),
