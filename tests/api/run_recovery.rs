@@ -4,7 +4,6 @@
 use async_trait::async_trait;
 use axum::http::StatusCode;
 use chrono::Duration;
-use rust_decimal::Decimal;
 use serde_json::json;
 use spark_ops::clock::Clock;
 use spark_ops::engine::run::{Engine, Heartbeat, Outcome};
@@ -90,25 +89,17 @@ async fn claimed_by_another_worker(app: &TestApp, run: &Run, lease_from_now: Dur
         .await
         .unwrap();
     let record = StepRecord {
-        run_id: run.id,
-        idx: 0,
-        step_id: "call".into(),
-        iteration: None,
-        kind: "tool".into(),
-        name: "call".into(),
-        status: StepStatus::Running,
         started_at: now - Duration::minutes(10),
-        ended_at: None,
-        duration_ms: None,
-        error_message: None,
-        request: None,
-        response: None,
-        tokens_prompt: 0,
-        tokens_completion: 0,
-        usd_cost: Decimal::ZERO,
-        attempts: 1,
-        lease_until: Some(now + lease_from_now),
-        round: 0,
+        ..StepRecord::claim(
+            run.id,
+            0,
+            None,
+            "call",
+            "tool",
+            now,
+            now + lease_from_now,
+            0,
+        )
     };
     let claim = app.state.store.claim_step(&record).await.unwrap();
     assert!(matches!(claim, spark_ops::store::runs::Claim::Claimed));

@@ -274,27 +274,16 @@ async fn to_running(app: &TestApp, id: &str) -> Run {
 /// A fresh record of top-level step `idx`, as a worker claiming it would write.
 fn record(run: &Run, idx: u32, step_id: &str) -> StepRecord {
     let now: DateTime<Utc> = run.updated_at;
-    StepRecord {
-        run_id: run.id,
+    StepRecord::claim(
+        run.id,
         idx,
-        step_id: step_id.to_owned(),
-        iteration: None,
-        kind: "human".into(),
-        name: step_id.to_owned(),
-        status: StepStatus::Running,
-        started_at: now,
-        ended_at: None,
-        duration_ms: None,
-        error_message: None,
-        request: None,
-        response: None,
-        tokens_prompt: 0,
-        tokens_completion: 0,
-        usd_cost: "0".parse().expect("a decimal"),
-        attempts: 1,
-        lease_until: Some(now + chrono::Duration::minutes(5)),
-        round: 0,
-    }
+        None,
+        step_id,
+        "human",
+        now,
+        now + chrono::Duration::minutes(5),
+        0,
+    )
 }
 
 /// A successful end of an attempt that spent `tokens` and `cost` (decimal text).

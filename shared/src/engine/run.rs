@@ -534,30 +534,16 @@ impl Engine {
         kind: &str,
     ) -> StepRecord {
         let now = self.now();
-        StepRecord {
-            run_id: slice.run.id,
+        StepRecord::claim(
+            slice.run.id,
             idx,
-            step_id: step_id.to_owned(),
             iteration,
-            kind: kind.to_owned(),
-            name: match iteration {
-                Some(i) => format!("{step_id}[{i}]"),
-                None => step_id.to_owned(),
-            },
-            status: StepStatus::Running,
-            started_at: now,
-            ended_at: None,
-            duration_ms: None,
-            error_message: None,
-            request: None,
-            response: None,
-            tokens_prompt: 0,
-            tokens_completion: 0,
-            usd_cost: Decimal::ZERO,
-            attempts: 1,
-            lease_until: Some(now + chrono::Duration::from_std(STEP_LEASE).unwrap_or_default()),
-            round: slice.run.retries,
-        }
+            step_id,
+            kind,
+            now,
+            now + chrono::Duration::from_std(STEP_LEASE).unwrap_or_default(),
+            slice.run.retries,
+        )
     }
 
     /// Records the end of an attempt and decides what happens next.

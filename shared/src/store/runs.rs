@@ -336,6 +336,45 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
+    /// A claim of step `step_id` (iteration `iteration` of it, in a loop): attempt 1,
+    /// `running` from `at`, held until `lease_until`, in the run's retry round `round`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn claim(
+        run_id: Uuid,
+        idx: u32,
+        iteration: Option<u32>,
+        step_id: &str,
+        kind: &str,
+        at: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        round: u32,
+    ) -> Self {
+        Self {
+            run_id,
+            idx,
+            step_id: step_id.to_owned(),
+            iteration,
+            kind: kind.to_owned(),
+            name: match iteration {
+                Some(i) => format!("{step_id}[{i}]"),
+                None => step_id.to_owned(),
+            },
+            status: StepStatus::Running,
+            started_at: at,
+            ended_at: None,
+            duration_ms: None,
+            error_message: None,
+            request: None,
+            response: None,
+            tokens_prompt: 0,
+            tokens_completion: 0,
+            usd_cost: Decimal::ZERO,
+            attempts: 1,
+            lease_until: Some(lease_until),
+            round,
+        }
+    }
+
     /// The record's sort key.
     pub fn sk(&self) -> String {
         step_sk(self.idx, self.iteration)
@@ -858,15 +897,8 @@ impl Store {
         start: Option<cursor::Key>,
     ) -> StoreResult<Page<StepRecord>> {
         let out = self
-            .ddb
-            .query()
-            .table_name(&self.runs_table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :step)")
-            .expression_attribute_values(":pk", s(run_pk(run_id)))
-            .expression_attribute_values(":step", s("STEP#"))
+            .run_items(run_id, "STEP#", limit, start)
             .consistent_read(true)
-            .limit(limit)
-            .set_exclusive_start_key(start)
             .send()
             .await
             .context("Failed to list run steps")?;
@@ -1201,16 +1233,26 @@ impl Store {
         limit: i32,
         start: Option<cursor::Key>,
     ) -> StoreResult<Page<LogLine>> {
-        let query = self
-            .ddb
+        let query = self.run_items(run_id, "LOG#", limit, start);
+        self.query_page(query, "run logs").await
+    }
+
+    /// A `Query` for the items of a run's partition whose sort key starts with `prefix`.
+    fn run_items(
+        &self,
+        run_id: Uuid,
+        prefix: &str,
+        limit: i32,
+        start: Option<cursor::Key>,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.ddb
             .query()
             .table_name(&self.runs_table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :log)")
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
             .expression_attribute_values(":pk", s(run_pk(run_id)))
-            .expression_attribute_values(":log", s("LOG#"))
+            .expression_attribute_values(":prefix", s(prefix))
             .limit(limit)
-            .set_exclusive_start_key(start);
-        self.query_page(query, "run logs").await
+            .set_exclusive_start_key(start)
     }
 }
 
@@ -1379,25 +1421,17 @@ mod tests {
     #[test]
     fn a_summary_counts_top_level_records_and_the_steps_not_reached() {
         let record = |idx, iteration, status| StepRecord {
-            run_id: Uuid::nil(),
-            idx,
-            step_id: format!("s{idx}"),
-            iteration,
-            kind: "tool".into(),
-            name: format!("s{idx}"),
             status,
-            started_at: Utc::now(),
-            ended_at: None,
-            duration_ms: None,
-            error_message: None,
-            request: None,
-            response: None,
-            tokens_prompt: 0,
-            tokens_completion: 0,
-            usd_cost: Decimal::ZERO,
-            attempts: 1,
-            lease_until: None,
-            round: 0,
+            ..StepRecord::claim(
+                Uuid::nil(),
+                idx,
+                iteration,
+                "s",
+                "tool",
+                Utc::now(),
+                Utc::now(),
+                0,
+            )
         };
         let records = [
             record(0, None, StepStatus::Succeeded),
