@@ -7,7 +7,8 @@
 //!
 //! - runs per minute, from the first create request to the last run ended;
 //! - p50 and p95 run latency: `created_at → ended_at` of the records, and as observed
-//!   (create request sent → terminal status seen, polled every 50 ms);
+//!   (create request sent → terminal status seen, polled every 50 ms); and of the create
+//!   request alone;
 //! - Step Functions state transitions per run, from each execution's history;
 //! - DynamoDB requests per run (API and workers share the counted client), by operation.
 //!
@@ -48,6 +49,7 @@ fn ms(d: Duration) -> f64 {
 /// One finished run.
 struct Finished {
     id: Uuid,
+    create: Duration,
     observed: Duration,
     recorded: Duration,
 }
@@ -126,7 +128,7 @@ async fn run_batch(
     n: usize,
     concurrency: usize,
 ) -> Vec<Finished> {
-    let started: Vec<(Uuid, Instant)> = futures::stream::iter(0..n)
+    let started: Vec<(Uuid, Instant, Duration)> = futures::stream::iter(0..n)
         .map(|_| async {
             let sent = Instant::now();
             let reply = app.post("/api/v1/runs", Some(token), body.clone()).await;
@@ -135,7 +137,7 @@ async fn run_batch(
                 .as_str()
                 .and_then(|id| Uuid::parse_str(id).ok())
                 .expect("run id");
-            (id, sent)
+            (id, sent, sent.elapsed())
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -150,7 +152,7 @@ async fn run_batch(
             pending.len()
         );
         let mut still = Vec::new();
-        for (id, sent) in pending {
+        for (id, sent, create) in pending {
             let run = observer
                 .get_run(id)
                 .await
@@ -167,11 +169,12 @@ async fn run_batch(
                 let ended = run.ended_at.expect("ended_at of a terminal run");
                 finished.push(Finished {
                     id,
+                    create,
                     observed: sent.elapsed(),
                     recorded: (ended - run.created_at).to_std().unwrap_or_default(),
                 });
             } else {
-                still.push((id, sent));
+                still.push((id, sent, create));
             }
         }
         pending = still;
@@ -303,6 +306,8 @@ async fn main() {
     let recorded: Vec<Duration> = finished.iter().map(|f| f.recorded).collect();
     let mut observed: Vec<Duration> = finished.iter().map(|f| f.observed).collect();
     observed.sort();
+    let mut creates: Vec<Duration> = finished.iter().map(|f| f.create).collect();
+    creates.sort();
     let per_run = |total: usize| total as f64 / n as f64;
     let mut by_operation: BTreeMap<String, usize> = BTreeMap::new();
     for op in operations {
@@ -327,6 +332,11 @@ async fn main() {
         "latency observed (request → terminal seen): p50 {:.0} ms, p95 {:.0} ms",
         ms(quantile(&observed, 0.50)),
         ms(quantile(&observed, 0.95)),
+    );
+    println!(
+        "POST /api/v1/runs (store + StartExecution): p50 {:.0} ms, p95 {:.0} ms",
+        ms(quantile(&creates, 0.50)),
+        ms(quantile(&creates, 0.95)),
     );
     println!(
         "Step Functions per run: {:.1} state transitions (StateEntered, min {} max {}), {:.1} history events",

@@ -71,6 +71,16 @@ fn assert_timed(record: &Value) {
     assert!(ended >= started, "{record:#}");
 }
 
+/// Asserts a cancelled or rejected run's execution has ended: `ABORTED` when stopped, or
+/// `FAILED` when its waiting task was failed (the local emulator also reports a stop that
+/// races a task state's start as `FAILED`, `States.Runtime`).
+fn assert_stopped(execution: &str) {
+    assert!(
+        matches!(execution, "ABORTED" | "FAILED"),
+        "the execution should be stopped, it is {execution}"
+    );
+}
+
 /// A support workflow: `triage` (a prompt whose model calls the lookup tool), `lookup` (a
 /// tool step), `route` (a decision on the tier), then the `vip` webhook — or `standard`,
 /// skipped for a gold customer.
@@ -363,6 +373,9 @@ async fn a_run_calls_a_tool_from_its_prompt_takes_one_branch_and_signs_its_webho
         received[0].delivery_id.as_str()
     );
 
+    // AND its one execution has succeeded
+    assert_eq!(flow.project.wait_for_execution_end(id).await, "SUCCEEDED");
+
     // AND the logs carry lines of each executed step
     let logs = flow.project.logs(id).await;
     let logged: HashSet<&str> = logs.iter().filter_map(|l| l["step_id"].as_str()).collect();
@@ -459,6 +472,11 @@ async fn a_failed_run_is_retried_from_its_failed_step_without_repeating_earlier_
             .all(|s| s["step_id"] != "notify" || s["status"] == "pending"),
         "notify must not have run: {before:#?}"
     );
+    assert_eq!(
+        project.execution_status(id).await,
+        "RUNNING",
+        "a failed run's execution waits for a retry"
+    );
     let charges_while_down = tools.calls("/payments").await.len();
     assert!(charges_while_down >= 1);
     assert_eq!(tools.calls("/orders/o-7").await.len(), 1);
@@ -513,6 +531,12 @@ async fn a_failed_run_is_retried_from_its_failed_step_without_repeating_earlier_
     assert_eq!(received.len(), 1, "{received:#?}");
     assert!(received[0].verified);
     assert_eq!(received[0].body, json!({"payment": "p-1"}));
+
+    assert_eq!(
+        project.wait_for_execution_end(id).await,
+        "SUCCEEDED",
+        "the retry ran in the run's one execution"
+    );
 
     // AND a run that did not fail cannot be retried
     let again = project
@@ -572,9 +596,8 @@ async fn cancelling_a_run_mid_step_stops_it_before_the_next_step() {
     assert!(!reply.body["duration_ms"].is_null(), "{:#}", reply.body);
     let ended_at = reply.body["ended_at"].clone();
 
-    // AND its execution stops
-    let execution = project.wait_for_execution_end(id).await;
-    assert_ne!(execution, "SUCCEEDED", "the execution should be stopped");
+    // AND its execution is stopped
+    assert_stopped(&project.wait_for_execution_end(id).await);
 
     // AND once the slow call has had time to return, the next step has still not run
     let window = called_at + slowness + Duration::from_secs(3);
@@ -750,6 +773,7 @@ async fn a_run_needing_approval_runs_once_approved_and_never_once_rejected() {
         .await;
     let second_id = second["id"].as_str().unwrap();
     assert_eq!(second["status"], "awaiting_approval", "{second:#}");
+    project.wait_until_parked(second_id, "AwaitApproval").await;
     let reply = project
         .post(
             &format!("/api/v1/runs/{second_id}/reject"),
@@ -762,8 +786,6 @@ async fn a_run_needing_approval_runs_once_approved_and_never_once_rejected() {
     assert_eq!(reply.body["status"], "cancelled", "{:#}", reply.body);
     assert_eq!(reply.body["error_message"], "rejected: too expensive");
     assert!(!reply.body["ended_at"].is_null(), "{:#}", reply.body);
-    let execution = project.wait_for_execution_end(second_id).await;
-    assert_ne!(execution, "SUCCEEDED");
     let rejected = project.run(second_id).await;
     assert_eq!(rejected["status"], "cancelled", "{rejected:#}");
     assert!(project.steps(second_id).await.is_empty());
@@ -771,6 +793,19 @@ async fn a_run_needing_approval_runs_once_approved_and_never_once_rejected() {
         tools.calls("/act").await.len(),
         1,
         "the rejected run ran its step"
+    );
+
+    // AND its execution ends without ever executing
+    assert_stopped(&project.wait_for_execution_end(second_id).await);
+    let entered: Vec<Option<String>> = project
+        .execution_events(second_id)
+        .await
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    assert!(
+        !entered.contains(&Some("Execute".to_owned())),
+        "the rejected run's execution entered Execute: {entered:?}"
     );
 
     // AND a decided run cannot be decided again
@@ -789,6 +824,58 @@ async fn a_run_needing_approval_runs_once_approved_and_never_once_rejected() {
             again.body
         );
     }
+}
+
+#[tokio::test]
+async fn cancelling_a_run_waiting_for_input_ends_it_and_its_execution() {
+    // GIVEN a run waiting at a human step, its task token parked
+    let server = start_dev_server(&[]).await;
+    let project = project(&server, None).await;
+    let tools = ToolApi::start().await;
+    tools.answer("/send", json!({"sent": true})).await;
+    let send = project.tool("Send", tools.url("/send"), json!({})).await;
+    let llm = FakeLlm::start(Script {
+        tool_call: None,
+        answer: ("unused".into(), (1, 1)),
+    })
+    .await;
+    let agent = project.agent("gpt-4o-mini", &llm).await;
+    let workflow = project
+        .workflow(json!({"steps": [
+            {"id": "review", "type": "human", "config": {"instructions": "Approve?"}},
+            {"id": "send", "type": "tool", "depends_on": ["review"], "config": {"tool_id": send}},
+        ]}))
+        .await;
+    let run = project
+        .start_run(&workflow, &agent, json!({}), json!({}))
+        .await;
+    let id = run["id"].as_str().unwrap();
+    project.wait_for_status(id, "awaiting_input").await;
+    project.wait_until_parked(id, "AwaitHuman").await;
+
+    // WHEN it is cancelled
+    let reply = project
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/runs/{id}/cancel"),
+            None,
+        )
+        .await;
+
+    // THEN it ends cancelled, can no longer be resumed, and its execution ends
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"], "cancelled", "{:#}", reply.body);
+    assert!(!reply.body["ended_at"].is_null(), "{:#}", reply.body);
+    let resumed = project
+        .post(
+            &format!("/api/v1/runs/{id}/resume"),
+            json!({"input": {"ok": true}}),
+        )
+        .await;
+    assert_eq!(resumed.status, StatusCode::CONFLICT, "{}", resumed.body);
+    assert_stopped(&project.wait_for_execution_end(id).await);
+    assert!(tools.calls("/send").await.is_empty());
+    assert_eq!(project.run(id).await["status"], "cancelled");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -920,6 +1007,31 @@ impl Driver {
         }
     }
 
+    /// Hands every message left on the queue to the worker once, as the queue would
+    /// redeliver it; asserts each is acknowledged.
+    async fn drain(&self) {
+        let mut quiet = 0;
+        while quiet < 2 {
+            let received = self.receive(1).await;
+            if received.is_empty() {
+                quiet += 1;
+                continue;
+            }
+            for message in received {
+                let failed = self
+                    .worker
+                    .handle_batch(vec![Self::as_queued(&message)])
+                    .await;
+                assert!(
+                    failed.is_empty(),
+                    "a redelivered message of an ended run failed again: {:?}",
+                    message.body()
+                );
+                self.delete(&message).await;
+            }
+        }
+    }
+
     /// Feeds the run queue to the worker in `mode` until run `id` ends.
     async fn drive(&mut self, project: &Project, id: &str, mode: Delivery) -> Value {
         let deadline = Instant::now() + RUN_DEADLINE;
@@ -1014,11 +1126,21 @@ async fn every_message_delivered_twice_has_its_effects_once() {
         let received = flow.hooks.received();
         let deliveries: HashSet<&str> = received.iter().map(|r| r.delivery_id.as_str()).collect();
         assert_eq!(deliveries.len(), received.len(), "{received:#?}");
+
+        // AND whatever the worker asked to see again is acknowledged, without effect, when
+        // it comes back
+        driver.drain().await;
+        assert_eq!(flow.effects().await - before, ONE_EXECUTION, "{mode:?}");
+        flow.assert_counted_once(&flow.project.run(id).await).await;
     }
 
-    // AND no duplicate was reported as a failure to be redelivered
+    // AND a duplicate handled after its twin, in the same batch, is simply acknowledged; one
+    // racing its twin may only be put off until the twin is done
     assert!(
-        driver.failures.is_empty(),
+        driver
+            .failures
+            .iter()
+            .all(|(_, mode)| matches!(mode, Delivery::TwiceConcurrently)),
         "the worker failed duplicates: {:?}",
         driver.failures
     );

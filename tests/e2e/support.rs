@@ -4,13 +4,15 @@
 //! signatures with the project's secret from Secrets Manager.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aws_sdk_sqs::types::QueueAttributeName;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use spark_ops::engine::lifecycle::execution_arn;
 use spark_ops::engine::webhook::{self, DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use spark_ops::state::Clients;
 use wiremock::matchers::{method, path};
@@ -60,7 +62,7 @@ pub async fn local_clients() -> Clients {
 }
 
 /// The dev server as a child process under its own prefix, killed when dropped. Its log
-/// goes to a file, named in every failure message.
+/// goes to a file, named in every failure message and removed after a passing test.
 pub struct DevServer {
     child: Child,
     /// `http://127.0.0.1:<port>`.
@@ -75,6 +77,10 @@ impl Drop for DevServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The log is kept only for a failed test to be looked into.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
@@ -102,7 +108,7 @@ pub async fn start_dev_server(env: &[(&str, &str)]) -> DevServer {
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
+        .stdout(log_file.try_clone().expect("the log file can be shared"))
         .stderr(log_file);
     for (key, value) in env {
         command.env(key, value);
@@ -403,9 +409,8 @@ impl Project {
         }
     }
 
-    /// The run's Step Functions execution status, e.g. `RUNNING`, `SUCCEEDED`, `ABORTED`.
-    pub async fn execution_status(&self, run_id: &str) -> String {
-        let sfn = aws_sdk_sfn::Client::new(&local_sdk().await);
+    /// The ARN of the run's Step Functions execution.
+    async fn execution_arn(&self, sfn: &aws_sdk_sfn::Client, run_id: &str) -> String {
         let name = format!("{}-run-lifecycle", self.prefix);
         let machines = sfn
             .list_state_machines()
@@ -418,12 +423,16 @@ impl Project {
             .iter()
             .find(|m| m.name() == name)
             .unwrap_or_else(|| panic!("state machine {name} exists"));
-        let arn = format!(
-            "{}:{run_id}",
-            machine
-                .state_machine_arn()
-                .replacen(":stateMachine:", ":execution:", 1)
-        );
+        execution_arn(
+            machine.state_machine_arn(),
+            run_id.parse().expect("a run uuid"),
+        )
+    }
+
+    /// The run's Step Functions execution status, e.g. `RUNNING`, `SUCCEEDED`, `ABORTED`.
+    pub async fn execution_status(&self, run_id: &str) -> String {
+        let sfn = aws_sdk_sfn::Client::new(&local_sdk().await);
+        let arn = self.execution_arn(&sfn, run_id).await;
         sfn.describe_execution()
             .execution_arn(&arn)
             .send()
@@ -432,6 +441,82 @@ impl Project {
             .status()
             .as_str()
             .to_owned()
+    }
+
+    /// The run's execution history, oldest first: each event's type, and the state's name
+    /// for `…StateEntered` events.
+    pub async fn execution_events(&self, run_id: &str) -> Vec<(String, Option<String>)> {
+        let sfn = aws_sdk_sfn::Client::new(&local_sdk().await);
+        let arn = self.execution_arn(&sfn, run_id).await;
+        let mut events = Vec::new();
+        let mut next = None;
+        loop {
+            let page = sfn
+                .get_execution_history()
+                .execution_arn(&arn)
+                .max_results(1000)
+                .set_next_token(next)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("history of {arn}: {e:?}"));
+            events.extend(page.events().iter().map(|e| {
+                (
+                    e.r#type().as_str().to_owned(),
+                    e.state_entered_event_details().map(|d| d.name().to_owned()),
+                )
+            }));
+            next = page.next_token().map(str::to_owned);
+            if next.is_none() {
+                return events;
+            }
+        }
+    }
+
+    /// Polls until the run's execution waits in `state` on a task token and a worker has
+    /// taken that task off the run queue, i.e. the token is parked on the run.
+    pub async fn wait_until_parked(&self, run_id: &str, state: &str) {
+        let sqs = aws_sdk_sqs::Client::new(&local_sdk().await);
+        let queue = sqs
+            .get_queue_url()
+            .queue_name(format!("{}-runs", self.prefix))
+            .send()
+            .await
+            .expect("the run queue")
+            .queue_url()
+            .expect("a queue URL")
+            .to_owned();
+        let deadline = Instant::now() + RUN_DEADLINE;
+        loop {
+            let events = self.execution_events(run_id).await;
+            let entered = events.iter().rev().find_map(|(_, name)| name.as_deref());
+            let waiting = entered == Some(state)
+                && events
+                    .last()
+                    .is_some_and(|(kind, _)| kind == "TaskSubmitted");
+            let attributes = sqs
+                .get_queue_attributes()
+                .queue_url(&queue)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                .send()
+                .await
+                .expect("queue attributes");
+            let queued: u64 = attributes
+                .attributes()
+                .into_iter()
+                .flat_map(|a| a.values())
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum();
+            if waiting && queued == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {run_id} never parked in {state}: {events:?}, {queued} queued\n{}",
+                self.describe(run_id).await
+            );
+            tokio::time::sleep(POLL_EVERY).await;
+        }
     }
 
     /// Polls until the run's execution is no longer `RUNNING`; returns its status.

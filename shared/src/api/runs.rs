@@ -712,11 +712,10 @@ pub async fn cancel_run(
     let at = state.clock.now();
     let change = RunChange {
         ended: Some((at, elapsed_ms(run.started_at.unwrap_or(run.created_at), at))),
-        clear_token: true,
         ..RunChange::default()
     };
     let run = move_run(&state, &run, RunStatus::Cancelled, change).await?;
-    stop_lifecycle(&state, run.id, "cancelled").await;
+    stop_lifecycle(&state, &run, "cancelled").await;
     note(
         &state,
         &run,
@@ -938,11 +937,10 @@ pub async fn reject_run(
             decided_at: at,
             comment: Some(reason),
         }),
-        clear_token: true,
         ..RunChange::default()
     };
     let run = move_run(&state, &run, RunStatus::Cancelled, change).await?;
-    stop_lifecycle(&state, run.id, "rejected").await;
+    stop_lifecycle(&state, &run, "rejected").await;
     note(
         &state,
         &run,
@@ -1105,11 +1103,18 @@ async fn release(state: &AppState, run: &Run, output: Value) -> ApiResult<()> {
     Ok(())
 }
 
-/// Stops a run's execution; the run's status already says it ended, so a failure is
-/// logged (the execution then ends on its own timeouts).
-async fn stop_lifecycle(state: &AppState, run_id: Uuid, cause: &str) {
-    if let Err(error) = lifecycle::stop(state, run_id, cause).await {
-        tracing::error!(%run_id, error = ?error, "could not stop the run's execution");
+/// Ends a cancelled run's execution: fails the task parked on the run, if any (the state
+/// machine routes that to its `Cancelled` end; a worker that parks a token later finds the
+/// run cancelled and fails it itself), and stops the execution. The run's status already
+/// says it ended, so a failure here is logged, not returned.
+async fn stop_lifecycle(state: &AppState, run: &Run, cause: &str) {
+    if let Some(token) = &run.task_token {
+        if let Err(error) = lifecycle::fail(state, token, lifecycle::CANCELLED_ERROR, cause).await {
+            tracing::error!(run_id = %run.id, error = ?error, "could not end the run's waiting task");
+        }
+    }
+    if let Err(error) = lifecycle::stop(state, run.id, cause).await {
+        tracing::error!(run_id = %run.id, error = ?error, "could not stop the run's execution");
     }
 }
 

@@ -113,6 +113,28 @@ pub async fn answer(state: &AppState, token: &str, output: Value) -> anyhow::Res
     }
 }
 
+/// Fails a waiting task with `error`; a token that is no longer current is ignored.
+pub async fn fail(state: &AppState, token: &str, error: &str, cause: &str) -> anyhow::Result<()> {
+    match state
+        .clients
+        .sfn
+        .send_task_failure()
+        .task_token(token)
+        .error(error)
+        .cause(cause)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) if is_stale_token(err.code()) => Ok(()),
+        Err(err) => Err(anyhow::Error::new(err).context("Failed to fail a lifecycle task")),
+    }
+}
+
+/// The error a cancelled or rejected run's parked task is failed with; the state machine
+/// routes it to its `Cancelled` end.
+pub const CANCELLED_ERROR: &str = "RunCancelled";
+
 /// Step Functions' answers for a token that is no longer current.
 pub fn is_stale_token(code: Option<&str>) -> bool {
     matches!(

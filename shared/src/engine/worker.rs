@@ -29,13 +29,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use aws_sdk_sfn::error::ProvideErrorMetadata;
 use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::lifecycle::{self, is_stale_token};
+use super::lifecycle;
 use super::run::{Engine, Heartbeat, STEP_LEASE};
 use crate::state::AppState;
 use crate::store::runs::{LogLevel, LogLine, Run, RunChange, RunStatus};
@@ -245,11 +244,15 @@ impl Worker {
             Err(StoreError::ConditionFailed) => {}
             Err(err) => return Err(err.into()),
         }
-        let current = self.state.store.get_run(run.id).await?;
-        if current.is_some_and(|r| r.status == released) {
-            self.answer(token, output).await?;
+        match self.state.store.get_run(run.id).await? {
+            Some(current) if current.status == released => self.answer(token, output).await?,
+            // Cancelled or rejected before the token was parked: end the wait here.
+            Some(current) if current.status == RunStatus::Cancelled => {
+                self.fail_task(token, lifecycle::CANCELLED_ERROR, "the run was cancelled")
+                    .await;
+            }
+            _ => {}
         }
-        // Otherwise the run ended (cancelled or rejected): the execution was stopped.
         Ok(Handled::Done)
     }
 
@@ -311,20 +314,8 @@ impl Worker {
     }
 
     async fn fail_task(&self, token: &str, error: &str, cause: &str) {
-        if let Err(err) = self
-            .state
-            .clients
-            .sfn
-            .send_task_failure()
-            .task_token(token)
-            .error(error)
-            .cause(cause)
-            .send()
-            .await
-        {
-            if !is_stale_token(err.code()) {
-                tracing::warn!(error = ?err, "could not fail a lifecycle task");
-            }
+        if let Err(err) = lifecycle::fail(&self.state, token, error, cause).await {
+            tracing::warn!(error = ?err, "could not fail a lifecycle task");
         }
     }
 

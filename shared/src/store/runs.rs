@@ -493,8 +493,6 @@ pub struct RunChange {
     pub approval: Option<Approval>,
     /// Add one to `retries`, clearing `ended_at`, `duration_ms` and `error_message`.
     pub retried: bool,
-    /// Remove the parked task token.
-    pub clear_token: bool,
     /// Set (`Some(Some)`) or remove (`Some(None)`) `waiting_step`.
     pub waiting_step: Option<Option<String>>,
 }
@@ -803,9 +801,6 @@ impl Store {
         if change.retried {
             add.push("#retries :one".into());
             remove.extend(["ended_at", "duration_ms", "error_message"]);
-        }
-        if change.clear_token {
-            remove.push("task_token");
         }
         match change.waiting_step {
             Some(Some(step)) => {
