@@ -286,6 +286,21 @@ fn record(run: &Run, idx: u32, step_id: &str) -> StepRecord {
     )
 }
 
+/// Claims a step and ends its attempt with `end`, both of which must succeed.
+async fn claim_and_finish(store: &spark_ops::store::Store, step: &StepRecord, end: &StepEnd) {
+    assert!(matches!(store.claim_step(step).await, Ok(Claim::Claimed)));
+    assert!(store.finish_step(step, end).await.expect("finish"));
+}
+
+/// Every step record's `usd_cost`, in order.
+async fn step_costs(app: &TestApp, token: &str, run: &str) -> Vec<String> {
+    steps(app, token, run)
+        .await
+        .iter()
+        .map(|s| s["usd_cost"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// A successful end of an attempt that spent `tokens` and `cost` (decimal text).
 fn spent(at: DateTime<Utc>, tokens: (u64, u64), cost: &str) -> StepEnd {
     StepEnd {
@@ -1637,12 +1652,12 @@ async fn a_run_cost_is_the_exact_sum_of_its_step_costs() {
 
     // WHEN steps costing 0.1 and 0.2 finish
     for (idx, name, cost) in [(0, "first", "0.1"), (1, "second", "0.2")] {
-        let step = record(&running, idx, name);
-        assert!(matches!(store.claim_step(&step).await, Ok(Claim::Claimed)));
-        assert!(store
-            .finish_step(&step, &spent(at, (7, 3), cost))
-            .await
-            .expect("finish"));
+        claim_and_finish(
+            store,
+            &record(&running, idx, name),
+            &spent(at, (7, 3), cost),
+        )
+        .await;
     }
 
     // THEN the run cost 0.3 exactly, no float rounding
@@ -1652,34 +1667,28 @@ async fn a_run_cost_is_the_exact_sum_of_its_step_costs() {
 
     // WHEN a step costing a fraction of a cent finishes
     let step = record(&running, 2, "third");
-    assert!(matches!(store.claim_step(&step).await, Ok(Claim::Claimed)));
-    assert!(store
-        .finish_step(&step, &spent(at, (27, 0), "0.0000405"))
-        .await
-        .expect("finish"));
+    claim_and_finish(store, &step, &spent(at, (27, 0), "0.0000405")).await;
 
     // THEN every digit is kept, in the run and in each step
     let view = get_run(app, &w.owner, &id).await;
     assert_eq!(view["usd_cost"], "0.3000405");
     assert_eq!(view["tokens_prompt"], 41);
     assert_eq!(view["tokens_completion"], 6);
-    let costs: Vec<Value> = steps(app, &w.owner, &id)
-        .await
-        .iter()
-        .map(|s| s["usd_cost"].clone())
-        .collect();
-    assert_eq!(costs, vec![json!("0.1"), json!("0.2"), json!("0.0000405")]);
+    assert_eq!(
+        step_costs(app, &w.owner, &id).await,
+        ["0.1", "0.2", "0.0000405"]
+    );
 
     // GIVEN another run, WHEN its steps cost far less than a cent
     let tiny = id_of(&start(app, &w.owner, run_body(&flow, &w.agent)).await);
     let running = to_running(app, &tiny).await;
     for (idx, name, cost) in [(0, "first", "0.0000001"), (1, "second", "0.0000000405")] {
-        let step = record(&running, idx, name);
-        assert!(matches!(store.claim_step(&step).await, Ok(Claim::Claimed)));
-        assert!(store
-            .finish_step(&step, &spent(at, (1, 0), cost))
-            .await
-            .expect("finish"));
+        claim_and_finish(
+            store,
+            &record(&running, idx, name),
+            &spent(at, (1, 0), cost),
+        )
+        .await;
     }
 
     // THEN they still add up exactly, and read back as plain decimals
@@ -1687,12 +1696,10 @@ async fn a_run_cost_is_the_exact_sum_of_its_step_costs() {
     assert_eq!(cost_text(&run), "0.0000001405");
     let view = get_run(app, &w.owner, &tiny).await;
     assert_eq!(view["usd_cost"], "0.0000001405");
-    let costs: Vec<Value> = steps(app, &w.owner, &tiny)
-        .await
-        .iter()
-        .map(|s| s["usd_cost"].clone())
-        .collect();
-    assert_eq!(costs, vec![json!("0.0000001"), json!("0.0000000405")]);
+    assert_eq!(
+        step_costs(app, &w.owner, &tiny).await,
+        ["0.0000001", "0.0000000405"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------

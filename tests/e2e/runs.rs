@@ -38,6 +38,15 @@ const ANSWER: &str = "Ada is a gold customer; escalating.";
 /// The display name of the tool the model calls.
 const LOOKUP_TOOL: &str = "Customer lookup";
 
+/// A model for workflows without prompt steps: it is never called.
+async fn unused_llm() -> FakeLlm {
+    FakeLlm::start(Script {
+        tool_call: None,
+        answer: ("unused".into(), (1, 1)),
+    })
+    .await
+}
+
 fn dec(text: &str) -> Decimal {
     Decimal::from_str_exact(text).unwrap_or_else(|e| panic!("{text:?} is not a decimal: {e}"))
 }
@@ -422,11 +431,7 @@ async fn a_failed_run_is_retried_from_its_failed_step_without_repeating_earlier_
     let charge = project
         .tool("Payments", tools.url("/payments"), json!({}))
         .await;
-    let llm = FakeLlm::start(Script {
-        tool_call: None,
-        answer: ("unused".into(), (1, 1)),
-    })
-    .await;
+    let llm = unused_llm().await;
     let agent = project.agent("gpt-4o-mini", &llm).await;
     let workflow = project
         .workflow(json!({"steps": [
@@ -560,11 +565,7 @@ async fn cancelling_a_run_mid_step_stops_it_before_the_next_step() {
         .tool("Slow", tools.url("/slow"), json!({"timeout_ms": 20_000}))
         .await;
     let after = project.tool("After", tools.url("/after"), json!({})).await;
-    let llm = FakeLlm::start(Script {
-        tool_call: None,
-        answer: ("unused".into(), (1, 1)),
-    })
-    .await;
+    let llm = unused_llm().await;
     let agent = project.agent("gpt-4o-mini", &llm).await;
     let workflow = project
         .workflow(json!({"steps": [
@@ -647,11 +648,7 @@ async fn a_human_step_pauses_the_run_until_it_is_resumed_with_its_output() {
         .tool("Drafts", tools.url("/drafts"), json!({}))
         .await;
     let send = project.tool("Send", tools.url("/send"), json!({})).await;
-    let llm = FakeLlm::start(Script {
-        tool_call: None,
-        answer: ("unused".into(), (1, 1)),
-    })
-    .await;
+    let llm = unused_llm().await;
     let agent = project.agent("gpt-4o-mini", &llm).await;
     let workflow = project
         .workflow(json!({"steps": [
@@ -718,11 +715,7 @@ async fn a_run_needing_approval_runs_once_approved_and_never_once_rejected() {
     let tools = ToolApi::start().await;
     tools.answer("/act", json!({"ok": true})).await;
     let act = project.tool("Act", tools.url("/act"), json!({})).await;
-    let llm = FakeLlm::start(Script {
-        tool_call: None,
-        answer: ("unused".into(), (1, 1)),
-    })
-    .await;
+    let llm = unused_llm().await;
     let agent = project.agent("gpt-4o-mini", &llm).await;
     let workflow = project
         .workflow(json!({"steps": [{"id": "act", "type": "tool", "config": {"tool_id": act}}]}))
@@ -834,11 +827,7 @@ async fn cancelling_a_run_waiting_for_input_ends_it_and_its_execution() {
     let tools = ToolApi::start().await;
     tools.answer("/send", json!({"sent": true})).await;
     let send = project.tool("Send", tools.url("/send"), json!({})).await;
-    let llm = FakeLlm::start(Script {
-        tool_call: None,
-        answer: ("unused".into(), (1, 1)),
-    })
-    .await;
+    let llm = unused_llm().await;
     let agent = project.agent("gpt-4o-mini", &llm).await;
     let workflow = project
         .workflow(json!({"steps": [
