@@ -630,16 +630,7 @@ impl Store {
 
     /// The run with `id`, read consistently.
     pub async fn get_run(&self, id: Uuid) -> StoreResult<Option<Run>> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.runs_table)
-            .set_key(Some(key(run_pk(id), RUN_SK)))
-            .consistent_read(true)
-            .send()
-            .await
-            .context("Failed to read a run")?;
-        Ok(out.item.map(exact_record).transpose()?)
+        self.get_exact(id, RUN_SK, "a run").await
     }
 
     /// A project's runs, newest first, narrowed by `filter`.
@@ -1166,6 +1157,16 @@ impl Store {
 
     /// One step record, read consistently.
     pub async fn get_step(&self, run_id: Uuid, sk: &str) -> StoreResult<Option<StepRecord>> {
+        self.get_exact(run_id, sk, "a run step").await
+    }
+
+    /// An item of a run's partition, read consistently, its `usd_cost` exactly.
+    async fn get_exact<T: serde::de::DeserializeOwned>(
+        &self,
+        run_id: Uuid,
+        sk: &str,
+        what: &str,
+    ) -> StoreResult<Option<T>> {
         let out = self
             .ddb
             .get_item()
@@ -1174,7 +1175,7 @@ impl Store {
             .consistent_read(true)
             .send()
             .await
-            .context("Failed to read a run step")?;
+            .with_context(|| format!("Failed to read {what}"))?;
         Ok(out.item.map(exact_record).transpose()?)
     }
 
