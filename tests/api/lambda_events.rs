@@ -32,3 +32,32 @@ async fn the_register_event_creates_a_user() {
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
     assert_eq!(reply.body["email"], "lambda-event@example.com");
 }
+
+#[tokio::test]
+async fn the_run_worker_event_reports_only_the_unreadable_message_as_failed() {
+    // GIVEN the sample SQS event: a task for a run that does not exist, and a body that is no
+    // task at all
+    let app = spawn_app().await;
+    let path = format!(
+        "{}/../events/sqs-run-worker.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let event = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let event: aws_lambda_events::event::sqs::SqsEvent =
+        serde_json::from_str(&event).expect("a valid SQS event");
+
+    // WHEN the run worker's Lambda handler receives it
+    let worker = spark_ops::engine::worker::Worker::new(app.state.clone())
+        .await
+        .unwrap();
+    let response = worker.handle_event(event).await;
+
+    // THEN the task for the missing run is settled (its task is failed, not retried) and only
+    // the unreadable message is reported, so SQS redelivers it alone
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, ["5f1c5d3e-0000-4000-8000-000000000002"]);
+}
