@@ -1,21 +1,12 @@
 //! Loops: every iteration is its own record, and the bound is hard.
 
-use async_trait::async_trait;
 use axum::http::StatusCode;
 use serde_json::{json, Value};
-use spark_ops::engine::run::{Engine, Heartbeat, Outcome};
+use spark_ops::engine::run::{Engine, Outcome};
 use spark_ops::store::runs::{RunStatus, StepStatus};
-use spark_ops_tests::{spawn_app, TestApp};
-use uuid::Uuid;
+use spark_ops_tests::{spawn_app, NoHeartbeat, TestApp};
 use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-struct NoHeartbeat;
-
-#[async_trait]
-impl Heartbeat for NoHeartbeat {
-    async fn beat(&self) {}
-}
 
 /// Runs a workflow of one loop (`loop_config`) around a GET tool of `server`, in-process,
 /// for one slice; returns the outcome, the run and its step records.
@@ -39,44 +30,18 @@ async fn run_loop(
                    "config": {"url": format!("{}/echo", server.uri()), "method": "GET", "retry_attempts": 0}}),
         )
         .await;
-    let agent = app
-        .post(
-            "/api/v1/agents",
-            Some(&owner),
-            json!({"project_id": project, "name": "a", "runtime": "python", "model": "gpt-4o-mini", "env": "dev"}),
-        )
-        .await;
+    assert_eq!(tool.status, StatusCode::CREATED, "{}", tool.text);
+    let agent = app.agent(&owner, &project, "gpt-4o-mini").await;
     let mut config = loop_config;
     config["step"] = json!({"type": "tool", "config": {"tool_id": tool.body["id"], "input": {"item": "{{ item }}"}}});
     let definition = json!({"steps": [{"id": "each", "type": "loop", "config": config}]});
-    let workflow = app
-        .post(
-            "/api/v1/workflows",
-            Some(&owner),
-            json!({"project_id": project, "name": "w", "definition": definition}),
+    let workflow = app.released_workflow(&owner, &project, definition).await;
+    let id = app
+        .start_run(
+            &owner,
+            json!({"workflow_id": workflow, "agent_id": agent, "env": "dev", "input": input}),
         )
         .await;
-    assert_eq!(workflow.status, StatusCode::CREATED, "{}", workflow.text);
-    let versions = format!(
-        "/api/v1/workflows/{}/versions",
-        workflow.body["id"].as_str().unwrap()
-    );
-    app.post(&versions, Some(&owner), json!({})).await;
-    app.patch(
-        &format!("{versions}/1"),
-        &owner,
-        json!({"status": "released"}),
-    )
-    .await;
-    let created = app
-        .post(
-            "/api/v1/runs",
-            Some(&owner),
-            json!({"workflow_id": workflow.body["id"], "agent_id": agent.body["id"], "env": "dev", "input": input}),
-        )
-        .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-    let id = Uuid::parse_str(created.body["id"].as_str().unwrap()).unwrap();
     let run = app.state.store.get_run(id).await.unwrap().unwrap();
     let outcome = Engine::new(app.state.clone())
         .unwrap()

@@ -1,23 +1,14 @@
 //! A prompt step of an agent without its own LLM endpoint uses the deployment's default:
 //! `LLM_BASE_URL` and the secret `{prefix}/llm-api-key`.
 
-use async_trait::async_trait;
 use axum::http::StatusCode;
 use secrecy::SecretString;
 use serde_json::json;
-use spark_ops::engine::run::{Engine, Heartbeat, Outcome};
+use spark_ops::engine::run::{Engine, Outcome};
 use spark_ops::store::runs::{RunStatus, StepStatus};
-use spark_ops_tests::spawn_app_with;
-use uuid::Uuid;
+use spark_ops_tests::{spawn_app_with, NoHeartbeat};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-struct NoHeartbeat;
-
-#[async_trait]
-impl Heartbeat for NoHeartbeat {
-    async fn beat(&self) {}
-}
 
 #[tokio::test]
 async fn a_prompt_without_an_agent_endpoint_uses_the_deployment_default_and_its_key() {
@@ -48,43 +39,17 @@ async fn a_prompt_without_an_agent_endpoint_uses_the_deployment_default_and_its_
         .patch(&format!("/api/v1/projects/{project}"), &owner, prices)
         .await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.text);
-    let agent = app
-        .post(
-            "/api/v1/agents",
-            Some(&owner),
-            json!({"project_id": project, "name": "a", "runtime": "python", "model": "house-model", "env": "dev"}),
-        )
-        .await;
+    let agent = app.agent(&owner, &project, "house-model").await;
     let definition = json!({"steps": [
         {"id": "greet", "type": "prompt", "config": {"prompt": "Greet {{ input.name }}"}}
     ]});
-    let workflow = app
-        .post(
-            "/api/v1/workflows",
-            Some(&owner),
-            json!({"project_id": project, "name": "w", "definition": definition}),
+    let workflow = app.released_workflow(&owner, &project, definition).await;
+    let id = app
+        .start_run(
+            &owner,
+            json!({"workflow_id": workflow, "agent_id": agent, "env": "dev", "input": {"name": "Ada"}}),
         )
         .await;
-    let versions = format!(
-        "/api/v1/workflows/{}/versions",
-        workflow.body["id"].as_str().unwrap()
-    );
-    app.post(&versions, Some(&owner), json!({})).await;
-    app.patch(
-        &format!("{versions}/1"),
-        &owner,
-        json!({"status": "released"}),
-    )
-    .await;
-    let created = app
-        .post(
-            "/api/v1/runs",
-            Some(&owner),
-            json!({"workflow_id": workflow.body["id"], "agent_id": agent.body["id"], "env": "dev", "input": {"name": "Ada"}}),
-        )
-        .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-    let id = Uuid::parse_str(created.body["id"].as_str().unwrap()).unwrap();
 
     // WHEN a worker executes it
     let run = app.state.store.get_run(id).await.unwrap().unwrap();

@@ -1,24 +1,16 @@
 //! A worker killed mid-step: the engine takes the step over only when it is safe to repeat,
 //! and never while another worker's lease on it is alive.
 
-use async_trait::async_trait;
 use axum::http::StatusCode;
 use chrono::Duration;
 use serde_json::json;
 use spark_ops::clock::Clock;
-use spark_ops::engine::run::{Engine, Heartbeat, Outcome};
+use spark_ops::engine::run::{Engine, Outcome};
 use spark_ops::store::runs::{Run, RunChange, RunStatus, StepRecord, StepStatus};
-use spark_ops_tests::{spawn_app, TestApp};
+use spark_ops_tests::{spawn_app, NoHeartbeat, TestApp};
 use uuid::Uuid;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-struct NoHeartbeat;
-
-#[async_trait]
-impl Heartbeat for NoHeartbeat {
-    async fn beat(&self) {}
-}
 
 /// A queued run of a one-step workflow calling an http tool with `http_method`.
 async fn one_tool_run(app: &TestApp, server: &MockServer, http_method: &str) -> Run {
@@ -34,43 +26,17 @@ async fn one_tool_run(app: &TestApp, server: &MockServer, http_method: &str) -> 
         )
         .await;
     assert_eq!(tool.status, StatusCode::CREATED, "{}", tool.text);
-    let agent = app
-        .post(
-            "/api/v1/agents",
-            Some(&owner),
-            json!({"project_id": project, "name": "a", "runtime": "python", "model": "gpt-4o-mini", "env": "dev"}),
-        )
-        .await;
+    let agent = app.agent(&owner, &project, "gpt-4o-mini").await;
     let definition = json!({"steps": [
         {"id": "call", "type": "tool", "config": {"tool_id": tool.body["id"], "input": {}}}
     ]});
-    let workflow = app
-        .post(
-            "/api/v1/workflows",
-            Some(&owner),
-            json!({"project_id": project, "name": "w", "definition": definition}),
-        )
-        .await;
-    let workflow_id = workflow.body["id"].as_str().unwrap().to_owned();
-    let versions = format!("/api/v1/workflows/{workflow_id}/versions");
-    app.post(&versions, Some(&owner), json!({})).await;
-    let released = app
-        .patch(
-            &format!("{versions}/1"),
+    let workflow = app.released_workflow(&owner, &project, definition).await;
+    let id = app
+        .start_run(
             &owner,
-            json!({"status": "released"}),
+            json!({"workflow_id": workflow, "agent_id": agent, "env": "dev"}),
         )
         .await;
-    assert_eq!(released.status, StatusCode::OK, "{}", released.text);
-    let run = app
-        .post(
-            "/api/v1/runs",
-            Some(&owner),
-            json!({"workflow_id": workflow_id, "agent_id": agent.body["id"], "env": "dev"}),
-        )
-        .await;
-    assert_eq!(run.status, StatusCode::CREATED, "{}", run.text);
-    let id = Uuid::parse_str(run.body["id"].as_str().unwrap()).unwrap();
     app.state.store.get_run(id).await.unwrap().unwrap()
 }
 

@@ -7,8 +7,6 @@
 //! The app has no worker: a run stays `queued` unless a test drives the engine or the worker.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -16,12 +14,12 @@ use axum::http::{header, HeaderValue, Method, Request, StatusCode};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use serde_json::{json, Value};
-use spark_ops::engine::run::{Engine, Heartbeat, Outcome};
+use spark_ops::engine::run::{Engine, Outcome};
 use spark_ops::engine::worker::{QueueMessage, Worker};
 use spark_ops::store::runs::{
     step_sk, Claim, Run, RunChange, RunStatus, StepEnd, StepRecord, StepStatus,
 };
-use spark_ops_tests::{spawn_app, Reply, TestApp};
+use spark_ops_tests::{spawn_app, NoHeartbeat, Reply, TestApp};
 use uuid::Uuid;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -319,21 +317,6 @@ fn spent(at: DateTime<Utc>, tokens: (u64, u64), cost: &str) -> StepEnd {
 /// The exact decimal text of a stored run's cost.
 fn cost_text(run: &Run) -> String {
     run.usd_cost.normalize().to_string()
-}
-
-/// A heartbeat that has no lifecycle task to keep alive.
-struct NoHeartbeat;
-
-impl Heartbeat for NoHeartbeat {
-    fn beat<'life0, 'async_trait>(
-        &'life0 self,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async {})
-    }
 }
 
 /// Runs one `execute` slice of a run in-process.

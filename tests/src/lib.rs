@@ -420,3 +420,86 @@ impl LogCapture {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }
+
+/// A lifecycle heartbeat that goes nowhere, for driving the engine directly.
+pub struct NoHeartbeat;
+
+#[async_trait::async_trait]
+impl spark_ops::engine::run::Heartbeat for NoHeartbeat {
+    async fn beat(&self) {}
+}
+
+impl TestApp {
+    /// Registers an agent of `model` without its own LLM endpoint; returns its id.
+    pub async fn agent(&self, token: &str, project: &str, model: &str) -> String {
+        let reply = self
+            .post(
+                "/api/v1/agents",
+                Some(token),
+                serde_json::json!({"project_id": project, "name": "agent", "runtime": "python",
+                                   "model": model, "env": "dev"}),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "create agent: {}",
+            reply.text
+        );
+        reply.body["id"].as_str().expect("agent id").to_owned()
+    }
+
+    /// Creates a workflow of `definition` and releases its version 1; returns its id.
+    pub async fn released_workflow(&self, token: &str, project: &str, definition: Value) -> String {
+        let reply = self
+            .post(
+                "/api/v1/workflows",
+                Some(token),
+                serde_json::json!({"project_id": project, "name": "workflow", "definition": definition}),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "create workflow: {}",
+            reply.text
+        );
+        let id = reply.body["id"].as_str().expect("workflow id").to_owned();
+        let versions = format!("/api/v1/workflows/{id}/versions");
+        let version = self
+            .post(&versions, Some(token), serde_json::json!({}))
+            .await;
+        assert_eq!(
+            version.status,
+            StatusCode::CREATED,
+            "create version: {}",
+            version.text
+        );
+        let released = self
+            .patch(
+                &format!("{versions}/1"),
+                token,
+                serde_json::json!({"status": "released"}),
+            )
+            .await;
+        assert_eq!(
+            released.status,
+            StatusCode::OK,
+            "release: {}",
+            released.text
+        );
+        id
+    }
+
+    /// Starts a run through the API; returns its id.
+    pub async fn start_run(&self, token: &str, body: Value) -> uuid::Uuid {
+        let reply = self.post("/api/v1/runs", Some(token), body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "start run: {}",
+            reply.text
+        );
+        uuid::Uuid::parse_str(reply.body["id"].as_str().expect("run id")).expect("a UUID")
+    }
+}
