@@ -1,7 +1,7 @@
 //! The local control plane: provisions the resources on the local AWS services, then serves
 //! every router on one port (`PORT`, default 3000) with the same code the Lambda functions run,
-//! and runs the run worker's queue loop in the same process (`RUN_WORKER_ENABLED=false` turns
-//! it off, for a worker run elsewhere).
+//! and runs the run worker's queue loops in the same process (`RUN_WORKER_LOOPS`, default 4;
+//! `RUN_WORKER_ENABLED=false` turns them off, for a worker run elsewhere).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,37 +35,49 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("Failed to provision the local resources; are the local services running?")?
     .configure(&mut config);
-    let worker_enabled = match std::env::var("RUN_WORKER_ENABLED").as_deref() {
-        Ok("false" | "0" | "no") => false,
-        Ok("true" | "1" | "yes") | Err(_) => true,
+    let worker_loops: usize = match std::env::var("RUN_WORKER_LOOPS") {
+        Ok(raw) => raw
+            .parse()
+            .ok()
+            .filter(|n| (0..=64).contains(n))
+            .with_context(|| {
+                format!("RUN_WORKER_LOOPS must be a number from 0 to 64, got {raw:?}")
+            })?,
+        Err(_) => 4,
+    };
+    let worker_loops = match std::env::var("RUN_WORKER_ENABLED").as_deref() {
+        Ok("false" | "0" | "no") => 0,
+        Ok("true" | "1" | "yes") | Err(_) => worker_loops,
         Ok(other) => anyhow::bail!("RUN_WORKER_ENABLED must be true or false, got {other:?}"),
     };
     let state = AppState::load(config, clients, Arc::new(SystemClock)).await?;
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
-    let worker = if worker_enabled {
-        let worker = Worker::new(state.clone()).await?;
-        let mut stopped = worker_stopped.clone();
-        Some(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
-            if let Err(error) = worker.run(shutdown).await {
-                tracing::error!(error = ?error, "the run worker stopped");
-            }
-        }))
-    } else {
-        None
-    };
+    let mut workers = Vec::new();
+    if worker_loops > 0 {
+        let worker = Arc::new(Worker::new(state.clone()).await?);
+        for _ in 0..worker_loops {
+            let worker = worker.clone();
+            let mut stopped = worker_stopped.clone();
+            workers.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                if let Err(error) = worker.run(shutdown).await {
+                    tracing::error!(error = ?error, "a run worker loop stopped");
+                }
+            }));
+        }
+    }
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("Failed to listen on {addr}; set PORT to use another port"))?;
     let base = format!("http://{addr}");
     tracing::info!(%base, "Spark-Ops dev server listening");
-    let worker_note = if worker.is_some() {
-        "run worker polling the run queue"
+    let worker_note = if workers.is_empty() {
+        "off (RUN_WORKER_ENABLED=false)".to_owned()
     } else {
-        "run worker off (RUN_WORKER_ENABLED=false)"
+        format!("{} loop(s) polling the run queue", workers.len())
     };
     println!("\nSpark-Ops control plane is up:\n  API     {base}/api/v1\n  Docs    {base}/docs\n  OpenAPI {base}/api/v1/openapi.json\n  Health  {base}/health\n  Worker  {worker_note}\nPress Ctrl-C to stop.\n");
     let served = axum::serve(listener, api::app(state))
@@ -73,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("the server failed");
     let _ = stop_worker.send(true);
-    if let Some(worker) = worker {
+    for worker in workers {
         let _ = worker.await;
     }
     served
