@@ -48,8 +48,8 @@ pub struct AppState {
     pub store: Store,
     /// User-supplied secrets (tool credentials, LLM keys).
     pub secrets: SecretStore,
-    /// Token and cursor keys.
-    pub keys: Arc<Keys>,
+    /// Token and cursor keys; absent in the run worker, which serves no requests.
+    keys: Option<Arc<Keys>>,
     /// The time source.
     pub clock: Arc<dyn Clock>,
     /// AWS clients, for health checks.
@@ -65,6 +65,37 @@ impl AppState {
         clients: Clients,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
+        let keys = Self::load_keys(&config, &clients).await?;
+        let mut state = Self::without_keys(config, clients, clock);
+        state.keys = Some(Arc::new(keys));
+        Ok(state)
+    }
+
+    /// Builds the state of a process that serves no API requests (the run worker): it never
+    /// reads the JWT signing key, so its role need not be allowed to.
+    pub fn without_keys(config: Config, clients: Clients, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store: Store::new(clients.ddb.clone(), &config),
+            secrets: SecretStore::new(clients.secrets.clone(), &config),
+            config: Arc::new(config),
+            keys: None,
+            clock,
+            clients,
+            manifest_signer: Arc::default(),
+        }
+    }
+
+    /// Token and cursor keys. A state built [`without_keys`](Self::without_keys) has none,
+    /// and answers `500` if asked.
+    pub fn keys(&self) -> Result<&Keys, crate::ApiError> {
+        self.keys.as_deref().ok_or_else(|| {
+            crate::ApiError::Internal(anyhow::anyhow!(
+                "this process was built without the JWT signing key"
+            ))
+        })
+    }
+
+    async fn load_keys(config: &Config, clients: &Clients) -> anyhow::Result<Keys> {
         let secret_name = config.jwt_secret_name();
         let secret = clients
             .secrets
@@ -78,16 +109,7 @@ impl AppState {
                 .secret_string
                 .with_context(|| format!("secret {secret_name} has no string value"))?,
         );
-        let keys = Keys::new(&secret, &config.jwt_issuer, &config.jwt_audience)?;
-        Ok(Self {
-            store: Store::new(clients.ddb.clone(), &config),
-            secrets: SecretStore::new(clients.secrets.clone(), &config),
-            config: Arc::new(config),
-            keys: Arc::new(keys),
-            clock,
-            clients,
-            manifest_signer: Arc::default(),
-        })
+        Keys::new(&secret, &config.jwt_issuer, &config.jwt_audience)
     }
 
     /// The key that signs exported manifests, read from Secrets Manager once.
@@ -115,5 +137,16 @@ impl AppState {
         let config = Config::from_env()?;
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         Self::load(config, Clients::new(&sdk), Arc::new(SystemClock)).await
+    }
+
+    /// [`without_keys`](Self::without_keys) from the environment with the system clock.
+    pub async fn from_env_without_keys() -> anyhow::Result<Self> {
+        let config = Config::from_env()?;
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Ok(Self::without_keys(
+            config,
+            Clients::new(&sdk),
+            Arc::new(SystemClock),
+        ))
     }
 }

@@ -254,7 +254,12 @@ fn forge(header: &str, claims: &serde_json::Value, signature: &str) -> String {
 async fn forged_and_stale_access_tokens_get_401_problems() {
     let app = spawn_app().await;
     let token = app.user("Ada").await;
-    let claims: Claims = app.state.keys.verify(&token, app.clock.now()).unwrap();
+    let claims: Claims = app
+        .state
+        .keys()
+        .unwrap()
+        .verify(&token, app.clock.now())
+        .unwrap();
     let claims_json = serde_json::to_value(&claims).unwrap();
     let secret = app
         .state
@@ -289,7 +294,8 @@ async fn forged_and_stale_access_tokens_get_401_problems() {
         (
             "wrong issuer",
             app.state
-                .keys
+                .keys()
+                .unwrap()
                 .sign(&Claims {
                     iss: "evil".into(),
                     ..claims.clone()
@@ -299,7 +305,8 @@ async fn forged_and_stale_access_tokens_get_401_problems() {
         (
             "wrong audience",
             app.state
-                .keys
+                .keys()
+                .unwrap()
                 .sign(&Claims {
                     aud: "evil".into(),
                     ..claims.clone()

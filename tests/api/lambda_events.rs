@@ -46,10 +46,14 @@ async fn the_run_worker_event_reports_only_the_unreadable_message_as_failed() {
     let event: aws_lambda_events::event::sqs::SqsEvent =
         serde_json::from_str(&event).expect("a valid SQS event");
 
-    // WHEN the run worker's Lambda handler receives it
-    let worker = spark_ops::engine::worker::Worker::new(app.state.clone())
-        .await
-        .unwrap();
+    // WHEN the run worker's Lambda handler receives it, built as its main builds it: without
+    // the JWT signing key, which its role may not read
+    let state = spark_ops::AppState::without_keys(
+        (*app.state.config).clone(),
+        app.state.clients.clone(),
+        app.state.clock.clone(),
+    );
+    let worker = spark_ops::engine::worker::Worker::new(state).await.unwrap();
     let response = worker.handle_event(event).await;
 
     // THEN the task for the missing run is settled (its task is failed, not retried) and only

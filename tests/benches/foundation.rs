@@ -43,7 +43,8 @@ async fn main() {
     for _ in 0..VERIFICATIONS {
         let claims = app
             .state
-            .keys
+            .keys()
+            .unwrap()
             .verify(std::hint::black_box(&token), now)
             .expect("valid token");
         std::hint::black_box(claims);

@@ -10,7 +10,8 @@ use spark_ops::{bootstrap, AppState};
 async fn main() -> Result<(), lambda_runtime::Error> {
     // Everything below runs once per cold start; invocations only borrow it.
     bootstrap::init_tracing();
-    let state = AppState::from_env().await?;
+    // The worker serves no API requests, so it never reads the JWT signing key.
+    let state = AppState::from_env_without_keys().await?;
     let worker = &Worker::new(state).await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, lambda_runtime::Error>(worker.handle_event(event.payload).await)

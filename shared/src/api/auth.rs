@@ -190,7 +190,7 @@ async fn issue_tokens(
     }
     Ok(TokenPair {
         access_token: state
-            .keys
+            .keys()?
             .issue(user_id, now, state.config.access_token_ttl)?,
         refresh_token,
         token_type: "Bearer",

@@ -157,7 +157,7 @@ impl PageQuery {
         let start = match &self.cursor {
             None => None,
             Some(raw) => Some(
-                cursor::decode(state.keys.cursor_key(), &scope, raw).ok_or_else(|| {
+                cursor::decode(state.keys()?.cursor_key(), &scope, raw).ok_or_else(|| {
                     ApiError::bad_request("cursor", "is not a cursor issued for this list")
                 })?,
             ),
@@ -173,9 +173,10 @@ impl PageQuery {
 impl PageRequest {
     /// Encodes the next cursor of a page.
     pub fn next_cursor<T>(&self, state: &AppState, page: &Page<T>) -> ApiResult<Option<String>> {
+        let keys = state.keys()?;
         page.next
             .as_ref()
-            .map(|key| cursor::encode(state.keys.cursor_key(), &self.scope, key))
+            .map(|key| cursor::encode(keys.cursor_key(), &self.scope, key))
             .transpose()
             .map_err(ApiError::Internal)
     }

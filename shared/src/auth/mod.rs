@@ -89,7 +89,7 @@ impl FromRequestParts<AppState> for Principal {
         match credential(&parts.headers)? {
             Credential::Jwt(token) => {
                 let claims = state
-                    .keys
+                    .keys()?
                     .verify(token, now)
                     .map_err(|err| ApiError::Unauthorized(err.to_string()))?;
                 let user = state
