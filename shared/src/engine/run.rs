@@ -199,7 +199,6 @@ struct Slice<'a> {
     records: HashMap<String, StepRecord>,
     outputs: Map<String, Value>,
     run_view: Value,
-    agent: Option<Agent>,
     heartbeat: &'a dyn Heartbeat,
     started: Instant,
 }
@@ -320,7 +319,6 @@ impl Engine {
             records,
             outputs,
             run_view,
-            agent: None,
             heartbeat,
             started: Instant::now(),
         };
@@ -380,18 +378,11 @@ impl Engine {
         if let StepKind::Loop(config) = &step.kind {
             return self.run_loop(slice, idx, step, config, record).await;
         }
-        let scope_item = None;
         let result = self
             .with_heartbeat(
                 slice.heartbeat,
                 &record,
-                self.execute_kind(
-                    slice,
-                    step.id.as_str(),
-                    &as_loop_step(&step.kind),
-                    scope_item,
-                    &record,
-                ),
+                self.execute_kind(slice, step.id.as_str(), &step.kind, None, &record),
             )
             .await;
         self.conclude(slice, step.id.as_str(), record, result).await
@@ -447,7 +438,7 @@ impl Engine {
                 if existing.lease_until.is_some_and(|lease| lease > now) {
                     return Ok(Err(StepFlow::Stop(Outcome::Busy)));
                 }
-                if !self.safe_to_repeat(&as_loop_step(kind)).await {
+                if !self.safe_to_repeat(kind).await {
                     let error = "the worker running this step stopped mid-call, and the step is \
                                  not safe to repeat automatically; retry the run to run it again";
                     let result = StepResult::failed(existing.request.clone(), error);
@@ -737,7 +728,7 @@ impl Engine {
             },
             Iteration::While(_) => None,
         };
-        let inner = &config.step;
+        let kind = loop_kind(&config.step);
         let mut outputs = Vec::new();
         let mut round: u32 = 0;
         loop {
@@ -781,7 +772,6 @@ impl Engine {
                     if slice.started.elapsed() >= self.slice {
                         return Ok(StepFlow::Stop(Outcome::Continue));
                     }
-                    let kind = loop_kind(inner);
                     let iteration =
                         self.new_record(slice, idx, Some(round), step_id, kind.type_name());
                     let iteration = match self.acquire(slice, iteration, &kind).await? {
@@ -803,13 +793,7 @@ impl Engine {
                         .with_heartbeat(
                             slice.heartbeat,
                             &iteration,
-                            self.execute_kind(
-                                slice,
-                                step_id,
-                                &LoopStepOrDecision::Step(inner.clone()),
-                                Some(&item),
-                                &iteration,
-                            ),
+                            self.execute_kind(slice, step_id, &kind, Some(&item), &iteration),
                         )
                         .await;
                     let status = result.status;
@@ -893,35 +877,28 @@ impl Engine {
         &self,
         slice: &Slice<'_>,
         step_id: &str,
-        kind: &LoopStepOrDecision<'_>,
+        kind: &StepKind,
         item: Option<&Value>,
         record: &StepRecord,
     ) -> StepResult {
         let scope = slice.scope(item, None);
         match kind {
-            LoopStepOrDecision::Decision(decision) => {
-                match decision.condition.evaluate_bool(&scope) {
-                    Ok(result) => StepResult::succeeded(
-                        json!({"condition": decision.condition.as_str()}),
-                        json!({"result": result, "branch": if result { "then" } else { "else" }}),
-                    ),
-                    Err(error) => StepResult::failed(
-                        Some(json!({"condition": decision.condition.as_str()})),
-                        format!("the condition could not be evaluated: {error}"),
-                    ),
-                }
-            }
-            LoopStepOrDecision::Step(LoopStep::Tool(config)) => {
-                self.tool_step(slice, config, &scope, record).await
-            }
-            LoopStepOrDecision::Step(LoopStep::Prompt(config)) => {
-                self.prompt_step(slice, config, &scope, record).await
-            }
-            LoopStepOrDecision::Step(LoopStep::Webhook(config)) => {
-                self.webhook_step(slice, config, &scope, record).await
-            }
-            LoopStepOrDecision::Step(LoopStep::Human(config)) => human_step(config, &scope),
-            LoopStepOrDecision::Loop => {
+            StepKind::Decision(decision) => match decision.condition.evaluate_bool(&scope) {
+                Ok(result) => StepResult::succeeded(
+                    json!({"condition": decision.condition.as_str()}),
+                    json!({"result": result, "branch": if result { "then" } else { "else" }}),
+                ),
+                Err(error) => StepResult::failed(
+                    Some(json!({"condition": decision.condition.as_str()})),
+                    format!("the condition could not be evaluated: {error}"),
+                ),
+            },
+            StepKind::Tool(config) => self.tool_step(slice, config, &scope, record).await,
+            StepKind::Prompt(config) => self.prompt_step(slice, config, &scope, record).await,
+            StepKind::Webhook(config) => self.webhook_step(slice, config, &scope, record).await,
+            StepKind::Human(config) => human_step(config, &scope),
+            // Loops run through `run_loop`; a loop's own step is never a loop.
+            StepKind::Loop(_) => {
                 StepResult::failed(None, format!("step `{step_id}`: a loop cannot nest"))
             }
         }
@@ -1037,20 +1014,15 @@ impl Engine {
             }
         };
         let request = json!({"prompt": prompt, "tools": config.tools});
-        let agent = match &slice.agent {
-            Some(agent) => agent.clone(),
-            None => match self.state.store.get_agent(slice.run.agent_id).await {
-                Ok(Some(agent)) if agent.project_id == slice.run.project_id => agent,
-                Ok(_) => {
-                    return StepResult::failed(Some(request), "the run's agent no longer exists")
-                }
-                Err(error) => {
-                    return StepResult::failed(
-                        Some(request),
-                        format!("the agent could not be read: {error}"),
-                    )
-                }
-            },
+        let agent = match self.state.store.get_agent(slice.run.agent_id).await {
+            Ok(Some(agent)) if agent.project_id == slice.run.project_id => agent,
+            Ok(_) => return StepResult::failed(Some(request), "the run's agent no longer exists"),
+            Err(error) => {
+                return StepResult::failed(
+                    Some(request),
+                    format!("the agent could not be read: {error}"),
+                )
+            }
         };
         let endpoint = match self.endpoint(&agent).await {
             Ok(endpoint) => endpoint,
@@ -1187,35 +1159,31 @@ impl Engine {
     /// Whether a step interrupted mid-call may run again without a person deciding: tools
     /// only when their method is idempotent; prompts only when all their tools are;
     /// webhooks yes, since their delivery id lets receivers drop the duplicate.
-    async fn safe_to_repeat(&self, kind: &LoopStepOrDecision<'_>) -> bool {
+    async fn safe_to_repeat(&self, kind: &StepKind) -> bool {
         match kind {
-            LoopStepOrDecision::Decision(_) | LoopStepOrDecision::Loop => true,
-            LoopStepOrDecision::Step(LoopStep::Human(_) | LoopStep::Webhook(_)) => true,
-            LoopStepOrDecision::Step(LoopStep::Tool(config)) => self
-                .state
-                .store
-                .get_tool(config.tool_id)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|t| tool::is_idempotent(&t)),
-            LoopStepOrDecision::Step(LoopStep::Prompt(config)) => {
+            StepKind::Decision(_) | StepKind::Loop(_) => true,
+            StepKind::Human(_) | StepKind::Webhook(_) => true,
+            StepKind::Tool(config) => self.tool_is_idempotent(config.tool_id).await,
+            StepKind::Prompt(config) => {
                 for id in &config.tools {
-                    let idempotent = self
-                        .state
-                        .store
-                        .get_tool(*id)
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_some_and(|t| tool::is_idempotent(&t));
-                    if !idempotent {
+                    if !self.tool_is_idempotent(*id).await {
                         return false;
                     }
                 }
                 true
             }
         }
+    }
+
+    /// Whether tool `id` exists and calling it twice has the effect of calling it once.
+    async fn tool_is_idempotent(&self, id: Uuid) -> bool {
+        self.state
+            .store
+            .get_tool(id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|t| tool::is_idempotent(&t))
     }
 
     /// The definition of a run's workflow version; versions are immutable, so it is cached.
@@ -1287,24 +1255,6 @@ impl ToolCaller for PromptTools<'_> {
             .await
             .map(|outcome| outcome.output)
             .map_err(|error| error.to_string())
-    }
-}
-
-/// A step that can run at a loop's place or on its own.
-enum LoopStepOrDecision<'a> {
-    Step(LoopStep),
-    Decision(&'a crate::workflow::DecisionConfig),
-    Loop,
-}
-
-fn as_loop_step(kind: &StepKind) -> LoopStepOrDecision<'_> {
-    match kind {
-        StepKind::Prompt(c) => LoopStepOrDecision::Step(LoopStep::Prompt(c.clone())),
-        StepKind::Tool(c) => LoopStepOrDecision::Step(LoopStep::Tool(c.clone())),
-        StepKind::Webhook(c) => LoopStepOrDecision::Step(LoopStep::Webhook(c.clone())),
-        StepKind::Human(c) => LoopStepOrDecision::Step(LoopStep::Human(c.clone())),
-        StepKind::Decision(c) => LoopStepOrDecision::Decision(c),
-        StepKind::Loop(_) => LoopStepOrDecision::Loop,
     }
 }
 
