@@ -1422,9 +1422,9 @@ async fn an_approved_run_is_queued_once_with_the_decision() {
 // GET /runs/{id}: steps_summary and its cost in DynamoDB requests
 // ---------------------------------------------------------------------------------------
 
-/// DynamoDB requests `GET /runs/{id}` makes, measured: the token's user (`GetItem`), the run
-/// (`GetItem`), project and membership (`BatchGetItem`), the step records (`Query`) and the
-/// workflow version, for `total` (`GetItem`).
+/// The most DynamoDB requests `GET /runs/{id}` may make. It makes 4: the token's user
+/// (`GetItem`), the run (`GetItem`), project and membership (`BatchGetItem`) and the step
+/// records (`Query`); the step total is stored on the run.
 const GET_RUN_DDB_REQUESTS: usize = 5;
 
 #[tokio::test]

@@ -459,6 +459,7 @@ pub async fn create_run(
         usd_cost: Decimal::ZERO,
         retries: 0,
         has_human_in_loop: has_human_step(&version.definition),
+        steps_total: u32::try_from(version.definition.steps.len()).unwrap_or(u32::MAX),
         region: state.config.region.clone(),
         error_message: None,
         approval: None,
@@ -677,16 +678,10 @@ pub async fn get_run(
 ) -> ApiResult<Response> {
     let run = visible_run(&state, &principal, &id, Action::ReadRuns).await?;
     let steps = state.store.all_steps(run.id).await?;
-    let total = state
-        .store
-        .get_workflow_version(run.workflow_id, run.workflow_version)
-        .await?
-        .map_or(0, |v| {
-            u32::try_from(v.definition.steps.len()).unwrap_or(u32::MAX)
-        });
     let version = run.version;
+    let summary = StepsSummary::of(run.steps_total, &steps);
     let mut view = RunView::from(run);
-    view.steps_summary = Some(StepsSummary::of(total, &steps));
+    view.steps_summary = Some(summary);
     Ok(with_etag(version, Json(view)))
 }
 
@@ -922,9 +917,6 @@ pub async fn reject_run(
             "reason",
             format!("must be 1 to {MAX_REASON_CHARS} characters"),
         ));
-    }
-    if run.status != RunStatus::AwaitingApproval {
-        return Err(not_in(&run, RunStatus::AwaitingApproval));
     }
     let at = state.clock.now();
     let change = RunChange {

@@ -214,6 +214,9 @@ pub struct Run {
     pub retries: u32,
     /// Whether it has a `human` step.
     pub has_human_in_loop: bool,
+    /// Steps in its workflow version (loop iterations not counted), for summaries.
+    #[serde(default)]
+    pub steps_total: u32,
     /// AWS region it ran in.
     pub region: String,
     /// Why it failed or was rejected.
