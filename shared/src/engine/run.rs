@@ -48,8 +48,8 @@ use crate::workflow::{
     ToolConfig, WebhookConfig,
 };
 
-/// How long a worker keeps executing steps before handing the run back to the lifecycle.
-pub const DEFAULT_SLICE: Duration = Duration::from_secs(60);
+/// How long a worker keeps starting steps before handing the run back to the lifecycle.
+pub const SLICE: Duration = Duration::from_secs(60);
 
 /// How long a claimed step is presumed alive without news from its worker.
 pub const STEP_LEASE: Duration = Duration::from_secs(300);
@@ -148,7 +148,6 @@ pub struct Engine {
     tools: ToolExecutor,
     webhooks: WebhookSender,
     chat: ChatClient,
-    slice: Duration,
     definitions: Mutex<HashMap<(Uuid, u64), Arc<Definition>>>,
 }
 
@@ -226,16 +225,9 @@ impl Engine {
             ),
             webhooks: WebhookSender::new(http.clone(), state.secrets.clone(), state.clock.clone()),
             chat: ChatClient::new(http),
-            slice: DEFAULT_SLICE,
             definitions: Mutex::new(HashMap::new()),
             state,
         })
-    }
-
-    /// Uses `slice` as the time budget of one `execute` task.
-    pub fn with_slice(mut self, slice: Duration) -> Self {
-        self.slice = slice;
-        self
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -343,7 +335,7 @@ impl Engine {
                 _ => {}
             }
         }
-        if slice.started.elapsed() >= self.slice {
+        if slice.started.elapsed() >= SLICE {
             return Ok(StepFlow::Stop(Outcome::Continue));
         }
         if let Some(reason) = self.skip_reason(slice, step) {
@@ -769,7 +761,7 @@ impl Engine {
             let output = match done {
                 Some(done) => done.response.unwrap_or(Value::Null),
                 None => {
-                    if slice.started.elapsed() >= self.slice {
+                    if slice.started.elapsed() >= SLICE {
                         return Ok(StepFlow::Stop(Outcome::Continue));
                     }
                     let iteration =

@@ -114,12 +114,6 @@ impl Worker {
         })
     }
 
-    /// Uses `slice` as the time budget of one `execute` task.
-    pub fn with_slice(mut self, slice: Duration) -> Self {
-        self.engine = self.engine.with_slice(slice);
-        self
-    }
-
     /// Handles a batch; returns the ids of the messages that failed. Messages of the same run
     /// are handled in order, different runs concurrently.
     pub async fn handle_batch(&self, messages: Vec<QueueMessage>) -> Vec<String> {

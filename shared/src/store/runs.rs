@@ -28,7 +28,7 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -1354,11 +1354,6 @@ impl StepsSummary {
         summary.pending = total.saturating_sub(seen);
         summary
     }
-}
-
-/// Metadata is an object; input may be any JSON object.
-pub fn empty_object() -> Value {
-    Value::Object(Map::new())
 }
 
 #[cfg(test)]
