@@ -170,11 +170,7 @@ pub async fn list_api_keys(
         .store
         .list_api_keys(access.project.id, request.limit, request.start.clone())
         .await?;
-    let next_cursor = request.next_cursor(&state, &page)?;
-    Ok(Json(Page {
-        items: page.items.into_iter().map(ApiKeyView::from).collect(),
-        next_cursor,
-    }))
+    request.respond(&state, page)
 }
 
 /// Revokes an API key; it stops working at once.

@@ -171,6 +171,22 @@ impl PageQuery {
 }
 
 impl PageRequest {
+    /// The API's answer for a page of records: each shown as a `V`, and the next cursor.
+    pub fn respond<R, V>(
+        &self,
+        state: &AppState,
+        page: Page<R>,
+    ) -> ApiResult<axum::Json<super::Page<V>>>
+    where
+        V: From<R> + utoipa::ToSchema,
+    {
+        let next_cursor = self.next_cursor(state, &page)?;
+        Ok(axum::Json(super::Page {
+            items: page.items.into_iter().map(V::from).collect(),
+            next_cursor,
+        }))
+    }
+
     /// Encodes the next cursor of a page.
     pub fn next_cursor<T>(&self, state: &AppState, page: &Page<T>) -> ApiResult<Option<String>> {
         let keys = state.keys()?;

@@ -130,11 +130,7 @@ pub async fn list_members(
         .store
         .list_members(access.project.id, request.limit, request.start.clone())
         .await?;
-    let next_cursor = request.next_cursor(&state, &page)?;
-    Ok(Json(Page {
-        items: page.items.into_iter().map(MemberView::from).collect(),
-        next_cursor,
-    }))
+    request.respond(&state, page)
 }
 
 /// Adds a registered user to a project.

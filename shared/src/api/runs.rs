@@ -642,7 +642,7 @@ pub async fn list_runs(
         cursor: query.cursor,
     }
     .resolve(&state, scope)?;
-    let page = state
+    let mut page = state
         .store
         .list_runs(
             project_id,
@@ -651,14 +651,8 @@ pub async fn list_runs(
             page_request.start.clone(),
         )
         .await?;
-    let next_cursor = page_request.next_cursor(&state, &page)?;
-    let items = page
-        .items
-        .into_iter()
-        .filter(|r| r.project_id == project_id)
-        .map(RunView::from)
-        .collect();
-    Ok(Json(Page { items, next_cursor }))
+    page.items.retain(|r| r.project_id == project_id);
+    page_request.respond(&state, page)
 }
 
 /// Reads a run, with a summary of its steps.
@@ -965,11 +959,7 @@ pub async fn list_steps(
         .store
         .list_steps(run.id, request.limit, request.start.clone())
         .await?;
-    let next_cursor = request.next_cursor(&state, &page)?;
-    Ok(Json(Page {
-        items: page.items.into_iter().map(StepView::from).collect(),
-        next_cursor,
-    }))
+    request.respond(&state, page)
 }
 
 /// Lists a run's log lines, oldest first.
@@ -995,11 +985,7 @@ pub async fn list_logs(
         .store
         .list_logs(run.id, request.limit, request.start.clone())
         .await?;
-    let next_cursor = request.next_cursor(&state, &page)?;
-    Ok(Json(Page {
-        items: page.items.into_iter().map(LogView::from).collect(),
-        next_cursor,
-    }))
+    request.respond(&state, page)
 }
 
 /// Routes of `/api/v1/runs`.

@@ -536,11 +536,7 @@ pub async fn list_tools(
         .store
         .list_tools(project_id, env, kind, request.limit, request.start.clone())
         .await?;
-    let next_cursor = request.next_cursor(&state, &page)?;
-    Ok(Json(Page {
-        items: page.items.into_iter().map(ToolView::from).collect(),
-        next_cursor,
-    }))
+    request.respond(&state, page)
 }
 
 /// Reads a tool (never its credentials).

@@ -443,7 +443,7 @@ pub async fn list_workflows(
         cursor: query.cursor,
     }
     .resolve(&state, scope)?;
-    let page = state
+    let mut page = state
         .store
         .list_workflows(
             project_id,
@@ -452,14 +452,8 @@ pub async fn list_workflows(
             page_request.start.clone(),
         )
         .await?;
-    let next_cursor = page_request.next_cursor(&state, &page)?;
-    let items = page
-        .items
-        .into_iter()
-        .filter(|w| w.project_id == project_id)
-        .map(WorkflowView::from)
-        .collect();
-    Ok(Json(Page { items, next_cursor }))
+    page.items.retain(|w| w.project_id == project_id);
+    page_request.respond(&state, page)
 }
 
 /// Reads a workflow.
