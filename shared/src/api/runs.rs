@@ -18,7 +18,6 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -30,6 +29,7 @@ use super::registry::{
 };
 use super::{created, with_etag, Page};
 use crate::auth::rbac::Action;
+use crate::auth::tokens::digest;
 use crate::auth::{authorize, Principal};
 use crate::domain::{ts, Env};
 use crate::engine::lifecycle;
@@ -472,7 +472,7 @@ pub async fn create_run(
     };
     let idempotency = idempotency_key.as_ref().map(|key| IdempotencyRecord {
         project_id,
-        key_digest: hex_digest(key.as_bytes()),
+        key_digest: digest(key),
         request_digest: request_digest(&body),
         run_id: run.id,
         created_at: now,
@@ -537,7 +537,7 @@ async fn replay(
     let now = state.clock.now();
     let Some(record) = state
         .store
-        .get_idempotency(project_id, &hex_digest(key.as_bytes()), now)
+        .get_idempotency(project_id, &digest(key), now)
         .await?
     else {
         return Ok(None);
@@ -1130,19 +1130,12 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     Ok(Some(key.to_owned()))
 }
 
-fn hex_digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// A digest of the request: the body as canonical JSON (keys sorted).
 fn request_digest(body: &CreateRun) -> String {
     let canonical = serde_json::to_value(body)
         .map(|v| v.to_string())
         .unwrap_or_default();
-    hex_digest(canonical.as_bytes())
+    digest(&canonical)
 }
 
 fn parse_id(field: &str, raw: &str, errors: &mut Vec<FieldError>) -> Option<Uuid> {

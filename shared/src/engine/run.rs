@@ -1296,10 +1296,11 @@ fn idempotency_key(record: &StepRecord) -> String {
     format!("{}:{}:{}", record.run_id, record.name, record.round)
 }
 
+/// A short, stable fingerprint of a tool call's arguments.
 fn digest(value: &Value) -> String {
-    use sha2::{Digest, Sha256};
-    let hash = Sha256::digest(value.to_string().as_bytes());
-    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    let mut hex = crate::auth::tokens::digest(&value.to_string());
+    hex.truncate(16);
+    hex
 }
 
 fn step_failure(name: &str, error: Option<&str>) -> String {
