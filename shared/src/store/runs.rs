@@ -33,7 +33,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::schema::{GSI1, GSI2, GSI3, GSI4, GSI5};
-use super::{cursor, item, key, n, s, Item, Page, Store, StoreError, StoreResult};
+use super::{cursor, item, json_text, key, n, s, Item, Page, Store, StoreError, StoreResult};
 use crate::domain::{ts, Env};
 
 /// Where a run is in its life.
@@ -1275,43 +1275,6 @@ fn running_check(table: &str, run_id: Uuid) -> anyhow::Result<TransactWriteItem>
         .build()
         .context("Failed to build a condition check")?;
     Ok(TransactWriteItem::builder().condition_check(check).build())
-}
-
-/// Serde for JSON values stored as text.
-mod json_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use serde_json::Value;
-
-    pub fn serialize<S: Serializer>(value: &Value, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&value.to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        serde_json::from_str(&text).map_err(serde::de::Error::custom)
-    }
-
-    pub mod option {
-        use super::*;
-
-        pub fn serialize<S: Serializer>(
-            value: &Option<Value>,
-            serializer: S,
-        ) -> Result<S::Ok, S::Error> {
-            match value {
-                Some(value) => serializer.serialize_some(&value.to_string()),
-                None => serializer.serialize_none(),
-            }
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            deserializer: D,
-        ) -> Result<Option<Value>, D::Error> {
-            Option::<String>::deserialize(deserializer)?
-                .map(|text| serde_json::from_str(&text).map_err(serde::de::Error::custom))
-                .transpose()
-        }
-    }
 }
 
 /// Counts of a run's top-level step records by status, and the steps not reached yet.

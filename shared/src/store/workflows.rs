@@ -41,7 +41,7 @@ pub struct Workflow {
     #[serde(default)]
     pub tags: Vec<String>,
     /// The working definition.
-    #[serde(with = "definition_text")]
+    #[serde(with = "super::json_text")]
     pub definition: Definition,
     /// The newest released version, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,7 +97,7 @@ pub struct WorkflowVersion {
     /// Status.
     pub status: VersionStatus,
     /// The definition, frozen.
-    #[serde(with = "definition_text")]
+    #[serde(with = "super::json_text")]
     pub definition: Definition,
     /// Who created it (a user or an API key id).
     pub author_user_id: Uuid,
@@ -113,26 +113,6 @@ pub struct WorkflowVersion {
     /// When it was deprecated.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
     pub deprecated_at: Option<DateTime<Utc>>,
-}
-
-/// Serde for a definition stored as JSON text.
-mod definition_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::workflow::Definition;
-
-    pub fn serialize<S: Serializer>(
-        definition: &Definition,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        let text = serde_json::to_string(definition).map_err(serde::ser::Error::custom)?;
-        serializer.serialize_str(&text)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Definition, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        serde_json::from_str(&text).map_err(serde::de::Error::custom)
-    }
 }
 
 /// Partition key of a workflow and its versions.
