@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use crate::outbound::{EgressPolicy, DEPLOYMENT_ENDPOINT_VARS};
+
 /// Settings shared by every function and the dev server.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -39,12 +41,21 @@ pub struct Config {
     pub run_retry_delay: Duration,
     /// The AWS region runs are recorded in (`AWS_REGION`, default `us-east-1`).
     pub region: String,
+    /// What outbound calls may reach besides the public internet (`EGRESS_ALLOW`, a
+    /// comma-separated `host:port` list, empty by default) and what they never may (every
+    /// `AWS_ENDPOINT_URL*` and `AWS_LAMBDA_RUNTIME_API`); see [`crate::outbound`].
+    pub egress: EgressPolicy,
 }
 
 impl Config {
     /// Reads the configuration from the process environment, naming what is missing or invalid.
     pub fn from_env() -> anyhow::Result<Self> {
-        Self::from_lookup(|key| std::env::var(key).ok())
+        let mut config = Self::from_lookup(|key| std::env::var(key).ok())?;
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        config.egress.deny_also(EgressPolicy::deployment_endpoints(
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ));
+        Ok(config)
     }
 
     /// Reads the configuration through `lookup`, so tests can supply values without touching
@@ -96,7 +107,18 @@ impl Config {
             })
             .collect::<anyhow::Result<_>>()?;
         let optional = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
+        let allow = EgressPolicy::parse_allow(&lookup("EGRESS_ALLOW").unwrap_or_default())
+            .map_err(|why| anyhow::anyhow!("EGRESS_ALLOW must list host:port entries: {why}"))?;
+        let deployment: Vec<(&str, String)> = DEPLOYMENT_ENDPOINT_VARS
+            .iter()
+            .filter_map(|name| lookup(name).map(|value| (*name, value)))
+            .collect();
+        let egress = EgressPolicy::new(
+            allow,
+            EgressPolicy::deployment_endpoints(deployment.iter().map(|(k, v)| (*k, v.as_str()))),
+        );
         Ok(Self {
+            egress,
             run_state_machine_arn: optional("RUN_STATE_MACHINE_ARN"),
             run_queue_url: optional("RUN_QUEUE_URL"),
             llm_base_url: optional("LLM_BASE_URL"),
@@ -176,6 +198,26 @@ mod tests {
         assert_eq!(config.run_queue_name(), "demo-runs");
         assert_eq!(config.jwt_secret_name(), "demo/jwt-signing-key");
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn egress_allows_only_what_is_listed_and_never_the_deployments_endpoints() {
+        let config = Config::from_lookup(lookup(&[
+            ("SPARK_OPS_PREFIX", "demo"),
+            ("EGRESS_ALLOW", "127.0.0.1:9000, localhost:4566"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        ]))
+        .unwrap();
+        assert_eq!(config.egress.allow.len(), 2);
+        assert_eq!(config.egress.deny.len(), 1);
+        let empty = Config::from_lookup(lookup(&[("SPARK_OPS_PREFIX", "demo")])).unwrap();
+        assert!(empty.egress.allow.is_empty());
+        let err = Config::from_lookup(lookup(&[
+            ("SPARK_OPS_PREFIX", "demo"),
+            ("EGRESS_ALLOW", "127.0.0.1"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("EGRESS_ALLOW"));
     }
 
     #[test]

@@ -14,9 +14,11 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod manifest;
+pub mod outbound;
 pub mod state;
 pub mod store;
 pub mod tool_config;
+pub mod tool_template;
 pub mod workflow;
 
 pub use config::Config;

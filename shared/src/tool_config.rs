@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
 use crate::error::FieldError;
+use crate::tool_template;
 
 /// What a tool talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -212,16 +213,6 @@ pub const SCHEMA_KEYS: [&str; 2] = ["inputs_schema", "outputs_schema"];
 /// Most headers an http tool may send.
 pub const MAX_HEADERS: usize = 50;
 
-/// Headers whose value is a secret: it must come from a `{{ credentials.… }}` template, so
-/// no secret is ever stored in `config`.
-const SENSITIVE_HEADERS: [&str; 5] = [
-    "authorization",
-    "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "cookie",
-];
-
 /// The `config` of an http tool, as stored (defaults filled in) and as the engine reads it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HttpConfig {
@@ -300,7 +291,7 @@ fn parse_http_config(
             ));
             None
         }
-        Some(value) => parse_url("config.url", &value, errors),
+        Some(value) => parse_url_template("config.url", &value, errors),
     };
     let method = match config.remove("method") {
         None => {
@@ -398,6 +389,18 @@ pub fn parse_url(field: &str, value: &Value, errors: &mut Vec<FieldError>) -> Op
     }
 }
 
+/// Checks an http tool's `url`: an absolute http(s) URL of at most 2048 characters whose
+/// templates fill only its path and query (see [`tool_template::check_url`]).
+fn parse_url_template(field: &str, value: &Value, errors: &mut Vec<FieldError>) -> Option<String> {
+    let checked = match value.as_str() {
+        Some(raw) if raw.len() <= 2048 => tool_template::check_url(raw).map(|()| raw.to_owned()),
+        _ => Err("must be an absolute http or https URL of at most 2048 characters".to_owned()),
+    };
+    checked
+        .map_err(|why| errors.push(FieldError::new(field, why)))
+        .ok()
+}
+
 fn parse_headers(value: &Value, errors: &mut Vec<FieldError>) -> BTreeMap<String, String> {
     let Some(object) = value.as_object() else {
         errors.push(FieldError::new(
@@ -415,10 +418,6 @@ fn parse_headers(value: &Value, errors: &mut Vec<FieldError>) -> BTreeMap<String
     let mut headers = BTreeMap::new();
     for (name, template) in object {
         let field = format!("config.headers.{name}");
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            errors.push(FieldError::new(&field, "is not a valid HTTP header name"));
-            continue;
-        }
         let Some(template) = template.as_str() else {
             errors.push(FieldError::new(&field, "must be a string template"));
             continue;
@@ -430,15 +429,8 @@ fn parse_headers(value: &Value, errors: &mut Vec<FieldError>) -> BTreeMap<String
             ));
             continue;
         }
-        if SENSITIVE_HEADERS.contains(&name.to_ascii_lowercase().as_str())
-            && !(template.contains("{{") && template.contains("credentials."))
-        {
-            errors.push(FieldError::new(
-                &field,
-                "carries a secret, so it must take it from the tool's credentials with a \
-                 template, e.g. `Bearer {{ credentials.api_key }}`; set the secret in \
-                 `credentials`",
-            ));
+        if let Err(why) = tool_template::check_header(name, template) {
+            errors.push(FieldError::new(&field, why));
             continue;
         }
         headers.insert(name.clone(), template.to_owned());

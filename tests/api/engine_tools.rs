@@ -13,7 +13,7 @@ use spark_ops::engine::webhook::{
     SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 use spark_ops::store::tools::Tool;
-use spark_ops_tests::{capture_logs, spawn_app, TestApp};
+use spark_ops_tests::{capture_logs, egress_allowing, spawn_app, TestApp};
 use uuid::Uuid;
 use wiremock::matchers::{body_json, body_string_contains, header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -116,8 +116,13 @@ impl World {
     }
 
     fn executor(&self) -> ToolExecutor {
+        self.executor_allowing(&[&self.server.uri()])
+    }
+
+    /// An executor that may reach the local addresses `urls` (and no other).
+    fn executor_allowing(&self, urls: &[&str]) -> ToolExecutor {
         ToolExecutor::new(
-            reqwest::Client::new(),
+            egress_allowing(urls),
             self.app.state.store.clone(),
             self.app.state.secrets.clone(),
             self.app.state.clock.clone(),
@@ -754,13 +759,23 @@ async fn misconfigured_tools_and_other_kinds_fail_without_a_request() {
     let err = executor.call(&wrong, search()).await.unwrap_err();
     assert!(matches!(err, ToolError::Config(_)), "{err:?}");
 
-    // GIVEN a header template with a typo
-    let typo = world
-        .tool(
-            json!({"headers": {"Authorization": "Bearer {{ credentials.api_kye }}"}}),
-            json!({}),
+    // GIVEN a header template with a typo THEN saving it is refused, naming the header
+    let refused = world
+        .app
+        .post(
+            "/api/v1/tools",
+            Some(&world.owner),
+            json!({"project_id": world.project, "name": "typo", "kind": "http", "auth_type": "apikey",
+                   "env": "dev", "credentials": {"api_key": world.api_key},
+                   "config": {"url": format!("{}/crm", world.server.uri()), "method": "POST",
+                              "headers": {"Authorization": "Bearer {{ credentials.api_kye }}"}}}),
         )
         .await;
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    assert_eq!(refused.error_fields(), ["config.headers.Authorization"]);
+    // AND a record holding one (saved under older rules) fails without a request
+    let mut typo = wrong.clone();
+    typo.config["headers"] = json!({"Authorization": "Bearer {{ credentials.api_kye }}"});
     let err = executor.call(&typo, search()).await.unwrap_err();
     assert!(matches!(err, ToolError::Config(_)), "{err:?}");
     assert_eq!(world.requests().await, 0);
@@ -818,9 +833,9 @@ async fn an_unreachable_tool_is_retried_then_reported_as_retryable() {
         .await;
     assert!(spark_ops::engine::tool::is_idempotent(&tool));
 
-    // WHEN it is called
+    // WHEN it is called, its address allowed as a local fake's would be
     let err = world
-        .executor()
+        .executor_allowing(&[&format!("http://127.0.0.1:{port}")])
         .call(&tool, json!({"q": "x"}))
         .await
         .unwrap_err();
@@ -876,9 +891,10 @@ fn signed_by(request: &Request, secret: &[u8], now: i64) -> bool {
     )
 }
 
-fn sender(app: &TestApp) -> WebhookSender {
+/// A sender that may reach the receiver fakes at `urls`.
+fn sender(app: &TestApp, urls: &[&str]) -> WebhookSender {
     WebhookSender::new(
-        reqwest::Client::new(),
+        egress_allowing(urls),
         app.state.secrets.clone(),
         app.state.clock.clone(),
     )
@@ -914,7 +930,10 @@ async fn a_webhook_is_signed_with_the_projects_secret_and_the_receiver_verifies_
 
     // WHEN a webhook is sent
     let url = format!("{}/hook", server.uri());
-    let outcome = sender(&app).send(project, &url, &body, 0).await.unwrap();
+    let outcome = sender(&app, &[&server.uri()])
+        .send(project, &url, &body, 0)
+        .await
+        .unwrap();
     assert_eq!((outcome.status, outcome.attempts), (204, 1));
 
     // THEN the project's secret now exists in Secrets Manager, and it signs the request
@@ -947,7 +966,7 @@ async fn a_webhook_is_signed_with_the_projects_secret_and_the_receiver_verifies_
         .mount(&server)
         .await;
     let verified_url = format!("{}/verified", server.uri());
-    let accepted = sender(&app)
+    let accepted = sender(&app, &[&server.uri()])
         .send(project, &verified_url, &body, 0)
         .await
         .unwrap();
@@ -956,7 +975,7 @@ async fn a_webhook_is_signed_with_the_projects_secret_and_the_receiver_verifies_
     assert_eq!(accepted.response, json!({"received": true}));
 
     // AND a webhook of another project (another secret) is refused: the step fails
-    let forged = sender(&app)
+    let forged = sender(&app, &[&server.uri()])
         .send(Uuid::now_v7(), &verified_url, &body, 0)
         .await
         .unwrap_err();
@@ -998,7 +1017,7 @@ async fn a_receiver_failing_with_5xx_is_retried_then_the_step_fails_with_the_sta
         .await;
 
     // WHEN a webhook is sent with 2 retries
-    let err = sender(&app)
+    let err = sender(&app, &[&server.uri()])
         .send(project, &server.uri(), &json!({"n": 1}), 2)
         .await
         .unwrap_err();
@@ -1054,7 +1073,7 @@ async fn a_4xx_fails_at_once_and_a_flaky_receiver_succeeds_on_retry() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&server)
         .await;
-    let sender = sender(&app);
+    let sender = sender(&app, &[&server.uri()]);
 
     // WHEN a receiver answers 410 THEN the step fails after one attempt, for good
     let gone = sender
@@ -1110,7 +1129,7 @@ async fn a_receiver_that_never_answers_times_out_after_retries() {
         .mount(&server)
         .await;
 
-    let err = sender(&app)
+    let err = sender(&app, &[&server.uri()])
         .with_timeout(Duration::from_millis(200))
         .send(Uuid::now_v7(), &server.uri(), &json!({}), 1)
         .await
@@ -1132,7 +1151,7 @@ async fn a_receiver_that_never_answers_times_out_after_retries() {
 #[tokio::test]
 async fn a_webhook_may_not_override_the_signature_headers() {
     let app = spawn_app().await;
-    let err = sender(&app)
+    let err = sender(&app, &[])
         .deliver(&Delivery {
             project_id: Uuid::now_v7(),
             url: "http://127.0.0.1:9/hook",

@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use serde_json::{json, Value};
-use spark_ops::engine::run::{Engine, Outcome};
+use spark_ops::engine::run::Outcome;
 use spark_ops::store::runs::{RunStatus, StepStatus};
 use spark_ops_tests::{spawn_app, NoHeartbeat, TestApp};
 use wiremock::matchers::path;
@@ -43,8 +43,8 @@ async fn run_loop(
         )
         .await;
     let run = app.state.store.get_run(id).await.unwrap().unwrap();
-    let outcome = Engine::new(app.state.clone())
-        .unwrap()
+    let outcome = app
+        .engine_allowing(&[&server.uri()])
         .execute(run, &NoHeartbeat)
         .await
         .unwrap();

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use chrono::Duration;
 use serde_json::json;
 use spark_ops::clock::Clock;
-use spark_ops::engine::run::{Engine, Outcome};
+use spark_ops::engine::run::Outcome;
 use spark_ops::store::runs::{Run, RunChange, RunStatus, StepRecord, StepStatus};
 use spark_ops_tests::{spawn_app, NoHeartbeat, TestApp};
 use uuid::Uuid;
@@ -99,7 +99,7 @@ async fn an_idempotent_step_left_by_a_dead_worker_is_taken_over_once() {
     let run = claimed_by_another_worker(&app, &run, Duration::minutes(-1)).await;
 
     // WHEN a worker executes the run
-    let engine = Engine::new(app.state.clone()).unwrap();
+    let engine = app.engine_allowing(&[&server.uri()]);
     let outcome = engine.execute(run.clone(), &NoHeartbeat).await.unwrap();
 
     // THEN it repeats the call once, as attempt 2, and the run succeeds
@@ -131,8 +131,8 @@ async fn a_post_step_left_by_a_dead_worker_fails_as_interrupted_without_calling_
     let run = claimed_by_another_worker(&app, &run, Duration::minutes(-1)).await;
 
     // WHEN a worker executes the run
-    let outcome = Engine::new(app.state.clone())
-        .unwrap()
+    let outcome = app
+        .engine_allowing(&[&server.uri()])
         .execute(run.clone(), &NoHeartbeat)
         .await
         .unwrap();
@@ -161,8 +161,8 @@ async fn a_step_under_a_live_lease_is_left_to_its_worker() {
     let run = claimed_by_another_worker(&app, &run, Duration::minutes(5)).await;
 
     // WHEN a duplicate delivery reaches another worker
-    let outcome = Engine::new(app.state.clone())
-        .unwrap()
+    let outcome = app
+        .engine_allowing(&[&server.uri()])
         .execute(run.clone(), &NoHeartbeat)
         .await
         .unwrap();

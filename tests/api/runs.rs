@@ -319,10 +319,9 @@ fn cost_text(run: &Run) -> String {
     run.usd_cost.normalize().to_string()
 }
 
-/// Runs one `execute` slice of a run in-process.
-async fn execute(app: &TestApp, id: &str) -> Outcome {
-    let engine = Engine::new(app.state.clone()).expect("the engine builds");
-    engine
+/// Runs one `execute` slice of a run in-process, reaching the local fakes at `fakes`.
+async fn execute(app: &TestApp, id: &str, fakes: &[&str]) -> Outcome {
+    app.engine_allowing(fakes)
         .execute(stored_run(app, id).await, &NoHeartbeat)
         .await
         .expect("the slice runs")
@@ -1786,7 +1785,7 @@ async fn a_human_step_waits_for_resume_and_its_input_becomes_the_output() {
     let w = world().await;
     let app = &w.app;
     let id = id_of(&start(app, &w.owner, run_body(&w.workflow, &w.agent)).await);
-    assert_eq!(execute(app, &id).await, Outcome::AwaitingInput);
+    assert_eq!(execute(app, &id, &[]).await, Outcome::AwaitingInput);
     assert_eq!(
         get_run(app, &w.owner, &id).await["steps_summary"]["waiting"],
         1
@@ -1824,7 +1823,7 @@ async fn a_human_step_waits_for_resume_and_its_input_becomes_the_output() {
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
 
     // AND the next slice finishes the run
-    assert_eq!(execute(app, &id).await, Outcome::Succeeded);
+    assert_eq!(execute(app, &id, &[]).await, Outcome::Succeeded);
     let run = get_run(app, &w.owner, &id).await;
     assert_eq!(run["status"], "succeeded");
     assert!(run["ended_at"].is_string());
@@ -1894,7 +1893,10 @@ async fn a_failed_tool_step_fails_the_run_and_retry_resumes_from_it() {
     let id = id_of(&start(&app, &owner, run_body(&flow, &agent)).await);
 
     // WHEN the run executes
-    assert_eq!(execute(&app, &id).await, Outcome::Failed);
+    assert_eq!(
+        execute(&app, &id, &[&llm.uri(), &api.uri()]).await,
+        Outcome::Failed
+    );
 
     // THEN it failed, naming the tool step; the prompt's cost is counted
     let run = get_run(&app, &owner, &id).await;
@@ -1949,7 +1951,10 @@ async fn a_failed_tool_step_fails_the_run_and_retry_resumes_from_it() {
     assert_eq!(retried.body["retries"], 1);
     assert_eq!(retried.body["error_message"], Value::Null);
     assert_eq!(retried.body["ended_at"], Value::Null);
-    assert_eq!(execute(&app, &id).await, Outcome::Succeeded);
+    assert_eq!(
+        execute(&app, &id, &[&llm.uri(), &api.uri()]).await,
+        Outcome::Succeeded
+    );
 
     // THEN it succeeds from the failed step: the prompt did not run again
     let run = get_run(&app, &owner, &id).await;

@@ -894,9 +894,14 @@ struct Driver {
 impl Driver {
     async fn new(prefix: &str) -> Self {
         let clients = local_clients().await;
-        let mut config =
-            Config::from_lookup(|key| (key == "SPARK_OPS_PREFIX").then(|| prefix.to_owned()))
-                .expect("configuration");
+        // The dev server's settings, fakes allowed out as its EGRESS_ALLOW allows them.
+        let allow = support::fake_allow_list();
+        let mut config = Config::from_lookup(|key| match key {
+            "SPARK_OPS_PREFIX" => Some(prefix.to_owned()),
+            "EGRESS_ALLOW" => Some(allow.clone()),
+            _ => None,
+        })
+        .expect("configuration");
         Provisioner {
             ddb: &clients.ddb,
             sqs: &clients.sqs,
@@ -1223,4 +1228,47 @@ async fn a_poison_message_lands_in_the_dead_letter_queue_while_runs_complete() {
         server.log.display()
     );
     assert_eq!(dead.len(), 1, "only the poison message is dead: {dead:?}");
+}
+
+#[tokio::test]
+async fn a_tool_aimed_at_the_local_secrets_manager_is_refused_and_reads_no_secret() {
+    // GIVEN the dev server as `make dev` runs it, with an empty EGRESS_ALLOW
+    let server = start_dev_server(&[("EGRESS_ALLOW", "")]).await;
+    let project = project(&server, None).await;
+    // AND a new tenant's tool aimed at the local Secrets Manager, asking for the JWT key
+    let steal = project
+        .tool(
+            "Steal",
+            format!("{}/", support::localstack_url()),
+            json!({"headers": {"X-Amz-Target": "secretsmanager.GetSecretValue"}}),
+        )
+        .await;
+    let llm = unused_llm().await;
+    let agent = project.agent("gpt-4o-mini", &llm).await;
+    let secret_id = format!("{}/jwt-signing-key", server.prefix);
+    let workflow = project
+        .workflow(json!({"steps": [
+            {"id": "steal", "type": "tool", "config": {"tool_id": steal, "input": {"SecretId": secret_id}}},
+        ]}))
+        .await;
+
+    // WHEN a run executes the step
+    let run = project
+        .start_run(&workflow, &agent, json!({}), json!({}))
+        .await;
+    let id = run["id"].as_str().unwrap();
+    let run = project.wait_for_status(id, "failed").await;
+
+    // THEN the step failed with the refusal, and nothing the run shows holds the key
+    let steps = project.steps(id).await;
+    let error = step(&steps, "steal")["error_message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("egress refused: 127.0.0.1"), "{error}");
+    let key = support::read_secret(&secret_id)
+        .await
+        .expect("the dev server's JWT key exists");
+    let shown = format!("{run}{steps:?}{:?}", project.logs(id).await);
+    assert!(!shown.contains(&key), "the JWT signing key leaked: {shown}");
 }

@@ -84,6 +84,51 @@ impl Drop for DevServer {
     }
 }
 
+/// How many local fakes (model, tool APIs, webhook receivers) one test binary may start.
+const FAKE_POOL: usize = 32;
+
+/// Listeners bound up front for the local fakes, so every dev server can be started with
+/// their addresses on its egress allow-list (`EGRESS_ALLOW`), the one switch that lets it
+/// reach a private address.
+struct FakePool {
+    listeners: Mutex<Vec<std::net::TcpListener>>,
+    allow: String,
+}
+
+fn fake_pool() -> &'static FakePool {
+    static POOL: std::sync::OnceLock<FakePool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let listeners: Vec<std::net::TcpListener> = (0..FAKE_POOL)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free local port"))
+            .collect();
+        let allow = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("a bound address").to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        FakePool {
+            listeners: Mutex::new(listeners),
+            allow,
+        }
+    })
+}
+
+/// The pool's addresses as an `EGRESS_ALLOW` value.
+pub fn fake_allow_list() -> String {
+    fake_pool().allow.clone()
+}
+
+/// A fake third party on one of the pool's listeners.
+pub async fn fake_server() -> MockServer {
+    let listener = fake_pool()
+        .listeners
+        .lock()
+        .expect("the fake pool is usable")
+        .pop()
+        .unwrap_or_else(|| panic!("more than {FAKE_POOL} fakes in one test binary"));
+    MockServer::builder().listener(listener).start().await
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -108,6 +153,7 @@ pub async fn start_dev_server(env: &[(&str, &str)]) -> DevServer {
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("RUST_LOG", "info")
+        .env("EGRESS_ALLOW", fake_allow_list())
         .stdout(log_file.try_clone().expect("the log file can be shared"))
         .stderr(log_file);
     for (key, value) in env {
@@ -640,7 +686,7 @@ impl Respond for ScriptedModel {
 impl FakeLlm {
     /// Starts a fake model following `script`.
     pub async fn start(script: Script) -> Self {
-        let server = MockServer::start().await;
+        let server = fake_server().await;
         let api_key = format!("sk-e2e-{}", uuid::Uuid::now_v7().simple());
         Mock::given(method("POST"))
             .and(path("/v1/chat/completions"))
@@ -701,7 +747,7 @@ impl ToolApi {
     /// Starts an API with no routes yet.
     pub async fn start() -> Self {
         Self {
-            server: MockServer::start().await,
+            server: fake_server().await,
         }
     }
 
@@ -872,7 +918,7 @@ impl Respond for Verifier {
 impl WebhookReceiver {
     /// A receiver for the webhooks of `project`.
     pub async fn start(project: &Project) -> Self {
-        let server = MockServer::start().await;
+        let server = fake_server().await;
         let seen = Arc::new(Mutex::new(Vec::new()));
         Mock::given(method("POST"))
             .respond_with(Verifier {

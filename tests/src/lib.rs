@@ -18,6 +18,8 @@ use chrono::Utc;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use spark_ops::clock::ManualClock;
+use spark_ops::engine::run::Engine;
+use spark_ops::outbound::{Egress, EgressPolicy, HostPort};
 use spark_ops::state::Clients;
 use spark_ops::store::provision::Provisioner;
 use spark_ops::{api, AppState, Config};
@@ -159,6 +161,12 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let prefix = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let mut config = Config::from_lookup(|key| (key == "SPARK_OPS_PREFIX").then(|| prefix.clone()))
         .expect("test configuration is valid");
+    // As in a deployment, where AWS_ENDPOINT_URL* name them: never reachable by a tenant.
+    config.egress.deny_also(
+        [localstack_url(), dynamodb_url()]
+            .iter()
+            .filter_map(|url| HostPort::of_endpoint(url)),
+    );
     adjust(&mut config);
     let sdk = local_sdk_config().await;
     let counter = Arc::new(RequestCounter::default());
@@ -351,6 +359,35 @@ impl TestApp {
             reply.text
         );
         me.body["id"].as_str().expect("user id").to_owned()
+    }
+}
+
+/// Local fakes (`http://127.0.0.1:<port>` URLs) as `EGRESS_ALLOW` entries.
+pub fn allow_list(urls: &[&str]) -> Vec<HostPort> {
+    urls.iter()
+        .map(|url| HostPort::of_endpoint(url).expect("a fake's URL"))
+        .collect()
+}
+
+/// An outbound client that may reach the local fakes at `urls`, and nothing else private.
+pub fn egress_allowing(urls: &[&str]) -> Egress {
+    Egress::new(EgressPolicy::new(allow_list(urls), [])).expect("the egress client builds")
+}
+
+impl TestApp {
+    /// The app's state with the local fakes at `urls` on the egress allow-list, as
+    /// `EGRESS_ALLOW` puts them.
+    pub fn state_allowing(&self, urls: &[&str]) -> AppState {
+        let mut config = (*self.state.config).clone();
+        config.egress.allow.extend(allow_list(urls));
+        let mut state = self.state.clone();
+        state.config = Arc::new(config);
+        state
+    }
+
+    /// A run engine that may reach the local fakes at `urls`.
+    pub fn engine_allowing(&self, urls: &[&str]) -> Engine {
+        Engine::new(self.state_allowing(urls)).expect("the engine builds")
     }
 }
 

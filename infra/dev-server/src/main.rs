@@ -79,7 +79,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         format!("{} loop(s) polling the run queue", workers.len())
     };
-    println!("\nSpark-Ops control plane is up:\n  API     {base}/api/v1\n  Docs    {base}/docs\n  OpenAPI {base}/api/v1/openapi.json\n  Health  {base}/health\n  Worker  {worker_note}\nPress Ctrl-C to stop.\n");
+    let egress = &state.config.egress.allow;
+    let egress_note = if egress.is_empty() {
+        "public internet only (EGRESS_ALLOW is empty)".to_owned()
+    } else {
+        let allowed: Vec<String> = egress.iter().map(ToString::to_string).collect();
+        format!("public internet, and {} (EGRESS_ALLOW)", allowed.join(", "))
+    };
+    println!("\nSpark-Ops control plane is up:\n  API     {base}/api/v1\n  Docs    {base}/docs\n  OpenAPI {base}/api/v1/openapi.json\n  Health  {base}/health\n  Worker  {worker_note}\n  Egress  {egress_note}\nPress Ctrl-C to stop.\n");
     let served = axum::serve(listener, api::app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -21,6 +21,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
+use crate::outbound::{Egress, Refused};
+
 /// How long one model call may take, connection to last byte, unless configured otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -110,6 +112,9 @@ pub enum LlmError {
     /// The request cannot be sent: a bad base URL or API key.
     #[error("invalid LLM request: {0}")]
     Invalid(String),
+    /// The egress policy refused the endpoint.
+    #[error("{0}")]
+    Egress(Refused),
 }
 
 impl LlmError {
@@ -118,7 +123,7 @@ impl LlmError {
         match self {
             Self::Timeout(_) | Self::Unreachable(_) => true,
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
-            Self::Malformed(_) | Self::Invalid(_) => false,
+            Self::Malformed(_) | Self::Invalid(_) | Self::Egress(_) => false,
         }
     }
 }
@@ -354,17 +359,17 @@ struct WireMessage {
 /// An OpenAI-compatible chat-completions client; cheap to clone, built once per cold start.
 #[derive(Clone, Debug)]
 pub struct ChatClient {
-    http: reqwest::Client,
+    egress: Egress,
     timeout: Duration,
     retries: u32,
     backoff: Duration,
 }
 
 impl ChatClient {
-    /// A client over `http`, with the default timeout and retries.
-    pub fn new(http: reqwest::Client) -> Self {
+    /// A client calling out through `egress`, with the default timeout and retries.
+    pub fn new(egress: Egress) -> Self {
         Self {
-            http,
+            egress,
             timeout: DEFAULT_TIMEOUT,
             retries: DEFAULT_RETRIES,
             backoff: DEFAULT_BACKOFF,
@@ -424,8 +429,9 @@ impl ChatClient {
         request: &ChatRequest,
     ) -> Result<ChatResponse, LlmError> {
         let mut builder = self
-            .http
-            .post(url)
+            .egress
+            .request(reqwest::Method::POST, url, authorization.is_some())
+            .map_err(LlmError::Egress)?
             .timeout(self.timeout)
             .json(&WireRequest::from(request));
         if let Some(value) = authorization {
@@ -471,6 +477,9 @@ impl ChatClient {
 
     /// Classifies a transport failure; its text leaves the URL out.
     fn transport(&self, error: reqwest::Error) -> LlmError {
+        if let Some(refused) = Refused::in_error(&error) {
+            return LlmError::Egress(refused.clone());
+        }
         if error.is_timeout() {
             return LlmError::Timeout(self.timeout);
         }
@@ -864,8 +873,17 @@ mod tests {
         }
     }
 
-    fn client() -> ChatClient {
-        ChatClient::new(reqwest::Client::new()).with_retries(0, Duration::from_millis(1))
+    /// A client that may reach `servers` (local fakes, allowed as `EGRESS_ALLOW` would).
+    fn client_allowing(servers: &[&str]) -> ChatClient {
+        let allow = servers
+            .iter()
+            .map(|s| crate::outbound::HostPort::of_endpoint(s).unwrap());
+        let egress = Egress::new(crate::outbound::EgressPolicy::new(allow, [])).unwrap();
+        ChatClient::new(egress).with_retries(0, Duration::from_millis(1))
+    }
+
+    fn client(server: &MockServer) -> ChatClient {
+        client_allowing(&[&server.uri()])
     }
 
     fn order_schema() -> Value {
@@ -916,7 +934,7 @@ mod tests {
         let tools = FakeTools::default();
 
         // WHEN the prompt step runs
-        let outcome = run_prompt(&client(), &endpoint(&server), &params(5), &tools)
+        let outcome = run_prompt(&client(&server), &endpoint(&server), &params(5), &tools)
             .await
             .unwrap();
 
@@ -965,7 +983,7 @@ mod tests {
 
         // WHEN a prompt step with two tools runs
         run_prompt(
-            &client(),
+            &client(&server),
             &endpoint(&server),
             &params(5),
             &FakeTools::default(),
@@ -1016,7 +1034,7 @@ mod tests {
             ..params(1)
         };
 
-        let outcome = run_prompt(&client(), &endpoint, &params, &FakeTools::default())
+        let outcome = run_prompt(&client(&server), &endpoint, &params, &FakeTools::default())
             .await
             .unwrap();
 
@@ -1049,7 +1067,7 @@ mod tests {
         let tools = FakeTools::default();
 
         // WHEN a step allowing 3 model calls runs
-        let err = run_prompt(&client(), &endpoint(&server), &params(3), &tools)
+        let err = run_prompt(&client(&server), &endpoint(&server), &params(3), &tools)
             .await
             .unwrap_err();
 
@@ -1084,7 +1102,7 @@ mod tests {
         let tools = FakeTools::default();
 
         // WHEN the step runs
-        let outcome = run_prompt(&client(), &endpoint(&server), &params(5), &tools)
+        let outcome = run_prompt(&client(&server), &endpoint(&server), &params(5), &tools)
             .await
             .unwrap();
 
@@ -1115,7 +1133,7 @@ mod tests {
         let tools = FakeTools::default();
 
         // WHEN the step runs
-        let outcome = run_prompt(&client(), &endpoint(&server), &params(5), &tools)
+        let outcome = run_prompt(&client(&server), &endpoint(&server), &params(5), &tools)
             .await
             .unwrap();
 
@@ -1150,7 +1168,7 @@ mod tests {
         .await;
         let tools = FakeTools::default();
 
-        let outcome = run_prompt(&client(), &endpoint(&server), &params(5), &tools)
+        let outcome = run_prompt(&client(&server), &endpoint(&server), &params(5), &tools)
             .await
             .unwrap();
 
@@ -1174,7 +1192,7 @@ mod tests {
 
         // WHEN a step runs, twice
         let first = run_prompt(
-            &client(),
+            &client(&server),
             &endpoint(&server),
             &params(5),
             &FakeTools::default(),
@@ -1182,7 +1200,7 @@ mod tests {
         .await
         .unwrap_err();
         let second = run_prompt(
-            &client(),
+            &client(&server),
             &endpoint(&server),
             &params(5),
             &FakeTools::default(),
@@ -1218,7 +1236,7 @@ mod tests {
             answer("Done.", (7, 3)),
         ])
         .await;
-        let client = client().with_retries(2, Duration::from_millis(1));
+        let client = client(&server).with_retries(2, Duration::from_millis(1));
 
         // WHEN the step runs
         let outcome = run_prompt(
@@ -1244,7 +1262,7 @@ mod tests {
             .respond_with(ResponseTemplate::new(503))
             .mount(&server)
             .await;
-        let client = client().with_retries(2, Duration::from_millis(1));
+        let client = client(&server).with_retries(2, Duration::from_millis(1));
         let request = ChatRequest {
             model: "gpt-4o".into(),
             messages: vec![Message::User {
@@ -1271,7 +1289,7 @@ mod tests {
             answer("late", (1, 1)).set_delay(Duration::from_secs(5))
         ])
         .await;
-        let slow = client().with_timeout(Duration::from_millis(200));
+        let slow = client(&server).with_timeout(Duration::from_millis(200));
         let err = run_prompt(&slow, &endpoint(&server), &params(5), &FakeTools::default())
             .await
             .unwrap_err();
@@ -1291,9 +1309,14 @@ mod tests {
             base_url: format!("http://127.0.0.1:{port}/v1"),
             api_key: Some(SecretString::from(KEY)),
         };
-        let err = run_prompt(&client(), &nowhere, &params(5), &FakeTools::default())
-            .await
-            .unwrap_err();
+        let err = run_prompt(
+            &client_allowing(&[&nowhere.base_url]),
+            &nowhere,
+            &params(5),
+            &FakeTools::default(),
+        )
+        .await
+        .unwrap_err();
         let PromptError::Llm { error, .. } = &err else {
             panic!("expected an LLM error, got {err:?}");
         };
@@ -1312,7 +1335,7 @@ mod tests {
             let server =
                 fake_llm(vec![ResponseTemplate::new(200).set_body_json(body.clone())]).await;
             let err = run_prompt(
-                &client(),
+                &client(&server),
                 &endpoint(&server),
                 &params(5),
                 &FakeTools::default(),
@@ -1341,12 +1364,22 @@ mod tests {
 
         // WHEN steps fail because of them
         let errors = [
-            run_prompt(&client(), &endpoint, &params(5), &FakeTools::default())
-                .await
-                .unwrap_err(),
-            run_prompt(&client(), &endpoint, &params(5), &FakeTools::default())
-                .await
-                .unwrap_err(),
+            run_prompt(
+                &client(&server),
+                &endpoint,
+                &params(5),
+                &FakeTools::default(),
+            )
+            .await
+            .unwrap_err(),
+            run_prompt(
+                &client(&server),
+                &endpoint,
+                &params(5),
+                &FakeTools::default(),
+            )
+            .await
+            .unwrap_err(),
         ];
 
         // THEN no Display or Debug shows the key
@@ -1361,7 +1394,7 @@ mod tests {
         assert!(errors[1].to_string().contains("[REDACTED]"));
         // AND neither does the endpoint's own Debug, nor the client's
         assert!(!format!("{endpoint:?}").contains(KEY));
-        assert!(!format!("{:?}", client()).contains(KEY));
+        assert!(!format!("{:?}", client(&server)).contains(KEY));
     }
 
     #[tokio::test]
@@ -1371,9 +1404,14 @@ mod tests {
                 base_url: base_url.into(),
                 api_key: None,
             };
-            let err = run_prompt(&client(), &endpoint, &params(5), &FakeTools::default())
-                .await
-                .unwrap_err();
+            let err = run_prompt(
+                &client_allowing(&[]),
+                &endpoint,
+                &params(5),
+                &FakeTools::default(),
+            )
+            .await
+            .unwrap_err();
             assert!(!err.is_retryable(), "{base_url}");
         }
         let server = MockServer::start().await;
@@ -1381,9 +1419,14 @@ mod tests {
             base_url: server.uri(),
             api_key: Some(SecretString::from("sk-line\nbreak")),
         };
-        let err = run_prompt(&client(), &bad_key, &params(5), &FakeTools::default())
-            .await
-            .unwrap_err();
+        let err = run_prompt(
+            &client(&server),
+            &bad_key,
+            &params(5),
+            &FakeTools::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(!err.is_retryable());
         assert!(!format!("{err:?}").contains("sk-line"));
         assert!(server.received_requests().await.unwrap().is_empty());
@@ -1404,7 +1447,7 @@ mod tests {
         .await;
         let tools = FakeTools::default();
 
-        let outcome = run_prompt(&client(), &endpoint(&server), &params(5), &tools)
+        let outcome = run_prompt(&client(&server), &endpoint(&server), &params(5), &tools)
             .await
             .unwrap();
 
@@ -1499,7 +1542,7 @@ mod tests {
 
     #[test]
     fn retry_delays_grow_with_jitter_and_honour_retry_after_within_a_cap() {
-        let client = client().with_retries(3, Duration::from_millis(100));
+        let client = client_allowing(&[]).with_retries(3, Duration::from_millis(100));
         let plain = LlmError::Timeout(Duration::from_secs(1));
         for attempt in 0..3 {
             let delay = client.delay(attempt, &plain);

@@ -37,6 +37,7 @@ use super::llm::{self, ChatClient, Endpoint, PromptParams, ToolCaller, ToolSpec}
 use super::tool::{self, ToolExecutor};
 use super::webhook::{Delivery, WebhookSender};
 use crate::api::agents::llm_key_path;
+use crate::outbound::Egress;
 use crate::state::AppState;
 use crate::store::agents::Agent;
 use crate::store::runs::{
@@ -212,19 +213,20 @@ enum StepFlow {
 impl Engine {
     /// An engine on `state`, with HTTP clients for tools, webhooks and models.
     pub fn new(state: AppState) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("spark-ops/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("Failed to build the HTTP client")?;
+        let egress = Egress::new(state.config.egress.clone())?;
         Ok(Self {
             tools: ToolExecutor::new(
-                http.clone(),
+                egress.clone(),
                 state.store.clone(),
                 state.secrets.clone(),
                 state.clock.clone(),
             ),
-            webhooks: WebhookSender::new(http.clone(), state.secrets.clone(), state.clock.clone()),
-            chat: ChatClient::new(http),
+            webhooks: WebhookSender::new(
+                egress.clone(),
+                state.secrets.clone(),
+                state.clock.clone(),
+            ),
+            chat: ChatClient::new(egress),
             definitions: Mutex::new(HashMap::new()),
             state,
         })

@@ -23,23 +23,25 @@
 //!
 //! ## Templates
 //!
-//! `config.url` and `config.headers` values may hold placeholders, filled in simply:
+//! `config.url` and `config.headers` values are templates of [`crate::tool_template`],
+//! checked again before each call. Input values go in as they are (other JSON values as
+//! JSON); in the URL they are percent-encoded, and a missing field is
+//! [`ToolError::InvalidInput`]. `{{ credentials.<field> }}` is filled from the stored
+//! credentials: `api_key`, or an OAuth `access_token` (fetched with the client-credentials or
+//! refresh-token grant), `client_id` or `client_secret`.
 //!
-//! - `{{ input.<field>… }}`: a field of the call's input (`.<n>` indexes a list); strings go in
-//!   as they are, other values as JSON; in the URL they are percent-encoded. A missing field
-//!   is [`ToolError::InvalidInput`];
-//! - `{{ credentials.<field> }}`, in headers only: `api_key` for API-key credentials;
-//!   `access_token` (fetched with the client-credentials or refresh-token grant),
-//!   `client_id` or `client_secret` for OAuth ones.
+//! ## Egress
 //!
-//! Anything else between `{{` and `}}` is an error ([`ToolError::Config`]) rather than text
-//! sent as is: a typo must not reach a third party.
+//! Every request, the OAuth token fetch included, goes out through [`Egress`]: a refused
+//! destination fails the call with [`ToolError::Egress`] before credentials are read, and no
+//! redirect is followed.
 //!
 //! ## Secrets
 //!
 //! Credential values never appear in an error, a log line or the outcome: headers filled from
-//! credentials (and `Authorization`-like headers) are recorded as `[REDACTED]`, and every text
-//! that echoes the tool's answer (an error's detail) has the credential values scrubbed.
+//! credentials (and secret-looking headers) are recorded as `[REDACTED]`, and every text that
+//! echoes the tool's answer (an error's detail, a successful output) has the credential
+//! values scrubbed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -56,11 +58,13 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::clock::Clock;
+use crate::outbound::{headers, Egress, Refused};
 use crate::store::secrets::SecretStore;
 use crate::store::tool_runtime::Admission;
 use crate::store::tools::Tool;
 use crate::store::{Store, StoreError};
 use crate::tool_config::{Credentials, HttpConfig, HttpMethod, OAuthCredentials, ToolKind};
+use crate::tool_template::{self, parse_template, CredentialField, Piece};
 
 /// Largest response body read from a tool, a token endpoint or a webhook receiver.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
@@ -73,15 +77,6 @@ pub const DEFAULT_CREDENTIALS_TTL: Duration = Duration::from_secs(300);
 
 /// What a redacted value is recorded as.
 pub const REDACTED: &str = "[REDACTED]";
-
-/// Headers recorded as [`REDACTED`] whatever their template.
-const SENSITIVE_HEADERS: [&str; 5] = [
-    "authorization",
-    "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "cookie",
-];
 
 /// Most characters of a failed answer quoted in an error.
 const MAX_DETAIL_CHARS: usize = 200;
@@ -221,6 +216,9 @@ pub enum ToolError {
         /// Attempts made.
         attempts: u32,
     },
+    /// The egress policy refused the destination.
+    #[error("{0}")]
+    Egress(Refused),
     /// Reading state or secrets failed; the cause is kept for the log.
     #[error("the tool call failed unexpectedly")]
     Unexpected(#[source] anyhow::Error),
@@ -257,7 +255,8 @@ impl ToolError {
             Self::Unsupported(_)
             | Self::Config(_)
             | Self::InvalidInput { .. }
-            | Self::InvalidOutput { .. } => false,
+            | Self::InvalidOutput { .. }
+            | Self::Egress(_) => false,
             Self::Credentials { retryable, .. } => *retryable,
             Self::Status { status, .. } => retryable_status(*status),
             Self::CircuitOpen { .. }
@@ -309,7 +308,7 @@ fn retryable_status(status: u16) -> bool {
 
 /// Calls http tools; build one per process and share it.
 pub struct ToolExecutor {
-    http: reqwest::Client,
+    egress: Egress,
     store: Store,
     secrets: SecretStore,
     clock: Arc<dyn Clock>,
@@ -335,14 +334,9 @@ struct AccessToken {
 
 impl ToolExecutor {
     /// An executor with the default backoff, breaker cooldown and credentials cache.
-    pub fn new(
-        http: reqwest::Client,
-        store: Store,
-        secrets: SecretStore,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn new(egress: Egress, store: Store, secrets: SecretStore, clock: Arc<dyn Clock>) -> Self {
         Self {
-            http,
+            egress,
             store,
             secrets,
             clock,
@@ -427,6 +421,12 @@ impl ToolExecutor {
         if let Some(key) = idempotency_key {
             plan.idempotency_key(key)?;
         }
+        // Checked before credentials are read: a refused destination learns nothing.
+        let client = self
+            .egress
+            .client_for(&plan.url, !plan.credential_fields.is_empty())
+            .map_err(ToolError::Egress)?
+            .clone();
 
         let now = self.clock.now();
         let breaker = self.store.tool_breaker(tool.id).await?;
@@ -470,13 +470,8 @@ impl ToolExecutor {
 
         let timeout = Duration::from_millis(config.timeout_ms);
         let retries = u32::try_from(config.retry_attempts).unwrap_or(u32::MAX);
-        let sent = send_with_retries(
-            || request.builder(&self.http),
-            retries,
-            self.backoff,
-            timeout,
-        )
-        .await;
+        let sent =
+            send_with_retries(|| request.builder(&client), retries, self.backoff, timeout).await;
         let attempts = sent.attempts;
         let result = match sent.result {
             Ok(reply) if reply.status.is_success() => {
@@ -507,7 +502,10 @@ impl ToolExecutor {
                 status,
                 attempts,
             }),
+            Err(AttemptFailure::Refused(refused)) => Err(ToolError::Egress(refused)),
         };
+        // A tool that echoes its credentials must not get them stored in the step.
+        let result = result.map(|(output, status)| (secrets.scrub_value(&output), status));
         self.settle(tool, &config, probe, breaker.consecutive_failures, &result)
             .await;
         result.map(|(output, status)| ToolOutcome {
@@ -730,14 +728,20 @@ impl ToolExecutor {
             form.push(("scope", scope.as_str()));
         }
         let asked = Instant::now();
+        let token_url = url::Url::parse(&oauth.token_url).map_err(|_| ToolError::Credentials {
+            message: "the OAuth token_url is not a valid URL".to_owned(),
+            retryable: false,
+        })?;
         let request = self
-            .http
-            .post(&oauth.token_url)
+            .egress
+            .request(Method::POST, token_url, true)
+            .map_err(ToolError::Egress)?
             .header(ACCEPT, "application/json")
             .form(&form)
             .timeout(Duration::from_millis(config.timeout_ms));
         let reply = match send_once(request).await {
             Ok(reply) => reply,
+            Err(AttemptFailure::Refused(refused)) => return Err(ToolError::Egress(refused)),
             Err(failure) => {
                 return Err(ToolError::Credentials {
                     message: format!(
@@ -882,104 +886,6 @@ fn detail(body: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------
 // Templates
 
-/// A credential a header template may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum CredentialField {
-    ApiKey,
-    AccessToken,
-    ClientId,
-    ClientSecret,
-}
-
-impl CredentialField {
-    const ALL: [Self; 4] = [
-        Self::ApiKey,
-        Self::AccessToken,
-        Self::ClientId,
-        Self::ClientSecret,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::ApiKey => "api_key",
-            Self::AccessToken => "access_token",
-            Self::ClientId => "client_id",
-            Self::ClientSecret => "client_secret",
-        }
-    }
-}
-
-/// A piece of a URL or header template.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Piece {
-    Text(String),
-    /// `{{ input.a.b }}`: the path after `input`.
-    Input(Vec<String>),
-    /// `{{ credentials.<field> }}`.
-    Credential(CredentialField),
-}
-
-/// Splits a template into pieces; the error says what is wrong with it.
-fn parse_template(source: &str) -> Result<Vec<Piece>, String> {
-    let mut pieces = Vec::new();
-    let mut rest = source;
-    while let Some(open) = rest.find("{{") {
-        if open > 0 {
-            pieces.push(Piece::Text(rest[..open].to_owned()));
-        }
-        let after = &rest[open + 2..];
-        let close = after
-            .find("}}")
-            .ok_or_else(|| "has a `{{` without a closing `}}`".to_owned())?;
-        pieces.push(parse_placeholder(after[..close].trim())?);
-        rest = &after[close + 2..];
-    }
-    if !rest.is_empty() {
-        pieces.push(Piece::Text(rest.to_owned()));
-    }
-    Ok(pieces)
-}
-
-fn parse_placeholder(path: &str) -> Result<Piece, String> {
-    let mut parts = path.split('.');
-    let valid = |part: &str| {
-        !part.is_empty()
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    };
-    let unknown = || {
-        format!(
-            "has a placeholder `{{{{ {path} }}}}` the engine cannot fill; use \
-             `{{{{ input.<field> }}}}` or `{{{{ credentials.<field> }}}}`"
-        )
-    };
-    match parts.next() {
-        Some("input") => {
-            let fields: Vec<String> = parts.map(str::to_owned).collect();
-            if fields.iter().all(|f| valid(f)) {
-                Ok(Piece::Input(fields))
-            } else {
-                Err(unknown())
-            }
-        }
-        Some("credentials") => {
-            let field = parts.next().unwrap_or_default();
-            match CredentialField::ALL.into_iter().find(|f| f.name() == field) {
-                Some(found) if parts.next().is_none() => Ok(Piece::Credential(found)),
-                _ => {
-                    let names: Vec<&str> = CredentialField::ALL.iter().map(|f| f.name()).collect();
-                    Err(format!(
-                        "has a placeholder `{{{{ {path} }}}}`; credentials offer {}",
-                        names.join(", ")
-                    ))
-                }
-            }
-        }
-        _ => Err(unknown()),
-    }
-}
-
 /// The value at `path` inside `input`: object members by name, list items by index.
 fn lookup<'a>(input: &'a Value, path: &[String]) -> Option<&'a Value> {
     path.iter().try_fold(input, |at, field| match at {
@@ -1058,15 +964,19 @@ impl Plan {
                 .collect::<Result<Vec<Piece>, ToolError>>()
         };
 
+        // Checked again here, not only when saved: a record saved under older rules must not
+        // let an input choose the host.
+        tool_template::check_url(&config.url)
+            .map_err(|why| ToolError::Config(format!("its `url` {why}")))?;
         let url_pieces = parse_template(&config.url)
             .map_err(|why| ToolError::Config(format!("its `url` {why}")))?;
-        if url_pieces.iter().any(|p| matches!(p, Piece::Credential(_))) {
-            return Err(ToolError::Config(
-                "its `url` uses credentials, which would leak them into logs; send them in a \
-                 header"
-                    .to_owned(),
-            ));
-        }
+        let dots = url_pieces.iter().find_map(|piece| match piece {
+            Piece::Input(path) => lookup(input, path)
+                .map(text_of)
+                .filter(|text| !text.is_empty() && text.bytes().all(|b| b == b'.'))
+                .map(|_| pointer(path)),
+            _ => None,
+        });
         let url_text: String = fill_input(url_pieces, "url", true)?
             .into_iter()
             .map(|piece| match piece {
@@ -1074,6 +984,14 @@ impl Plan {
                 _ => String::new(),
             })
             .collect();
+        if tool_template::check_filled_path(&url_text).is_err() {
+            return Err(ToolError::InvalidInput {
+                pointer: dots.unwrap_or_default(),
+                message: "fills a segment of the tool's URL path with `.` or `..`, which is \
+                          refused"
+                    .to_owned(),
+            });
+        }
         let mut url = url::Url::parse(&url_text).map_err(|_| {
             ToolError::Config("its `url` is not a valid URL once filled in".to_owned())
         })?;
@@ -1083,10 +1001,10 @@ impl Plan {
         for (name, template) in &config.headers {
             let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ToolError::Config(format!("`{name}` is not a valid header name")))?;
-            let pieces = parse_template(template)
+            let pieces = tool_template::check_header(name, template)
                 .map_err(|why| ToolError::Config(format!("its header `{name}` {why}")))?;
             let pieces = fill_input(pieces, &format!("header `{name}`"), false)?;
-            let mut sensitive = SENSITIVE_HEADERS.contains(&header.as_str());
+            let mut sensitive = headers::is_sensitive(name);
             for piece in &pieces {
                 if let Piece::Credential(field) = piece {
                     credential_fields.insert(*field);
@@ -1325,8 +1243,8 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn builder(&self, http: &reqwest::Client) -> reqwest::RequestBuilder {
-        let builder = http
+    fn builder(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
+        let builder = client
             .request(self.method.clone(), self.url.clone())
             .headers(self.headers.clone());
         match &self.body {
@@ -1357,6 +1275,8 @@ pub(crate) enum AttemptFailure {
     Unreachable(String),
     /// The body (of an answer with this status) exceeds [`MAX_RESPONSE_BYTES`].
     TooLarge(u16),
+    /// The egress policy refused the destination when its name was resolved.
+    Refused(Refused),
 }
 
 impl AttemptFailure {
@@ -1368,6 +1288,7 @@ impl AttemptFailure {
             Self::TooLarge(status) => {
                 format!("its answer (HTTP {status}) exceeds {MAX_RESPONSE_BYTES} bytes")
             }
+            Self::Refused(refused) => refused.to_string(),
         }
     }
 }
@@ -1411,7 +1332,7 @@ pub(crate) async fn send_with_retries(
                 }
             }
             Ok(reply) if reply.status.is_server_error() => Some(backoff.delay(attempts - 1)),
-            Ok(_) | Err(AttemptFailure::TooLarge(_)) => None,
+            Ok(_) | Err(AttemptFailure::TooLarge(_) | AttemptFailure::Refused(_)) => None,
             Err(AttemptFailure::Timeout | AttemptFailure::Unreachable(_)) => {
                 Some(backoff.delay(attempts - 1))
             }
@@ -1466,13 +1387,14 @@ pub(crate) async fn send_once(
 
 /// Classifies a transport error; the description never holds the URL.
 fn attempt_failure(err: reqwest::Error) -> AttemptFailure {
+    if let Some(refused) = Refused::in_error(&err) {
+        return AttemptFailure::Refused(refused.clone());
+    }
     if err.is_timeout() {
         return AttemptFailure::Timeout;
     }
     let what = if err.is_connect() {
         "the connection failed"
-    } else if err.is_redirect() {
-        "it redirected too many times"
     } else if err.is_body() || err.is_decode() {
         "its answer broke off"
     } else {
@@ -1523,43 +1445,6 @@ mod tests {
             assert!(delays.iter().all(|d| *d <= backoff.ceiling(retry)));
             let distinct: BTreeSet<Duration> = delays.into_iter().collect();
             assert!(distinct.len() > 10, "full jitter spreads the waits");
-        }
-    }
-
-    #[test]
-    fn templates_split_into_text_input_and_credentials() {
-        assert_eq!(
-            parse_template("Bearer {{ credentials.api_key }}").unwrap(),
-            vec![
-                Piece::Text("Bearer ".into()),
-                Piece::Credential(CredentialField::ApiKey)
-            ]
-        );
-        assert_eq!(
-            parse_template("{{input.customer.id}}/x").unwrap(),
-            vec![
-                Piece::Input(vec!["customer".into(), "id".into()]),
-                Piece::Text("/x".into())
-            ]
-        );
-        assert_eq!(
-            parse_template("plain } text").unwrap(),
-            vec![Piece::Text("plain } text".into())]
-        );
-    }
-
-    #[test]
-    fn unknown_placeholders_are_errors_not_text() {
-        for bad in [
-            "{{ credentials.password }}",
-            "{{ credentials }}",
-            "{{ credentials.api_key.x }}",
-            "{{ env.HOME }}",
-            "{{ input..x }}",
-            "{{ input.a b }}",
-            "Bearer {{ credentials.api_key",
-        ] {
-            assert!(parse_template(bad).is_err(), "{bad} should be refused");
         }
     }
 

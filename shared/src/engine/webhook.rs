@@ -36,6 +36,7 @@ use uuid::Uuid;
 
 use super::tool::{send_with_retries, AttemptFailure, Backoff};
 use crate::clock::Clock;
+use crate::outbound::{headers, Egress, Refused};
 use crate::store::secrets::SecretStore;
 
 /// Header carrying the signing time, in unix seconds.
@@ -64,16 +65,6 @@ const MAX_DETAIL_CHARS: usize = 200;
 
 /// Most characters of a non-JSON answer kept in the outcome.
 const MAX_TEXT_RESPONSE_CHARS: usize = 2048;
-
-/// Headers a step may not set: the sender owns them.
-const RESERVED_HEADERS: [&str; 6] = [
-    "content-type",
-    "content-length",
-    "host",
-    "x-spark-ops-timestamp",
-    "x-spark-ops-signature",
-    "x-spark-ops-delivery",
-];
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -249,6 +240,9 @@ pub enum WebhookError {
         /// Attempts made.
         attempts: u32,
     },
+    /// The egress policy refused the destination.
+    #[error("{0}")]
+    Egress(Refused),
     /// Reading or creating the project's secret failed; the cause is kept for the log.
     #[error("the webhook could not be signed")]
     Secret(#[source] anyhow::Error),
@@ -267,7 +261,9 @@ impl WebhookError {
     /// connection failures, secret access) yes; bad URLs, headers and 4xx no.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::InvalidUrl | Self::InvalidHeader(..) | Self::InvalidBody => false,
+            Self::InvalidUrl | Self::InvalidHeader(..) | Self::InvalidBody | Self::Egress(_) => {
+                false
+            }
             Self::Status { status, .. } => *status == 429 || (500..600).contains(status),
             Self::Timeout { .. } | Self::Unreachable { .. } | Self::Secret(_) => true,
         }
@@ -294,7 +290,7 @@ pub struct Delivery<'a> {
 
 /// Sends signed webhooks; build one per process and share it.
 pub struct WebhookSender {
-    http: reqwest::Client,
+    egress: Egress,
     secrets: SecretStore,
     clock: Arc<dyn Clock>,
     timeout: Duration,
@@ -304,9 +300,9 @@ pub struct WebhookSender {
 
 impl WebhookSender {
     /// A sender with a 10 s timeout per attempt and the default backoff.
-    pub fn new(http: reqwest::Client, secrets: SecretStore, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(egress: Egress, secrets: SecretStore, clock: Arc<dyn Clock>) -> Self {
         Self {
-            http,
+            egress,
             secrets,
             clock,
             timeout: DEFAULT_TIMEOUT,
@@ -380,7 +376,7 @@ impl WebhookSender {
         for (name, value) in delivery.headers {
             let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| WebhookError::InvalidHeader(name.clone(), "not a header name"))?;
-            if RESERVED_HEADERS.contains(&header.as_str()) {
+            if headers::check_webhook_name(header.as_str()).is_err() {
                 return Err(WebhookError::InvalidHeader(
                     name.clone(),
                     "the sender sets it",
@@ -405,6 +401,10 @@ impl WebhookSender {
             .entry(USER_AGENT)
             .or_insert(HeaderValue::from_static("Spark-Ops-Webhook/1"));
         headers.insert(DELIVERY_HEADER, delivery_header);
+        let client = self
+            .egress
+            .client_for(&url, false)
+            .map_err(WebhookError::Egress)?;
         let secret = self
             .secret(delivery.project_id)
             .await
@@ -422,10 +422,7 @@ impl WebhookSender {
                     value.set_sensitive(true);
                     signed.insert(SIGNATURE_HEADER, value);
                 }
-                self.http
-                    .post(url.clone())
-                    .headers(signed)
-                    .body(body.clone())
+                client.post(url.clone()).headers(signed).body(body.clone())
             },
             delivery.retries,
             self.backoff,
@@ -446,6 +443,7 @@ impl WebhookSender {
                 attempts,
                 detail: clip(&String::from_utf8_lossy(&reply.body), MAX_DETAIL_CHARS),
             }),
+            Err(AttemptFailure::Refused(refused)) => Err(WebhookError::Egress(refused)),
             Err(AttemptFailure::Timeout) => Err(WebhookError::Timeout {
                 timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
                 attempts,
