@@ -148,13 +148,7 @@ pub fn check_url(template: &str) -> Result<(), String> {
             );
         }
     }
-    let sample: String = pieces
-        .iter()
-        .map(|piece| match piece {
-            Piece::Text(text) => text.as_str(),
-            _ => "x",
-        })
-        .collect();
+    let sample = sample(&pieces);
     let url = Url::parse(&sample)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
@@ -163,6 +157,31 @@ pub fn check_url(template: &str) -> Result<(), String> {
         return Err("may not hold user info; put credentials in `credentials`".to_owned());
     }
     check_filled_path(&sample)
+}
+
+/// The origin (`scheme://host:port`) a URL template calls, when it is valid.
+pub fn origin(template: &str) -> Option<String> {
+    check_url(template).ok()?;
+    Url::parse(&sample(&parse_template(template).ok()?))
+        .ok()
+        .map(|url| url.origin().ascii_serialization())
+}
+
+/// Whether a template fills anything from credentials.
+pub fn uses_credentials(template: &str) -> bool {
+    parse_template(template)
+        .is_ok_and(|pieces| pieces.iter().any(|p| matches!(p, Piece::Credential(_))))
+}
+
+/// The template with every placeholder replaced by `x`: what its literal parts must parse as.
+fn sample(pieces: &[Piece]) -> String {
+    pieces
+        .iter()
+        .map(|piece| match piece {
+            Piece::Text(text) => text.as_str(),
+            _ => "x",
+        })
+        .collect()
 }
 
 /// Refuses a URL whose path has a `.` or `..` segment (also percent-encoded), which would
@@ -281,6 +300,21 @@ mod tests {
         ] {
             assert!(check_url(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn origins_and_credential_use_are_read_from_templates() {
+        assert_eq!(
+            origin("https://CRM.example.com/c/{{ input.id }}").as_deref(),
+            Some("https://crm.example.com")
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:8080/x").as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert_eq!(origin("https://{{ input.host }}/"), None);
+        assert!(uses_credentials("Bearer {{ credentials.api_key }}"));
+        assert!(!uses_credentials("{{ input.action }}"));
     }
 
     #[test]

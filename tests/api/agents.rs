@@ -341,7 +341,8 @@ async fn the_llm_api_key_goes_to_secrets_manager_and_never_into_a_response_log_o
     let stored = app.state.secrets.get(&secret_path).await.unwrap().unwrap();
     assert_eq!(stored.expose_secret(), SECRET_KEY);
 
-    // AND no response shows it: create, read, list, change (keeping the key), heartbeat, metrics
+    // AND no response shows it: create, read, list, change (same origin, keeping the key),
+    // heartbeat, metrics
     let mut replies = vec![created];
     replies.push(app.get(&path, &p.owner).await);
     replies.push(
@@ -359,7 +360,7 @@ async fn the_llm_api_key_goes_to_secrets_manager_and_never_into_a_response_log_o
         .patch(
             &path,
             &p.owner,
-            json!({"llm": {"base_url": "https://llm2.example.com/v1"}}),
+            json!({"llm": {"base_url": "https://llm.example.com/v2"}}),
         )
         .await;
     assert_eq!(kept.status, StatusCode::OK, "{}", kept.text);

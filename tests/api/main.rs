@@ -4,6 +4,7 @@ mod agents;
 mod api_keys;
 mod auth;
 mod conventions;
+mod credential_binding;
 mod egress;
 mod engine_tools;
 mod lambda_events;

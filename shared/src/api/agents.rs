@@ -10,7 +10,8 @@
 //! - `llm.api_key` is write-only: it goes to Secrets Manager (`agents/<id>/llm-api-key`) and
 //!   responses show only `llm.has_api_key`.
 //! - In a `PATCH`, a nullable field set to `null` is cleared; `llm: {base_url}` keeps the
-//!   stored key, `llm: {base_url, api_key: null}` drops it, and `llm: null` drops both.
+//!   stored key while the origin (scheme, host, port) stays the same and drops it otherwise,
+//!   `llm: {base_url, api_key: null}` drops it, and `llm: null` drops both.
 //! - Health is derived on every read (see [`crate::agent_health`]); a heartbeat does not
 //!   change the agent's `version`.
 //! - Lists take one filter at a time: `env`, `capability` or `health`.
@@ -37,6 +38,7 @@ use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::{ts, Env, Name};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::outbound;
 use crate::state::AppState;
 use crate::store::agents::{Agent, AgentFilter, Heartbeat, JsonObject, LlmEndpoint};
 use crate::store::StoreError;
@@ -502,7 +504,11 @@ impl Changes {
             None => {}
             Some(LlmChange::Remove) => agent.llm = None,
             Some(LlmChange::Set { base_url, key }) => {
-                let had_key = agent.llm.as_ref().is_some_and(|llm| llm.has_api_key);
+                // A key stays bound to the origin it was given for: another origin drops it
+                // unless it is sent again.
+                let had_key = agent.llm.as_ref().is_some_and(|llm| {
+                    llm.has_api_key && outbound::same_origin(&llm.base_url, base_url)
+                });
                 agent.llm = Some(LlmEndpoint {
                     base_url: base_url.clone(),
                     has_api_key: match key {

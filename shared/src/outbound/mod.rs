@@ -105,6 +105,14 @@ impl fmt::Display for HostPort {
     }
 }
 
+/// Whether two absolute URLs share scheme, host and port; unparsable URLs share nothing.
+pub fn same_origin(a: &str, b: &str) -> bool {
+    match (Url::parse(a), Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin().is_tuple() && a.origin() == b.origin(),
+        _ => false,
+    }
+}
+
 /// What may be reached besides the public internet, and what never may.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EgressPolicy {
@@ -355,6 +363,27 @@ mod tests {
             HostPort::of_url(&Url::parse("https://Example.com/x").unwrap()),
             Some(hp("example.com:443"))
         );
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        assert!(same_origin(
+            "https://api.openai.com/v1",
+            "https://API.openai.com:443/v2"
+        ));
+        assert!(!same_origin(
+            "https://api.openai.com/v1",
+            "http://api.openai.com/v1"
+        ));
+        assert!(!same_origin(
+            "https://api.openai.com/v1",
+            "https://evil.example/v1"
+        ));
+        assert!(!same_origin(
+            "https://api.openai.com/v1",
+            "https://api.openai.com:8443/v1"
+        ));
+        assert!(!same_origin("not a url", "not a url"));
     }
 
     #[test]
