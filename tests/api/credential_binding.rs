@@ -189,3 +189,199 @@ async fn moving_an_agents_model_endpoint_to_another_origin_drops_its_key() {
         received[0].headers
     );
 }
+
+/// Creates a credential bound to `origin`; answers the reply.
+async fn create_credential(o: &Owner, origin: &str, value: &str) -> spark_ops_tests::Reply {
+    o.app
+        .post(
+            "/api/v1/credentials",
+            Some(&o.token),
+            json!({"project_id": o.project, "name": "hook token", "origin": origin, "value": value}),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_project_credential_is_write_only_project_scoped_and_bound_to_its_origin() {
+    // GIVEN an owner who stores a webhook token
+    let o = owner().await;
+    let secret = "whk-violet-tundra-cascade";
+    let created = create_credential(&o, "https://hooks.example.com/in?x=1", secret).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert_eq!(created.body["origin"], "https://hooks.example.com");
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/credentials/{id}");
+
+    // THEN no answer ever shows the value
+    let read = o.app.get(&path, &o.token).await;
+    let list = o
+        .app
+        .get(
+            &format!("/api/v1/credentials?project_id={}", o.project),
+            &o.token,
+        )
+        .await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    for reply in [&created, &read, &list] {
+        assert!(!reply.text.contains(secret), "{}", reply.text);
+    }
+
+    // AND an outsider cannot see it
+    let outsider = o.app.user("Outsider").await;
+    assert_eq!(
+        o.app.get(&path, &outsider).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // AND moving it to another origin needs the value again
+    let moved = o
+        .patch(&path, json!({"origin": "https://attacker.example"}))
+        .await;
+    assert_eq!(
+        moved.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        moved.text
+    );
+    assert_eq!(moved.error_fields(), ["value"]);
+    let moved = o
+        .patch(
+            &path,
+            json!({"origin": "https://hooks2.example.com", "value": "whk-second"}),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
+    assert_eq!(moved.body["version"], 2);
+
+    // AND bad input is named
+    let bad = o
+        .app
+        .post(
+            "/api/v1/credentials",
+            Some(&o.token),
+            json!({"project_id": o.project, "name": "", "origin": "ftp://x", "value": ""}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let mut fields = bad.error_fields();
+    fields.sort();
+    assert_eq!(fields, ["name", "origin", "value"]);
+
+    // AND deleting it answers 204, then 404
+    let deleted = o.app.delete(&path, &o.token).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    assert_eq!(
+        o.app.get(&path, &o.token).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_step_keeps_secrets_out_of_its_version_and_sends_its_credential_only_to_its_origin(
+) {
+    // GIVEN a receiver (a local fake) and a credential bound to it
+    let o = owner().await;
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"echo": "whk-fake-receiver"})),
+        )
+        .mount(&receiver)
+        .await;
+    let created = create_credential(&o, &receiver.uri(), "whk-fake-receiver").await;
+    let credential = created.body["id"].as_str().unwrap().to_owned();
+    let create = |definition: Value| {
+        let app = &o.app;
+        let token = o.token.clone();
+        let project = o.project.clone();
+        async move {
+            app.post(
+                "/api/v1/workflows",
+                Some(&token),
+                json!({"project_id": project, "name": "hooks", "definition": definition}),
+            )
+            .await
+        }
+    };
+    let hook =
+        |config: Value| json!({"steps": [{"id": "hook", "type": "webhook", "config": config}]});
+
+    // WHEN a workflow writes a secret header literally THEN it is refused at that header
+    let literal = create(hook(json!({"url": format!("{}/in", receiver.uri()),
+        "headers": {"Authorization": "Bearer whk-literal"}})))
+    .await;
+    assert_eq!(
+        literal.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        literal.text
+    );
+    assert_eq!(
+        literal.error_fields(),
+        ["definition.steps[0].config.headers.Authorization"]
+    );
+    // AND so is a framing header, and a credential used for another origin
+    let framing = create(hook(json!({"url": format!("{}/in", receiver.uri()),
+        "headers": {"Transfer-Encoding": "chunked"}})))
+    .await;
+    assert_eq!(
+        framing.error_fields(),
+        ["definition.steps[0].config.headers.Transfer-Encoding"]
+    );
+    let elsewhere = create(hook(json!({"url": "https://attacker.example/collect",
+        "credentials": {"id": credential}})))
+    .await;
+    assert_eq!(
+        elsewhere.error_fields(),
+        ["definition.steps[0].config.credentials.id"],
+        "{}",
+        elsewhere.text
+    );
+
+    // WHEN the step names the credential instead
+    let definition = hook(json!({"url": format!("{}/in", receiver.uri()),
+        "credentials": {"id": credential, "scheme": "Bearer"}}));
+    let workflow = o
+        .app
+        .released_workflow(&o.token, &o.project, definition)
+        .await;
+    let version = o
+        .app
+        .get(
+            &format!("/api/v1/workflows/{workflow}/versions/1"),
+            &o.token,
+        )
+        .await;
+    assert!(
+        !version.text.contains("whk-fake-receiver"),
+        "{}",
+        version.text
+    );
+    let agent = o.app.agent(&o.token, &o.project, "gpt-4o-mini").await;
+    let run = o
+        .app
+        .start_run(
+            &o.token,
+            json!({"workflow_id": workflow, "agent_id": agent, "env": "dev"}),
+        )
+        .await;
+    let stored = o.app.state.store.get_run(run).await.unwrap().unwrap();
+    let outcome = o
+        .app
+        .engine_allowing(&[&receiver.uri()])
+        .execute(stored, &NoHeartbeat)
+        .await
+        .unwrap();
+
+    // THEN the receiver got it, and the step shows neither it nor the receiver's echo of it
+    assert_eq!(outcome, Outcome::Succeeded);
+    let received = receiver.received_requests().await.unwrap();
+    assert_eq!(
+        received[0].headers.get("authorization").unwrap(),
+        "Bearer whk-fake-receiver"
+    );
+    let steps = o.app.state.store.all_steps(run).await.unwrap();
+    let shown = format!("{steps:?}");
+    assert!(!shown.contains("whk-fake-receiver"), "{shown}");
+    assert!(shown.contains("[REDACTED]"), "{shown}");
+}

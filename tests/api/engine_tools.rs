@@ -1103,6 +1103,7 @@ async fn a_4xx_fails_at_once_and_a_flaky_receiver_succeeds_on_retry() {
             headers: &[("X-Trace".to_owned(), "t-1".to_owned())].into(),
             retries: 1,
             id: Some("run-1:notify"),
+            secret_header: None,
         })
         .await
         .unwrap();
@@ -1159,6 +1160,7 @@ async fn a_webhook_may_not_override_the_signature_headers() {
             headers: &[(SIGNATURE_HEADER.to_owned(), "v1=forged".to_owned())].into(),
             retries: 0,
             id: None,
+            secret_header: None,
         })
         .await
         .unwrap_err();

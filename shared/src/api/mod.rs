@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod api_keys;
 pub mod auth;
+pub mod credentials;
 pub mod docs;
 pub mod extract;
 pub mod health;
@@ -65,9 +66,12 @@ pub fn agents_routes() -> OpenApiRouter<AppState> {
         .merge(registry::routes())
 }
 
-/// Routes of the `tools` function: tools and their manifests.
+/// Routes of the `tools` function: tools and their manifests, and the project credentials
+/// webhook steps send.
 pub fn tools_routes() -> OpenApiRouter<AppState> {
-    tools::routes().merge(manifests::tool_routes())
+    tools::routes()
+        .merge(manifests::tool_routes())
+        .merge(credentials::routes())
 }
 
 /// Routes of the `workflows` function: workflows and their versions.

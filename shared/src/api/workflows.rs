@@ -17,7 +17,7 @@
 //!   including a new version number or a new `current_version`.
 //! - `DELETE` removes the workflow, then its versions in batches.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -267,7 +267,7 @@ fn check_tags(raw: Vec<String>, errors: &mut Vec<FieldError>) -> Vec<String> {
     tags
 }
 
-/// Parses a definition for `project_id`, loading the project's tools it names; problems go
+/// Parses a definition for `project_id`, loading the project's tools and credentials it names; problems go
 /// to `errors` under `definition.`.
 async fn check_definition(
     state: &AppState,
@@ -288,7 +288,20 @@ async fn check_definition(
             .map(|tool| tool.id)
             .collect()
     };
-    match workflow::parse(raw, &project_tools) {
+    let named = workflow::referenced_credential_ids(raw);
+    let project_credentials: HashMap<Uuid, String> = if named.is_empty() {
+        HashMap::new()
+    } else {
+        state
+            .store
+            .get_credentials(&named)
+            .await?
+            .into_iter()
+            .filter(|credential| credential.project_id == project_id)
+            .map(|credential| (credential.id, credential.origin))
+            .collect()
+    };
+    match workflow::parse_with(raw, &project_tools, &project_credentials) {
         Ok(definition) => Ok(Some(definition)),
         Err(found) => {
             errors.extend(workflow::under("definition", found));

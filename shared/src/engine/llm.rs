@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
-use crate::outbound::{Egress, Refused};
+use crate::outbound::{scrub, Egress, Refused};
 
 /// How long one model call may take, connection to last byte, unless configured otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -79,10 +79,8 @@ impl Endpoint {
     /// `text` with every occurrence of the API key replaced.
     fn scrub(&self, text: String) -> String {
         match &self.api_key {
-            Some(key) if !key.expose_secret().is_empty() => {
-                text.replace(key.expose_secret(), "[REDACTED]")
-            }
-            _ => text,
+            Some(key) => scrub::text(&text, std::slice::from_ref(key)),
+            None => text,
         }
     }
 }

@@ -35,9 +35,9 @@ use uuid::Uuid;
 use super::cost::PriceTable;
 use super::llm::{self, ChatClient, Endpoint, PromptParams, ToolCaller, ToolSpec};
 use super::tool::{self, ToolExecutor};
-use super::webhook::{Delivery, WebhookSender};
+use super::webhook::{Delivery, SecretHeader, WebhookSender};
 use crate::api::agents::llm_key_path;
-use crate::outbound::Egress;
+use crate::outbound::{self, Egress};
 use crate::state::AppState;
 use crate::store::agents::Agent;
 use crate::store::runs::{
@@ -46,7 +46,7 @@ use crate::store::runs::{
 use crate::store::tools::Tool;
 use crate::workflow::{
     Definition, HumanConfig, Iteration, LoopConfig, LoopStep, PromptConfig, Scope, Step, StepKind,
-    ToolConfig, WebhookConfig,
+    ToolConfig, WebhookConfig, WebhookCredentials,
 };
 
 /// How long a worker keeps starting steps before handing the run back to the lifecycle.
@@ -972,16 +972,36 @@ impl Engine {
                 }
             }
         }
-        let request = json!({"url": config.url.as_str(), "body": body, "headers": headers.keys().collect::<Vec<_>>()});
-        let id = idempotency_key(record);
-        let delivery = Delivery {
-            project_id: slice.run.project_id,
-            url: config.url.as_str(),
-            body: &body,
-            headers: &headers,
-            retries: WEBHOOK_RETRIES,
-            id: Some(&id),
+        let mut names: Vec<&str> = headers.keys().map(String::as_str).collect();
+        names.extend(config.credentials.as_ref().map(|c| c.header.as_str()));
+        let mut request = json!({"url": config.url.as_str(), "body": body, "headers": names});
+        let secret = match &config.credentials {
+            None => None,
+            Some(credentials) => {
+                request["credentials"] = json!(credentials.id);
+                match self.webhook_secret(slice, config, credentials).await {
+                    Ok(secret) => Some(secret),
+                    Err(error) => return StepResult::failed(Some(request), error),
+                }
+            }
         };
+        let id = idempotency_key(record);
+        let delivery =
+            Delivery {
+                project_id: slice.run.project_id,
+                url: config.url.as_str(),
+                body: &body,
+                headers: &headers,
+                retries: WEBHOOK_RETRIES,
+                id: Some(&id),
+                secret_header: config.credentials.as_ref().zip(secret.as_ref()).map(
+                    |(c, value)| SecretHeader {
+                        name: &c.header,
+                        scheme: c.scheme.as_deref(),
+                        value,
+                    },
+                ),
+            };
         match self.webhooks.deliver(&delivery).await {
             Ok(outcome) => StepResult::succeeded(
                 request,
@@ -989,6 +1009,45 @@ impl Engine {
             ),
             Err(error) => StepResult::failed(Some(request), error.to_string()),
         }
+    }
+
+    /// The value of a webhook step's credential, once it is found in the run's project, still
+    /// bound to the webhook's origin.
+    async fn webhook_secret(
+        &self,
+        slice: &Slice<'_>,
+        config: &WebhookConfig,
+        credentials: &WebhookCredentials,
+    ) -> Result<SecretString, String> {
+        let gone = || format!("credential `{}` no longer exists", credentials.id);
+        let credential = self
+            .state
+            .store
+            .get_credential(credentials.id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = ?e, "failed to read a webhook credential");
+                "the webhook's credential could not be read".to_owned()
+            })?
+            .filter(|c| c.project_id == slice.run.project_id)
+            .ok_or_else(gone)?;
+        if !outbound::same_origin(&credential.origin, config.url.as_str()) {
+            return Err(format!(
+                "credential `{}` is bound to {}, not to this webhook's origin",
+                credential.id, credential.origin
+            ));
+        }
+        let value = self
+            .state
+            .secrets
+            .get(&credential.secret_path())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = ?e, "failed to read a webhook credential's value");
+                "the webhook's credential could not be read".to_owned()
+            })?
+            .ok_or_else(gone)?;
+        Ok(value)
     }
 
     async fn prompt_step(

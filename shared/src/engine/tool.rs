@@ -58,7 +58,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::clock::Clock;
-use crate::outbound::{headers, Egress, Refused};
+use crate::outbound::{headers, scrub, Egress, Refused};
 use crate::store::secrets::SecretStore;
 use crate::store::tool_runtime::Admission;
 use crate::store::tools::Tool;
@@ -76,7 +76,7 @@ pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
 pub const DEFAULT_CREDENTIALS_TTL: Duration = Duration::from_secs(300);
 
 /// What a redacted value is recorded as.
-pub const REDACTED: &str = "[REDACTED]";
+pub use crate::outbound::scrub::REDACTED;
 
 /// Most characters of a failed answer quoted in an error.
 const MAX_DETAIL_CHARS: usize = 200;
@@ -1205,31 +1205,11 @@ struct Resolved {
 impl Resolved {
     /// `text` with every credential value replaced by [`REDACTED`].
     fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for secret in &self.scrubbed {
-            let secret = secret.expose_secret();
-            // Very short values would redact ordinary text and protect nothing.
-            if secret.len() >= 4 {
-                out = out.replace(secret, REDACTED);
-            }
-        }
-        out
+        scrub::text(text, &self.scrubbed)
     }
 
     fn scrub_value(&self, value: &Value) -> Value {
-        match value {
-            Value::String(text) => Value::String(self.scrub(text)),
-            Value::Array(items) => {
-                Value::Array(items.iter().map(|v| self.scrub_value(v)).collect())
-            }
-            Value::Object(members) => Value::Object(
-                members
-                    .iter()
-                    .map(|(k, v)| (k.clone(), self.scrub_value(v)))
-                    .collect(),
-            ),
-            other => other.clone(),
-        }
+        scrub::value(value, &self.scrubbed)
     }
 }
 
@@ -1520,25 +1500,6 @@ mod tests {
             Plan::new(&leaky, &json!({})),
             Err(ToolError::Config(_))
         ));
-    }
-
-    #[test]
-    fn scrubbing_replaces_every_credential_value() {
-        let resolved = Resolved {
-            values: HashMap::new(),
-            scrubbed: vec![
-                SecretString::from("sk-abc-123".to_owned()),
-                SecretString::from("xy".to_owned()),
-            ],
-        };
-        assert_eq!(
-            resolved.scrub("bad key sk-abc-123 (xy)"),
-            "bad key [REDACTED] (xy)"
-        );
-        assert_eq!(
-            resolved.scrub_value(&json!({"echo": ["sk-abc-123"]})),
-            json!({"echo": [REDACTED]})
-        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use super::tool::{send_with_retries, AttemptFailure, Backoff};
 use crate::clock::Clock;
-use crate::outbound::{headers, Egress, Refused};
+use crate::outbound::{headers, scrub, Egress, Refused};
 use crate::store::secrets::SecretStore;
 
 /// Header carrying the signing time, in unix seconds.
@@ -286,6 +286,20 @@ pub struct Delivery<'a> {
     /// The delivery id; a stable one (e.g. `<run_id>:<step_id>`) lets receivers drop
     /// duplicates across worker restarts. A fresh UUID when `None`.
     pub id: Option<&'a str>,
+    /// A stored secret to send as one header. It requires `https` (but to an allowed
+    /// address) and is scrubbed from whatever the receiver answers.
+    pub secret_header: Option<SecretHeader<'a>>,
+}
+
+/// A header carrying a stored secret: `<name>: [<scheme> ]<value>`.
+#[derive(Clone, Copy, Debug)]
+pub struct SecretHeader<'a> {
+    /// The header's name.
+    pub name: &'a str,
+    /// A word sent before the value, e.g. `Bearer`.
+    pub scheme: Option<&'a str>,
+    /// The secret.
+    pub value: &'a SecretString,
 }
 
 /// Sends signed webhooks; build one per process and share it.
@@ -339,6 +353,7 @@ impl WebhookSender {
             headers: &BTreeMap::new(),
             retries,
             id: None,
+            secret_header: None,
         })
         .await
     }
@@ -387,6 +402,27 @@ impl WebhookSender {
             })?;
             headers.insert(header, value);
         }
+        if let Some(secret) = delivery.secret_header {
+            let invalid = |why| WebhookError::InvalidHeader(secret.name.to_owned(), why);
+            let header = HeaderName::from_bytes(secret.name.as_bytes())
+                .map_err(|_| invalid("not a header name"))?;
+            if headers::check_webhook_name(header.as_str()).is_err() {
+                return Err(invalid("the sender sets it"));
+            }
+            let text = match secret.scheme {
+                Some(scheme) => format!("{scheme} {}", secret.value.expose_secret()),
+                None => secret.value.expose_secret().to_owned(),
+            };
+            let mut value = HeaderValue::from_str(&text)
+                .map_err(|_| invalid("the credential is not a valid header value"))?;
+            value.set_sensitive(true);
+            headers.insert(header, value);
+        }
+        let secrets: Vec<SecretString> = delivery
+            .secret_header
+            .map(|secret| secret.value.clone())
+            .into_iter()
+            .collect();
         let body = bytes::Bytes::from(
             serde_json::to_vec(delivery.body).map_err(|_| WebhookError::InvalidBody)?,
         );
@@ -403,7 +439,7 @@ impl WebhookSender {
         headers.insert(DELIVERY_HEADER, delivery_header);
         let client = self
             .egress
-            .client_for(&url, false)
+            .client_for(&url, delivery.secret_header.is_some())
             .map_err(WebhookError::Egress)?;
         let secret = self
             .secret(delivery.project_id)
@@ -436,12 +472,15 @@ impl WebhookSender {
                 attempts,
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 delivery_id,
-                response: response_value(&reply.body),
+                response: scrub::value(&response_value(&reply.body), &secrets),
             }),
             Ok(reply) => Err(WebhookError::Status {
                 status: reply.status.as_u16(),
                 attempts,
-                detail: clip(&String::from_utf8_lossy(&reply.body), MAX_DETAIL_CHARS),
+                detail: scrub::text(
+                    &clip(&String::from_utf8_lossy(&reply.body), MAX_DETAIL_CHARS),
+                    &secrets,
+                ),
             }),
             Err(AttemptFailure::Refused(refused)) => Err(WebhookError::Egress(refused)),
             Err(AttemptFailure::Timeout) => Err(WebhookError::Timeout {

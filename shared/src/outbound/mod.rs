@@ -23,6 +23,7 @@
 
 pub mod address;
 pub mod headers;
+pub mod scrub;
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod api_keys;
+pub mod credentials;
 pub mod cursor;
 pub mod projects;
 pub mod provision;

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::condition::Expression;
 use super::template::{Root, Template};
 use crate::error::FieldError;
+use crate::outbound;
 
 /// Most steps a workflow may have.
 pub const MAX_STEPS: usize = 200;
@@ -311,10 +312,33 @@ pub struct WebhookConfig {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub body: TemplateObject,
-    /// Extra headers; values are templates.
+    /// Extra headers; values are templates. A header whose name looks like a secret
+    /// (`*auth*`, `*token*`, `*key*`, …) cannot be written here: see `credentials`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schema(value_type = Object)]
     pub headers: BTreeMap<String, Template>,
+    /// A stored secret sent as one header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<WebhookCredentials>,
+}
+
+/// The stored secret a webhook step sends: a project credential (`/api/v1/credentials`)
+/// bound to the webhook URL's origin. The version holds only this reference, never the value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = WebhookCredentials)]
+pub struct WebhookCredentials {
+    /// The credential's id.
+    pub id: Uuid,
+    /// The header it is sent in (default `Authorization`).
+    #[serde(default = "default_credentials_header")]
+    pub header: String,
+    /// A word sent before the value, e.g. `Bearer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+}
+
+fn default_credentials_header() -> String {
+    "Authorization".to_owned()
 }
 
 /// `human` step config.
@@ -388,13 +412,47 @@ pub fn referenced_tool_ids(raw: &Value) -> Vec<Uuid> {
     ids
 }
 
+/// The credential ids a raw definition's webhook steps name (also inside loops), each once.
+pub fn referenced_credential_ids(raw: &Value) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    let steps = raw.get("steps").and_then(Value::as_array);
+    for step in steps.into_iter().flatten().take(MAX_STEPS) {
+        let config = step.get("config");
+        let inner = config
+            .and_then(|c| c.get("step"))
+            .and_then(|s| s.get("config"));
+        for config in [config, inner].into_iter().flatten() {
+            let id = config
+                .get("credentials")
+                .and_then(|c| c.get("id"))
+                .and_then(Value::as_str)
+                .and_then(|s| Uuid::try_parse(s).ok());
+            if let Some(id) = id.filter(|id| !ids.contains(id)) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
 /// Parses a definition. `project_tools` are the ids of the tools of the workflow's project
 /// (at least those [`referenced_tool_ids`] names); any other tool id is an error.
 /// On failure, every problem is reported, with paths relative to the definition.
 pub fn parse(raw: &Value, project_tools: &HashSet<Uuid>) -> Result<Definition, Vec<FieldError>> {
+    parse_with(raw, project_tools, &HashMap::new())
+}
+
+/// [`parse`], where webhook steps may also name `project_credentials` (id → the origin each is
+/// bound to; at least those [`referenced_credential_ids`] names).
+pub fn parse_with(
+    raw: &Value,
+    project_tools: &HashSet<Uuid>,
+    project_credentials: &HashMap<Uuid, String>,
+) -> Result<Definition, Vec<FieldError>> {
     let mut p = Parser {
         errors: Vec::new(),
         tools: project_tools,
+        credentials: project_credentials,
         tools_used: HashSet::new(),
         reads: Vec::new(),
         targets: Vec::new(),
@@ -475,6 +533,8 @@ struct Scope {
 struct Parser<'a> {
     errors: Vec<FieldError>,
     tools: &'a HashSet<Uuid>,
+    /// The project's credentials a definition may name, with the origin each is bound to.
+    credentials: &'a HashMap<Uuid, String>,
     tools_used: HashSet<Uuid>,
     /// `(path, reading step, step read)`, checked once every step is known.
     reads: Vec<(String, usize, StepId)>,
@@ -870,7 +930,7 @@ impl Parser<'_> {
         path: &str,
         scope: Scope,
     ) -> Option<WebhookConfig> {
-        self.known_fields(config, path, &["url", "body", "headers"]);
+        self.known_fields(config, path, &["url", "body", "headers", "credentials"]);
         let url = self.required(config, path, "url").and_then(|v| {
             let at = join(path, "url");
             let raw = self.string(v, &at)?;
@@ -894,8 +954,17 @@ impl Parser<'_> {
                 Some(map) => {
                     for (name, value) in map {
                         let at = join(&at, name);
-                        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                            self.error(&at, "is not a valid header name");
+                        if let Err(why) = outbound::headers::check_webhook_name(name) {
+                            self.error(&at, why);
+                            headers = None;
+                            continue;
+                        }
+                        if outbound::headers::is_sensitive(name) {
+                            self.error(
+                                &at,
+                                "carries a secret, which a workflow version (read by every \
+                                 viewer) must not hold; send it with `credentials` instead",
+                            );
                             headers = None;
                             continue;
                         }
@@ -912,10 +981,106 @@ impl Parser<'_> {
                 None => headers = None,
             }
         }
+        let credentials = match config.get("credentials") {
+            None | Some(Value::Null) => Some(None),
+            Some(raw) => self
+                .webhook_credentials(
+                    raw,
+                    &join(path, "credentials"),
+                    url.as_ref(),
+                    headers.as_ref(),
+                )
+                .map(Some),
+        };
         Some(WebhookConfig {
             url: url?,
             body: body?,
             headers: headers?,
+            credentials: credentials?,
+        })
+    }
+
+    /// A webhook step's `credentials`: a project credential bound to the URL's origin, the
+    /// header it goes in (not one of `headers`) and an optional scheme word.
+    fn webhook_credentials(
+        &mut self,
+        raw: &Value,
+        path: &str,
+        url: Option<&WebhookUrl>,
+        headers: Option<&BTreeMap<String, Template>>,
+    ) -> Option<WebhookCredentials> {
+        let config = self.object(raw, path)?;
+        self.known_fields(config, path, &["id", "header", "scheme"]);
+        let id = self.required(config, path, "id").and_then(|v| {
+            let at = join(path, "id");
+            let raw = self.string(v, &at)?;
+            let Ok(id) = Uuid::try_parse(raw) else {
+                self.error(&at, "must be a credential id (a UUID)");
+                return None;
+            };
+            let Some(origin) = self.credentials.get(&id).cloned() else {
+                self.error(
+                    &at,
+                    format!("there is no credential `{id}` in this project"),
+                );
+                return None;
+            };
+            let url_origin = url.and_then(|u| url::Url::parse(u.as_str()).ok());
+            let url_origin = url_origin.map(|u| u.origin().ascii_serialization());
+            if url_origin.as_ref().is_some_and(|o| *o != origin) {
+                self.error(
+                    &at,
+                    format!(
+                        "the credential is bound to {origin}, not to this webhook's {}",
+                        url_origin.unwrap_or_default()
+                    ),
+                );
+                return None;
+            }
+            Some(id)
+        });
+        let header = match config.get("header") {
+            None => Some(default_credentials_header()),
+            Some(v) => {
+                let at = join(path, "header");
+                self.string(v, &at).and_then(|name| {
+                    let taken =
+                        headers.is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case(name)));
+                    let problem = outbound::headers::check_webhook_name(name)
+                        .err()
+                        .or_else(|| taken.then(|| "is also set in `headers`".to_owned()));
+                    match problem {
+                        Some(why) => {
+                            self.error(&at, why);
+                            None
+                        }
+                        None => Some(name.to_owned()),
+                    }
+                })
+            }
+        };
+        let scheme = match config.get("scheme") {
+            None | Some(Value::Null) => Some(None),
+            Some(v) => {
+                let at = join(path, "scheme");
+                self.string(v, &at).and_then(|word| {
+                    let valid = (1..=32).contains(&word.len())
+                        && word
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                    if valid {
+                        Some(Some(word.to_owned()))
+                    } else {
+                        self.error(&at, "must be 1-32 letters, digits, `-` or `_`, e.g. Bearer");
+                        None
+                    }
+                })
+            }
+        };
+        Some(WebhookCredentials {
+            id: id?,
+            header: header?,
+            scheme: scheme?,
         })
     }
 

@@ -12,6 +12,8 @@
 //! - `depends_on` names existing steps, not the step itself, each once, and the
 //!   dependencies have no cycle (reported at the `depends_on` entry that closes it);
 //! - tool ids (`tool_id`, a prompt's `tools`) are tools of the workflow's project;
+//! - a webhook step's `credentials.id` is a credential of the project bound to its URL's
+//!   origin, and its `headers` hold no secret-looking or client-owned header;
 //! - a decision's `then`/`else` targets exist and list the decision in their `depends_on`;
 //! - templates ([`template`]) and CEL expressions ([`condition`]) read only `input`,
 //!   upstream steps (transitive dependencies), `item` inside a loop's step, and `iteration`
@@ -26,9 +28,9 @@ pub mod template;
 
 pub use condition::Expression;
 pub use definition::{
-    parse, referenced_tool_ids, DecisionConfig, Definition, HumanConfig, Iteration, LoopConfig,
-    LoopStep, PromptConfig, Step, StepId, StepKind, TemplateObject, ToolConfig, WebhookConfig,
-    WebhookUrl,
+    parse, parse_with, referenced_credential_ids, referenced_tool_ids, DecisionConfig, Definition,
+    HumanConfig, Iteration, LoopConfig, LoopStep, PromptConfig, Step, StepId, StepKind,
+    TemplateObject, ToolConfig, WebhookConfig, WebhookCredentials, WebhookUrl,
 };
 pub use scope::Scope;
 pub use template::Template;
