@@ -3,12 +3,14 @@
 pub mod agents;
 pub mod api_keys;
 pub mod cursor;
+pub mod invitations;
 pub mod projects;
 pub mod provision;
 pub mod runs;
 pub mod schema;
 pub mod secrets;
 pub mod sessions;
+pub mod throttle;
 pub mod tool_runtime;
 pub mod tools;
 pub mod users;
