@@ -85,12 +85,12 @@ impl Config {
                     }),
             }
         };
-        let count = |key: &str, default: u32| -> anyhow::Result<u32> {
+        let limit = |key: &str, default: u32| -> anyhow::Result<u32> {
             match lookup(key) {
                 None => Ok(default),
-                Some(raw) => raw
-                    .parse()
-                    .with_context(|| format!("{key} must be a whole number, got {raw:?}")),
+                Some(raw) => raw.parse().ok().filter(|n| *n >= 1).with_context(|| {
+                    format!("{key} must be a whole number of at least 1, got {raw:?}")
+                }),
             }
         };
         let registry_trusted_keys = lookup("REGISTRY_TRUSTED_KEYS")
@@ -116,10 +116,10 @@ impl Config {
             jwt_audience: lookup("JWT_AUDIENCE").unwrap_or_else(|| "spark-ops-api".to_owned()),
             access_token_ttl: seconds("ACCESS_TOKEN_TTL_SECONDS", 15 * 60)?,
             refresh_token_ttl: seconds("REFRESH_TOKEN_TTL_SECONDS", 7 * 24 * 3600)?,
-            login_max_failures: count("LOGIN_MAX_FAILURES", 5)?,
+            login_max_failures: limit("LOGIN_MAX_FAILURES", 5)?,
             login_window: seconds("LOGIN_WINDOW_SECONDS", 15 * 60)?,
-            login_max_failures_per_address: count("LOGIN_MAX_FAILURES_PER_ADDRESS", 50)?,
-            register_max_per_address: count("REGISTER_MAX_PER_ADDRESS", 20)?,
+            login_max_failures_per_address: limit("LOGIN_MAX_FAILURES_PER_ADDRESS", 50)?,
+            register_max_per_address: limit("REGISTER_MAX_PER_ADDRESS", 20)?,
             register_window: seconds("REGISTER_WINDOW_SECONDS", 3600)?,
             cors_allowed_origins,
             prefix,
@@ -204,5 +204,11 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("REGISTER_MAX_PER_ADDRESS"));
+        let err = Config::from_lookup(lookup(&[
+            ("SPARK_OPS_PREFIX", "demo"),
+            ("LOGIN_MAX_FAILURES_PER_ADDRESS", "0"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("LOGIN_MAX_FAILURES_PER_ADDRESS"));
     }
 }
