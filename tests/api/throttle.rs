@@ -245,3 +245,32 @@ async fn a_right_password_gives_the_account_its_attempts_back() {
         .await;
     assert_eq!(sixth.status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test]
+async fn a_failure_window_stored_before_reservations_does_not_lock_the_account() {
+    // GIVEN an account whose throttle item has the old shape (`failures`, no `attempts`)
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let app = spawn_app().await;
+    let (email, password) = app.register("Ada").await;
+    let now = spark_ops::domain::ts::format(&spark_ops::clock::Clock::now(&*app.clock));
+    app.state
+        .clients
+        .ddb
+        .put_item()
+        .table_name(app.state.config.table_name("auth"))
+        .item("pk", AttributeValue::S(format!("LOGIN#{email}")))
+        .item("sk", AttributeValue::S("THROTTLE".into()))
+        .item("failures", AttributeValue::N("1".into()))
+        .item("window_start", AttributeValue::S(now))
+        .send()
+        .await
+        .unwrap();
+
+    // WHEN she logs in
+    let reply = app
+        .post("/api/v1/auth/login", None, login(&email, &password))
+        .await;
+
+    // THEN it works, and the window counts from here
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}

@@ -47,9 +47,10 @@ const SK: &str = "THROTTLE";
 /// A counter's window.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Window {
-    /// Attempts reserved in this window.
+    /// Attempts reserved in this window; absent in windows written before reservations
+    /// existed, which are replaced as if closed.
     #[serde(default)]
-    attempts: u32,
+    attempts: Option<u32>,
     /// When the window opened.
     #[serde(with = "ts")]
     window_start: DateTime<Utc>,
@@ -120,20 +121,22 @@ impl Store {
             let current: Option<Window> = self
                 .get_record(&self.auth_table, key(&pk, SK), "a throttle window")
                 .await?;
-            match current {
-                Some(current) if current.window_start + window > now => {
-                    if current.attempts >= limit {
-                        open = Some(current);
-                        break;
+            if let Some(current) = current {
+                match current.attempts {
+                    Some(attempts) if current.window_start + window > now => {
+                        if attempts >= limit {
+                            open = Some(current);
+                            break;
+                        }
+                        // Another request opened this window meanwhile: count in it.
+                        continue;
                     }
-                    // Another request opened this window meanwhile: count in it.
-                    continue;
+                    _ => {}
                 }
-                _ => {}
             }
             // 2. No open window: open one holding this attempt.
             let fresh = Window {
-                attempts: 1,
+                attempts: Some(1),
                 window_start: now,
             };
             let mut fresh_item = item(&fresh, &[("pk", pk.clone()), ("sk", SK.to_owned())])?;
