@@ -25,6 +25,13 @@ pub struct Config {
     pub login_max_failures: u32,
     /// Length of the failed-login window.
     pub login_window: Duration,
+    /// Login attempts from one source address that may be unresolved or failed within
+    /// `login_window` before `429`; successful logins give their attempt back.
+    pub login_max_failures_per_address: u32,
+    /// Registrations accepted from one source address within `register_window` before `429`.
+    pub register_max_per_address: u32,
+    /// Length of the registration window.
+    pub register_window: Duration,
     /// Extra Ed25519 public keys (base64) whose manifest signatures imports accept, besides
     /// this deployment's own key.
     pub registry_trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
@@ -89,11 +96,13 @@ impl Config {
                     }),
             }
         };
-        let login_max_failures = match lookup("LOGIN_MAX_FAILURES") {
-            None => 5,
-            Some(raw) => raw
-                .parse()
-                .with_context(|| format!("LOGIN_MAX_FAILURES must be a number, got {raw:?}"))?,
+        let limit = |key: &str, default: u32| -> anyhow::Result<u32> {
+            match lookup(key) {
+                None => Ok(default),
+                Some(raw) => raw.parse().ok().filter(|n| *n >= 1).with_context(|| {
+                    format!("{key} must be a whole number of at least 1, got {raw:?}")
+                }),
+            }
         };
         let registry_trusted_keys = lookup("REGISTRY_TRUSTED_KEYS")
             .unwrap_or_default()
@@ -129,8 +138,11 @@ impl Config {
             jwt_audience: lookup("JWT_AUDIENCE").unwrap_or_else(|| "spark-ops-api".to_owned()),
             access_token_ttl: seconds("ACCESS_TOKEN_TTL_SECONDS", 15 * 60)?,
             refresh_token_ttl: seconds("REFRESH_TOKEN_TTL_SECONDS", 7 * 24 * 3600)?,
-            login_max_failures,
+            login_max_failures: limit("LOGIN_MAX_FAILURES", 5)?,
             login_window: seconds("LOGIN_WINDOW_SECONDS", 15 * 60)?,
+            login_max_failures_per_address: limit("LOGIN_MAX_FAILURES_PER_ADDRESS", 50)?,
+            register_max_per_address: limit("REGISTER_MAX_PER_ADDRESS", 20)?,
+            register_window: seconds("REGISTER_WINDOW_SECONDS", 3600)?,
             cors_allowed_origins,
             prefix,
         })
@@ -228,5 +240,17 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("LOGIN_WINDOW_SECONDS"));
+        let err = Config::from_lookup(lookup(&[
+            ("SPARK_OPS_PREFIX", "demo"),
+            ("REGISTER_MAX_PER_ADDRESS", "many"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("REGISTER_MAX_PER_ADDRESS"));
+        let err = Config::from_lookup(lookup(&[
+            ("SPARK_OPS_PREFIX", "demo"),
+            ("LOGIN_MAX_FAILURES_PER_ADDRESS", "0"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("LOGIN_MAX_FAILURES_PER_ADDRESS"));
     }
 }

@@ -27,9 +27,9 @@ async fn the_health_event_reaches_the_health_route() {
 }
 
 #[tokio::test]
-async fn the_register_event_creates_a_user() {
+async fn the_register_event_registers_a_user() {
     let reply = replay("apigw-register.json").await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
     assert_eq!(reply.body["email"], "lambda-event@example.com");
 }
 

@@ -16,6 +16,8 @@ mod run_prompt;
 mod run_recovery;
 mod runs;
 mod security;
+mod sessions;
 mod template;
+mod throttle;
 mod tools;
 mod workflows;

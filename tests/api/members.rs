@@ -1,6 +1,6 @@
 use axum::http::StatusCode;
 use serde_json::json;
-use spark_ops_tests::spawn_app;
+use spark_ops_tests::{spawn_app, PASSWORD};
 
 #[tokio::test]
 async fn an_admin_adds_lists_changes_and_removes_members() {
@@ -51,7 +51,7 @@ async fn an_admin_adds_lists_changes_and_removes_members() {
 }
 
 #[tokio::test]
-async fn adding_twice_or_an_unknown_email_is_refused() {
+async fn adding_a_member_twice_or_a_bad_role_is_refused() {
     let app = spawn_app().await;
     let owner = app.user("Owner").await;
     let dev = app.user("Dev").await;
@@ -67,15 +67,6 @@ async fn adding_twice_or_an_unknown_email_is_refused() {
         )
         .await;
     assert_eq!(twice.status, StatusCode::CONFLICT);
-    let unknown = app
-        .post(
-            &path,
-            Some(&owner),
-            json!({"email": "ghost@example.com", "role": "viewer"}),
-        )
-        .await;
-    assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(unknown.error_fields(), vec!["email"]);
     let bad_role = app
         .post(
             &path,
@@ -85,6 +76,14 @@ async fn adding_twice_or_an_unknown_email_is_refused() {
         .await;
     assert_eq!(bad_role.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(bad_role.error_fields(), vec!["role"]);
+    let bad_email = app
+        .post(
+            &path,
+            Some(&owner),
+            json!({"email": "not-an-email", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(bad_email.error_fields(), vec!["email"]);
 }
 
 #[tokio::test]
@@ -197,7 +196,7 @@ async fn an_admin_cannot_grant_or_touch_ownership() {
             json!({"email": other_email, "role": "developer"}),
         )
         .await;
-    assert_eq!(add.status, StatusCode::CREATED);
+    assert_eq!(add.status, StatusCode::ACCEPTED);
 }
 
 #[tokio::test]
@@ -219,5 +218,194 @@ async fn any_member_may_leave() {
             .await
             .status,
         StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn inviting_answers_the_same_whether_or_not_the_email_has_an_account() {
+    // GIVEN an owner (who may have signed up a minute ago) and a registered user
+    let app = spawn_app().await;
+    let owner = app.user("Owner").await;
+    let (known, _) = app.register("Known").await;
+    let ghost = format!("ghost-{known}");
+    let project = app.project(&owner, "Probe").await;
+    let path = format!("/api/v1/projects/{project}/members");
+
+    // WHEN they invite the registered email and one that has no account
+    let invite = |email: &str| {
+        app.post(
+            &path,
+            Some(&owner),
+            json!({"email": email, "role": "viewer"}),
+        )
+    };
+    let to_known = invite(&known).await;
+    let to_ghost = invite(&ghost).await;
+
+    // THEN both answers are the same but for the email itself
+    assert_eq!(to_known.status, StatusCode::ACCEPTED, "{}", to_known.text);
+    assert_eq!(to_ghost.status, to_known.status);
+    assert_eq!(to_known.body["status"], "invited");
+    let mut masked = to_ghost.body.clone();
+    masked["email"] = to_known.body["email"].clone();
+    assert_eq!(masked, to_known.body);
+    // AND the project's lists do not tell them apart either: both wait as invitations
+    let members = app.get(&path, &owner).await;
+    assert_eq!(members.body["items"].as_array().unwrap().len(), 1);
+    let invitations = app
+        .get(&format!("/api/v1/projects/{project}/invitations"), &owner)
+        .await;
+    assert_eq!(invitations.status, StatusCode::OK, "{}", invitations.text);
+    let mut invited: Vec<_> = invitations.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| format!("{} {}", i["email"].as_str().unwrap(), i["status"]))
+        .collect();
+    invited.sort();
+    let mut expected = vec![
+        format!("{known} \"invited\""),
+        format!("{ghost} \"invited\""),
+    ];
+    expected.sort();
+    assert_eq!(invited, expected);
+}
+
+#[tokio::test]
+async fn an_invitation_becomes_a_membership_when_its_email_registers_or_logs_in() {
+    // GIVEN invitations for a registered user (logged in already) and for an unknown email
+    let app = spawn_app().await;
+    let owner = app.user("Owner").await;
+    let (known, password) = app.register("Known").await;
+    let known_token = app.login(&known, &password).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let newcomer = format!("new-{known}");
+    let project = app.project(&owner, "Team").await;
+    let path = format!("/api/v1/projects/{project}/members");
+    for (email, role) in [(&known, "developer"), (&newcomer, "viewer")] {
+        let reply = app
+            .post(&path, Some(&owner), json!({"email": email, "role": role}))
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    }
+    let project_path = format!("/api/v1/projects/{project}");
+    assert_eq!(
+        app.get(&project_path, &known_token).await.status,
+        StatusCode::NOT_FOUND,
+        "pending until the invitee acts"
+    );
+
+    // WHEN the registered user logs in and the newcomer registers
+    let known_again = app.login(&known, &password).await;
+    let newcomer_token = {
+        let reply = app
+            .post(
+                "/api/v1/auth/register",
+                None,
+                json!({"email": newcomer, "password": password, "name": "New"}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        app.login(&newcomer, &password).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // THEN both are members with the invited roles, and no invitation is left
+    let seen = app
+        .get(&project_path, known_again["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(seen.body["role"], "developer");
+    assert_eq!(
+        app.get(&project_path, &newcomer_token).await.body["role"],
+        "viewer"
+    );
+    assert_eq!(
+        app.get(&project_path, &known_token).await.status,
+        StatusCode::OK
+    );
+    let invitations = app
+        .get(&format!("{project_path}/invitations"), &owner)
+        .await;
+    assert_eq!(invitations.body["items"], json!([]));
+    assert_eq!(
+        app.get(&path, &owner).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn withdrawn_and_lapsed_invitations_are_never_accepted() {
+    // GIVEN two invitations of unknown emails, one of them withdrawn
+    let app = spawn_app().await;
+    let owner = app.user("Owner").await;
+    let owner_address = app.get("/api/v1/auth/me", &owner).await.body["email"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let project = app.project(&owner, "Team").await;
+    let path = format!("/api/v1/projects/{project}/members");
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let (withdrawn, lapsed) = (
+        format!("withdrawn-{unique}@example.com"),
+        format!("lapsed-{unique}@example.com"),
+    );
+    for email in [&withdrawn, &lapsed] {
+        app.post(
+            &path,
+            Some(&owner),
+            json!({"email": email, "role": "admin"}),
+        )
+        .await;
+    }
+    let invitation = format!("/api/v1/projects/{project}/invitations/{withdrawn}");
+    assert_eq!(
+        app.delete(&invitation, &owner).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.delete(&invitation, &owner).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // WHEN 15 days pass and both emails register
+    app.clock.advance(chrono::Duration::days(15));
+    for email in [&withdrawn, &lapsed] {
+        let registered = app
+            .post(
+                "/api/v1/auth/register",
+                None,
+                json!({"email": email, "password": PASSWORD, "name": "X"}),
+            )
+            .await;
+        assert_eq!(registered.status, StatusCode::ACCEPTED);
+        let token = app.login(email, PASSWORD).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        // THEN neither joined
+        assert_eq!(
+            app.get(&format!("/api/v1/projects/{project}"), &token)
+                .await
+                .status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    let owner = app.login(&owner_address, PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.get(&format!("/api/v1/projects/{project}/invitations"), &owner)
+            .await
+            .body["items"],
+        json!([])
     );
 }

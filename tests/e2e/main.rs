@@ -132,7 +132,7 @@ async fn a_team_signs_up_collaborates_and_signs_out_over_http() {
                 json!({"email": email, "password": password, "name": name}),
             )
             .await;
-        assert_eq!(status, StatusCode::CREATED, "{user}");
+        assert_eq!(status, StatusCode::ACCEPTED, "{user}");
     }
     // WHEN Ada logs in and creates a project
     let (status, session) = api
@@ -159,7 +159,7 @@ async fn a_team_signs_up_collaborates_and_signs_out_over_http() {
     assert_eq!(status, StatusCode::CREATED, "{project}");
     let project_id = project["id"].as_str().unwrap();
 
-    // AND adds Bob as a developer
+    // AND invites Bob as a developer, which he accepts by logging in
     let (status, member) = api
         .post(
             &format!("/api/v1/projects/{project_id}/members"),
@@ -167,7 +167,7 @@ async fn a_team_signs_up_collaborates_and_signs_out_over_http() {
             json!({"email": bob, "role": "developer"}),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{member}");
+    assert_eq!(status, StatusCode::ACCEPTED, "{member}");
     let (_, bob_session) = api
         .post(
             "/api/v1/auth/login",
@@ -186,13 +186,22 @@ async fn a_team_signs_up_collaborates_and_signs_out_over_http() {
         (StatusCode::OK, Some("developer"))
     );
 
-    // THEN refresh rotates, and replaying the old refresh token revokes the session
+    // THEN refresh rotates, and replaying the old refresh token once its successor was used
+    // revokes the session
     let first_refresh = session["refresh_token"].as_str().unwrap();
     let (status, rotated) = api
         .post(
             "/api/v1/auth/refresh",
             None,
             json!({"refresh_token": first_refresh}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, latest) = api
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": rotated["refresh_token"]}),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
@@ -208,7 +217,7 @@ async fn a_team_signs_up_collaborates_and_signs_out_over_http() {
         .post(
             "/api/v1/auth/refresh",
             None,
-            json!({"refresh_token": rotated["refresh_token"]}),
+            json!({"refresh_token": latest["refresh_token"]}),
         )
         .await;
     assert_eq!(

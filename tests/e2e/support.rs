@@ -228,7 +228,7 @@ pub async fn project(server: &DevServer, model_prices: Option<Value>) -> Project
         .await;
     assert_eq!(
         reply.status,
-        StatusCode::CREATED,
+        StatusCode::ACCEPTED,
         "register: {}",
         reply.body
     );

@@ -104,6 +104,9 @@ impl Intercept for CountingInterceptor {
     }
 }
 
+/// The password of every user [`TestApp::register`] creates.
+pub const PASSWORD: &str = "violet-tundra-cascade-42";
+
 /// One isolated deployment of the API.
 pub struct TestApp {
     /// The state the router runs on.
@@ -167,6 +170,10 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
             .iter()
             .filter_map(|url| HostPort::of_endpoint(url)),
     );
+    // Every in-process request comes from the same `unknown` address; the per-address
+    // throttles are tested with addresses of their own.
+    config.login_max_failures_per_address = 10_000;
+    config.register_max_per_address = 10_000;
     adjust(&mut config);
     let sdk = local_sdk_config().await;
     let counter = Arc::new(RequestCounter::default());
@@ -279,7 +286,7 @@ impl TestApp {
             name.to_lowercase(),
             uuid::Uuid::now_v7().simple()
         );
-        let password = "violet-tundra-cascade-42".to_owned();
+        let password = PASSWORD.to_owned();
         let reply = self
             .post(
                 "/api/v1/auth/register",
@@ -289,7 +296,7 @@ impl TestApp {
             .await;
         assert_eq!(
             reply.status,
-            StatusCode::CREATED,
+            StatusCode::ACCEPTED,
             "register: {}",
             reply.text
         );
@@ -336,7 +343,9 @@ impl TestApp {
         reply.body["id"].as_str().expect("project id").to_owned()
     }
 
-    /// Adds the user behind `member_token` to a project with `role`.
+    /// Adds the user behind `member_token` (registered by [`Self::register`]) to a project
+    /// with `role`: invites their email, then logs them in, which accepts the invitation.
+    /// `member_token` keeps working.
     pub async fn add_member(
         &self,
         owner_token: &str,
@@ -345,19 +354,21 @@ impl TestApp {
         role: &str,
     ) -> String {
         let me = self.get("/api/v1/auth/me", member_token).await;
+        let email = me.body["email"].as_str().expect("user email");
         let reply = self
             .post(
                 &format!("/api/v1/projects/{project}/members"),
                 Some(owner_token),
-                serde_json::json!({"email": me.body["email"], "role": role}),
+                serde_json::json!({"email": email, "role": role}),
             )
             .await;
         assert_eq!(
             reply.status,
-            StatusCode::CREATED,
-            "add member: {}",
+            StatusCode::ACCEPTED,
+            "invite member: {}",
             reply.text
         );
+        self.login(email, PASSWORD).await;
         me.body["id"].as_str().expect("user id").to_owned()
     }
 }

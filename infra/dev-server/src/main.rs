@@ -87,7 +87,9 @@ async fn main() -> anyhow::Result<()> {
         format!("public internet, and {} (EGRESS_ALLOW)", allowed.join(", "))
     };
     println!("\nSpark-Ops control plane is up:\n  API     {base}/api/v1\n  Docs    {base}/docs\n  OpenAPI {base}/api/v1/openapi.json\n  Health  {base}/health\n  Worker  {worker_note}\n  Egress  {egress_note}\nPress Ctrl-C to stop.\n");
-    let served = axum::serve(listener, api::app(state))
+    // The peer address feeds the per-address login and registration throttles.
+    let app = api::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the server failed");

@@ -35,7 +35,7 @@ use super::registry::{authorize_record, check_json_object, check_storable, not_f
 use super::{created, with_etag, Page};
 use crate::agent_health::HealthStatus;
 use crate::auth::rbac::Action;
-use crate::auth::{authorize, Principal};
+use crate::auth::{authorize, HeartbeatCaller, Principal};
 use crate::domain::{ts, Env, Name};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::outbound;
@@ -1336,8 +1336,9 @@ fn check_report(report: HeartbeatReport) -> ApiResult<(Option<String>, Option<Js
     Ok((status, metrics))
 }
 
-/// Reports that an agent is alive, with an optional status and metrics; callable with a
-/// project API key of role developer.
+/// Reports that an agent is alive, with an optional status and metrics. An agent's runtime
+/// calls it with an `agent_runtime` API key naming the agent (the only thing such a key can
+/// do); a developer's token or key works too.
 #[utoipa::path(
     post, path = "/api/v1/agents/{id}/heartbeat", tag = "agents",
     security(("bearer" = []), ("api_key" = [])),
@@ -1346,17 +1347,20 @@ fn check_report(report: HeartbeatReport) -> ApiResult<(Option<String>, Option<Js
     responses(
         (status = 200, description = "Recorded", body = HeartbeatAck),
         (status = 403, description = "Needs developer", body = Problem),
-        (status = 404, description = "No such agent visible to the caller", body = Problem),
+        (status = 404, description = "No such agent visible to the caller, or not named by its agent-runtime key", body = Problem),
         (status = 422, description = "Invalid status or metrics", body = Problem),
     )
 )]
 pub async fn record_heartbeat(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: HeartbeatCaller,
     Path(id): Path<String>,
     request: Request<Body>,
 ) -> ApiResult<Json<HeartbeatAck>> {
-    let mut agent = visible_agent(&state, &principal, &id, Action::WriteRegistry).await?;
+    let principal = caller
+        .for_agent(record_id(&id, WHAT)?)
+        .ok_or_else(|| not_found(WHAT))?;
+    let mut agent = visible_agent(&state, principal, &id, Action::WriteRegistry).await?;
     let (status, metrics) = check_report(heartbeat_report(request).await?)?;
     for _attempt in 0..WRITE_ATTEMPTS {
         let beat = Heartbeat {

@@ -1,8 +1,14 @@
-//! `/api/v1/auth`: registration, login, token refresh and logout, the current user.
+//! `/api/v1/auth`: registration, login, password changes and the current user; sessions
+//! after login are in [`super::sessions`].
+//!
+//! Password guessing meets two brakes, each reserved atomically *before* Argon2 runs (see
+//! [`crate::store::throttle`]): attempts per account (`LOGIN_MAX_FAILURES`, shared by login,
+//! password change and account deletion) and login attempts per source address
+//! (`LOGIN_MAX_FAILURES_PER_ADDRESS`; a successful login gives its attempt back).
+//! Registrations are limited per source address (`REGISTER_MAX_PER_ADDRESS`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
@@ -12,13 +18,17 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::client_addr::ClientAddr;
 use super::extract::ApiJson;
-use crate::auth::{password, tokens, Principal};
+use super::invitations;
+use super::sessions::{self, TokenPair};
+use crate::auth::{password, Principal};
 use crate::domain::{ts, Email, Name, Role};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::state::AppState;
-use crate::store::sessions::NewRefresh;
+use crate::store::throttle::{Bucket, Reservation, Reserved};
 use crate::store::users::User;
+use crate::store::StoreError;
 
 /// A user as the API shows it; never includes the password hash.
 #[derive(Debug, Serialize, ToSchema)]
@@ -75,14 +85,6 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-/// `POST /auth/refresh` and `POST /auth/logout`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RefreshRequest {
-    /// The refresh token from login or the last refresh.
-    pub refresh_token: String,
-}
-
 /// `DELETE /auth/me`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -91,33 +93,86 @@ pub struct DeleteAccountRequest {
     pub password: String,
 }
 
-/// An access token and a refresh token.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TokenPair {
-    /// JWT for `Authorization: Bearer`; lasts 15 minutes.
-    pub access_token: String,
-    /// Opaque token for `/auth/refresh`; lasts 7 days and works once.
-    pub refresh_token: String,
-    /// Always `Bearer`.
-    pub token_type: &'static str,
-    /// Seconds until the access token expires.
-    pub expires_in: u64,
+/// `POST /auth/password`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    /// The password now.
+    pub current_password: String,
+    /// The new password: at least 10 characters and hard to guess.
+    pub new_password: String,
 }
 
-/// Registers a user.
+/// The answer to a registration. It is the same whether or not the email already had an
+/// account (which is left untouched), so sign-up tells nobody who has one.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegistrationView {
+    /// The email, normalised.
+    pub email: String,
+    /// Always `accepted`.
+    pub status: &'static str,
+    /// What to do next.
+    pub detail: &'static str,
+}
+
+/// `429` with `Retry-After` when `bucket` has no attempt left in its window.
+async fn reserve(
+    state: &AppState,
+    bucket: Bucket<'_>,
+    limit: u32,
+    window: std::time::Duration,
+) -> ApiResult<Reserved> {
+    match state
+        .store
+        .reserve_attempt(bucket, limit, window, state.clock.now())
+        .await?
+    {
+        Reservation::Granted(reserved) => Ok(reserved),
+        Reservation::Refused { retry_after_secs } => {
+            Err(ApiError::TooManyRequests { retry_after_secs })
+        }
+    }
+}
+
+/// Reserves one password check of `user`'s account, then checks `password`: `401` if wrong,
+/// `429` once the account has used its attempts. A right password gives the attempts back.
+async fn check_password(state: &AppState, user: &User, password: String) -> ApiResult<()> {
+    reserve(
+        state,
+        Bucket::Password(&user.email),
+        state.config.login_max_failures,
+        state.config.login_window,
+    )
+    .await?;
+    let secret = SecretString::from(password);
+    let hash = user.password_hash.clone();
+    if !password::blocking(move || password::verify(&secret, &hash)).await? {
+        return Err(ApiError::Unauthorized("the password is wrong".to_owned()));
+    }
+    state
+        .store
+        .clear_attempts(Bucket::Password(&user.email))
+        .await?;
+    Ok(())
+}
+
+/// Registers a user. The answer is the same `202` whether the email is new or already
+/// registered (then nothing changes), so it tells nobody who has an account; log in next.
+/// Invitations of the email become memberships.
 #[utoipa::path(
     post, path = "/api/v1/auth/register", tag = "auth",
     request_body = RegisterRequest,
     responses(
-        (status = 201, description = "Registered", body = UserView),
-        (status = 409, description = "Email already registered", body = Problem),
+        (status = 202, description = "Accepted: log in with this email to continue", body = RegistrationView),
         (status = 422, description = "Invalid email, name or password", body = Problem),
+        (status = 429, description = "Too many registrations from this address; see Retry-After", body = Problem),
     )
 )]
 pub async fn register(
     State(state): State<AppState>,
+    client: ClientAddr,
     ApiJson(body): ApiJson<RegisterRequest>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<(StatusCode, Json<RegistrationView>)> {
     let mut errors = Vec::new();
     let email = Email::parse(&body.email).map_err(|m| errors.push(FieldError::new("email", m)));
     let name = Name::parse(&body.name).map_err(|m| errors.push(FieldError::new("name", m)));
@@ -127,8 +182,18 @@ pub async fn register(
     let (Ok(email), Ok(name), true) = (email, name, errors.is_empty()) else {
         return Err(ApiError::invalid_fields(errors));
     };
+    reserve(
+        &state,
+        Bucket::RegisterFrom(&client.bucket()),
+        state.config.register_max_per_address,
+        state.config.register_window,
+    )
+    .await?;
+    // Both outcomes do the same work up to the write (hash, invitation read), so they take
+    // about as long.
     let secret = SecretString::from(body.password);
     let password_hash = password::blocking(move || password::hash(&secret)).await??;
+    let invitations = invitations::pending_for(&state, &email).await;
     let now = state.clock.now();
     let user = User {
         id: Uuid::now_v7(),
@@ -139,100 +204,64 @@ pub async fn register(
         updated_at: now,
         last_login_at: None,
         deleted_at: None,
+        session_epoch: 0,
     };
     match state.store.create_user(&user).await {
         Ok(()) => {
             tracing::info!(user_id = %user.id, "user registered");
-            Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+            invitations::accept_pending(&state, &user, invitations).await;
         }
-        Err(err) if err.failed_at(0) => Err(ApiError::Conflict(
-            "this email is already registered".to_owned(),
-        )),
-        Err(err) => Err(err.into()),
-    }
-}
-
-async fn issue_tokens(
-    state: &AppState,
-    user_id: Uuid,
-    family: Option<&crate::store::sessions::RefreshToken>,
-) -> ApiResult<TokenPair> {
-    let now = state.clock.now();
-    let refresh_token = tokens::random_secret();
-    let digest = tokens::digest(&refresh_token);
-    let refresh_ttl =
-        chrono::Duration::from_std(state.config.refresh_token_ttl).map_err(anyhow::Error::from)?;
-    let new = NewRefresh {
-        digest: &digest,
-        user_id,
-        family_id: family.map_or_else(Uuid::now_v7, |old| old.family_id),
-        now,
-        expires_at: now + refresh_ttl,
-    };
-    match family {
-        None => state.store.start_session(&new).await?,
-        Some(old) => match state.store.rotate_refresh(old, &new).await {
-            Ok(()) => {}
-            Err(err) if err.failed_at(0) || err.is_conflict() => {
-                state.store.revoke_family(old.family_id, now).await?;
-                tracing::warn!(family_id = %old.family_id, "refresh token reused; family revoked");
-                return Err(ApiError::Unauthorized(
-                    "refresh token was already used; the session is revoked".to_owned(),
-                ));
-            }
-            Err(err) if err.failed_at(2) => {
-                return Err(ApiError::Unauthorized(
-                    "the session has been revoked".to_owned(),
-                ));
-            }
-            Err(err) => return Err(err.into()),
-        },
-    }
-    Ok(TokenPair {
-        access_token: state
-            .keys()?
-            .issue(user_id, now, state.config.access_token_ttl)?,
-        refresh_token,
-        token_type: "Bearer",
-        expires_in: state.config.access_token_ttl.as_secs(),
-    })
-}
-
-/// `429` while `email` has used up its failed password attempts in the current window.
-async fn ensure_not_throttled(state: &AppState, email: &Email) -> ApiResult<()> {
-    let now = state.clock.now();
-    let window =
-        chrono::Duration::from_std(state.config.login_window).map_err(anyhow::Error::from)?;
-    if let Some(current) = state.store.login_window(email).await? {
-        let reopens = current.window_start + window;
-        if current.failures >= state.config.login_max_failures && reopens > now {
-            let retry_after_secs = u64::try_from((reopens - now).num_seconds())
-                .unwrap_or(0)
-                .max(1);
-            return Err(ApiError::TooManyRequests { retry_after_secs });
+        Err(err) if err.failed_at(0) => {
+            tracing::info!("registration of an email that is already registered; nothing changed");
         }
+        Err(err) => return Err(err.into()),
     }
-    Ok(())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RegistrationView {
+            email: user.email.to_string(),
+            status: "accepted",
+            detail: "log in with this email and your password to continue",
+        }),
+    ))
 }
 
-/// Logs in with email and password.
+/// Logs in with email and password. Invitations of the email become memberships.
 #[utoipa::path(
     post, path = "/api/v1/auth/login", tag = "auth",
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = TokenPair),
         (status = 401, description = "Wrong email or password", body = Problem),
-        (status = 429, description = "Too many failed attempts for this email; see Retry-After", body = Problem),
+        (status = 429, description = "Too many attempts for this email or from this address; see Retry-After", body = Problem),
     )
 )]
 pub async fn login(
     State(state): State<AppState>,
+    client: ClientAddr,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<TokenPair>> {
     let rejected = || ApiError::Unauthorized("invalid email or password".to_owned());
     let email = Email::parse(&body.email).map_err(|m| ApiError::invalid("email", m))?;
-    let now = state.clock.now();
-    ensure_not_throttled(&state, &email).await?;
+    let from_address = reserve(
+        &state,
+        Bucket::LoginFrom(&client.bucket()),
+        state.config.login_max_failures_per_address,
+        state.config.login_window,
+    )
+    .await?;
+    if let Err(refused) = reserve(
+        &state,
+        Bucket::Password(&email),
+        state.config.login_max_failures,
+        state.config.login_window,
+    )
+    .await
+    {
+        // No password was checked: the address gets its attempt back.
+        state.store.release_attempt(&from_address).await?;
+        return Err(refused);
+    }
     let user = state.store.find_user_by_email(&email).await?;
     let hash = user.as_ref().map_or_else(
         || password::dummy_hash().to_owned(),
@@ -241,77 +270,63 @@ pub async fn login(
     let secret = SecretString::from(body.password);
     let verified = password::blocking(move || password::verify(&secret, &hash)).await?;
     let Some(user) = user.filter(|_| verified) else {
-        state
-            .store
-            .record_login_failure(&email, now, state.config.login_window)
-            .await?;
         return Err(rejected());
     };
-    state.store.clear_login_failures(&email).await?;
-    state.store.record_login(user.id, now).await?;
+    state.store.clear_attempts(Bucket::Password(&email)).await?;
+    state.store.release_attempt(&from_address).await?;
+    state.store.record_login(user.id, state.clock.now()).await?;
+    let invitations = invitations::pending_for(&state, &user.email).await;
+    invitations::accept_pending(&state, &user, invitations).await;
     tracing::info!(user_id = %user.id, "user logged in");
-    Ok(Json(issue_tokens(&state, user.id, None).await?))
+    Ok(Json(sessions::start_session(&state, &user).await?))
 }
 
-/// Exchanges a refresh token for a new pair; the old token stops working. Presenting a
-/// token that was already exchanged revokes its whole session.
+/// Changes the caller's password. Every session ends, on every device, and every access token
+/// issued so far stops working; the answer is a fresh session for the caller.
 #[utoipa::path(
-    post, path = "/api/v1/auth/refresh", tag = "auth",
-    request_body = RefreshRequest,
+    post, path = "/api/v1/auth/password", tag = "auth",
+    security(("bearer" = [])),
+    request_body = ChangePasswordRequest,
     responses(
-        (status = 200, description = "A new pair", body = TokenPair),
-        (status = 401, description = "Unknown, expired, reused or revoked refresh token", body = Problem),
+        (status = 200, description = "Changed; a new session", body = TokenPair),
+        (status = 401, description = "No valid access token, or wrong current password", body = Problem),
+        (status = 403, description = "Called with an API key", body = Problem),
+        (status = 409, description = "The password changed concurrently", body = Problem),
+        (status = 422, description = "The new password is too weak", body = Problem),
+        (status = 429, description = "Too many wrong passwords; see Retry-After", body = Problem),
     )
 )]
-pub async fn refresh(
+pub async fn change_password(
     State(state): State<AppState>,
-    ApiJson(body): ApiJson<RefreshRequest>,
+    principal: Principal,
+    ApiJson(body): ApiJson<ChangePasswordRequest>,
 ) -> ApiResult<Json<TokenPair>> {
-    let now = state.clock.now();
-    let invalid = || ApiError::Unauthorized("invalid or expired refresh token".to_owned());
-    let token = state
+    let user = principal.user()?.clone();
+    password::check_strength(&body.new_password, &[user.email.as_str(), &user.name])
+        .map_err(|m| ApiError::invalid("new_password", m))?;
+    check_password(&state, &user, body.current_password).await?;
+    let secret = SecretString::from(body.new_password);
+    let new_hash = password::blocking(move || password::hash(&secret)).await??;
+    let epoch = match state
         .store
-        .get_refresh(&tokens::digest(&body.refresh_token))
-        .await?
-        .filter(|t| t.expires_at > now)
-        .ok_or_else(invalid)?;
-    let user_live = state
-        .store
-        .get_user(token.user_id)
-        .await?
-        .is_some_and(|u| u.deleted_at.is_none());
-    if !user_live {
-        return Err(invalid());
-    }
-    Ok(Json(
-        issue_tokens(&state, token.user_id, Some(&token)).await?,
-    ))
-}
-
-/// Ends the session of a refresh token: every token of its family stops working.
-#[utoipa::path(
-    post, path = "/api/v1/auth/logout", tag = "auth",
-    request_body = RefreshRequest,
-    responses(
-        (status = 204, description = "Logged out"),
-        (status = 401, description = "Unknown refresh token", body = Problem),
-    )
-)]
-pub async fn logout(
-    State(state): State<AppState>,
-    ApiJson(body): ApiJson<RefreshRequest>,
-) -> ApiResult<StatusCode> {
-    let token = state
-        .store
-        .get_refresh(&tokens::digest(&body.refresh_token))
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("invalid refresh token".to_owned()))?;
-    state
-        .store
-        .revoke_family(token.family_id, state.clock.now())
-        .await?;
-    tracing::info!(user_id = %token.user_id, family_id = %token.family_id, "session revoked by logout");
-    Ok(StatusCode::NO_CONTENT)
+        .end_sessions(&user, Some(&new_hash), state.clock.now())
+        .await
+    {
+        Ok(epoch) => epoch,
+        Err(StoreError::ConditionFailed) => {
+            return Err(ApiError::Conflict(
+                "the password was changed concurrently; log in again".to_owned(),
+            ))
+        }
+        Err(err) => return Err(err.into()),
+    };
+    tracing::info!(user_id = %user.id, session_epoch = epoch, "password changed; every session ended");
+    let changed = User {
+        password_hash: new_hash,
+        session_epoch: epoch,
+        ..user
+    };
+    Ok(Json(sessions::start_session(&state, &changed).await?))
 }
 
 /// The current user.
@@ -347,17 +362,7 @@ pub async fn delete_me(
     ApiJson(body): ApiJson<DeleteAccountRequest>,
 ) -> ApiResult<StatusCode> {
     let user = principal.user()?.clone();
-    ensure_not_throttled(&state, &user.email).await?;
-    let secret = SecretString::from(body.password);
-    let hash = user.password_hash.clone();
-    if !password::blocking(move || password::verify(&secret, &hash)).await? {
-        let now = state.clock.now();
-        state
-            .store
-            .record_login_failure(&user.email, now, state.config.login_window)
-            .await?;
-        return Err(ApiError::Unauthorized("the password is wrong".to_owned()));
-    }
+    check_password(&state, &user, body.password).await?;
     let mut memberships = Vec::new();
     let mut start = None;
     loop {
@@ -404,12 +409,12 @@ fn last_owner_of(project_id: Uuid) -> ApiError {
     ))
 }
 
-/// The auth routes.
+/// The auth routes, with the session routes.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
-        .routes(routes!(refresh))
-        .routes(routes!(logout))
+        .routes(routes!(change_password))
         .routes(routes!(me, delete_me))
+        .merge(sessions::routes())
 }

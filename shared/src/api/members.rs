@@ -12,14 +12,17 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{check_version, expected_version, ApiJson, ApiQuery, PageQuery};
+use super::invitations::InvitationView;
 use super::projects::project_id;
-use super::{created, with_etag, Page};
+use super::{with_etag, Page};
 use crate::auth::rbac::{may_assign, Action};
 use crate::auth::{authorize, Principal, ProjectAccess};
 use crate::domain::{ts, Email, Role};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
+use crate::store::invitations::{Invitation, INVITATION_TTL};
 use crate::store::projects::Membership;
+use crate::store::StoreError;
 
 /// A member as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -60,7 +63,7 @@ impl From<Membership> for MemberView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
-    /// Email of a registered user.
+    /// The email to invite, with or without an account.
     pub email: String,
     /// Their role.
     pub role: Role,
@@ -133,18 +136,20 @@ pub async fn list_members(
     request.respond(&state, page)
 }
 
-/// Adds a registered user to a project.
+/// Invites an email to a project. The answer is the same `202` whether or not the email has
+/// an account: the invitation becomes a membership when the email's owner next logs in or
+/// registers (see [`super::invitations`]).
 #[utoipa::path(
     post, path = "/api/v1/projects/{id}/members", tag = "members",
-    security(("bearer" = []), ("api_key" = [])),
+    security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Project id")),
     request_body = AddMember,
     responses(
-        (status = 201, description = "Added", body = MemberView),
-        (status = 403, description = "Needs admin; only owners grant owner", body = Problem),
+        (status = 202, description = "Invited; pending until the email's owner logs in or registers", body = InvitationView),
+        (status = 403, description = "Needs admin, and a person (not an API key); only owners grant owner", body = Problem),
         (status = 404, description = "No such project visible to the caller", body = Problem),
-        (status = 409, description = "Already a member", body = Problem),
-        (status = 422, description = "Invalid email or no such user", body = Problem),
+        (status = 409, description = "Already a member (members are listed with their emails), or already invited", body = Problem),
+        (status = 422, description = "Invalid email or role", body = Problem),
     )
 )]
 pub async fn add_member(
@@ -152,43 +157,41 @@ pub async fn add_member(
     principal: Principal,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<AddMember>,
-) -> ApiResult<Response> {
+) -> ApiResult<(StatusCode, Json<InvitationView>)> {
     let access = authorize(&state, &principal, project_id(&id)?, Action::ManageMembers).await?;
+    let inviter = principal.person("change members")?;
     check_assignable(&access, body.role)?;
     let email = Email::parse(&body.email).map_err(|m| ApiError::invalid("email", m))?;
-    let user = state
+    // Members are listed with their emails, so refusing a current member tells nothing new.
+    // Both branches read the same items, whether or not the email has an account.
+    let user_id = state.store.find_user_id_by_email(&email).await?;
+    if state
         .store
-        .find_user_by_email(&email)
+        .get_member(access.project.id, user_id.unwrap_or(Uuid::nil()))
         .await?
-        .ok_or_else(|| ApiError::invalid("email", "no registered user has this email"))?;
-    let now = state.clock.now();
-    let membership = Membership {
-        project_id: access.project.id,
-        user_id: user.id,
-        role: body.role,
-        email: user.email.to_string(),
-        name: user.name,
-        created_at: now,
-        updated_at: now,
-        version: 1,
-    };
-    match state.store.add_member(&membership).await {
-        Ok(()) => {
-            tracing::info!(project_id = %membership.project_id, user_id = %membership.user_id, role = %membership.role, "member added");
-            let location = format!(
-                "/api/v1/projects/{}/members/{}",
-                membership.project_id, membership.user_id
-            );
-            Ok(created(
-                &location,
-                membership.version,
-                MemberView::from(membership),
-            ))
-        }
-        Err(err) if err.failed_at(0) => Err(ApiError::Conflict(
+        .is_some()
+    {
+        return Err(ApiError::Conflict(
             "this user is already a member".to_owned(),
+        ));
+    }
+    let now = state.clock.now();
+    let invitation = Invitation {
+        project_id: access.project.id,
+        email,
+        role: body.role,
+        invited_by: inviter.id,
+        created_at: now,
+        expires_at: now + INVITATION_TTL,
+    };
+    match state.store.create_invitation(&invitation).await {
+        Ok(()) => {
+            tracing::info!(project_id = %invitation.project_id, role = %invitation.role, "member invited");
+            Ok((StatusCode::ACCEPTED, Json(InvitationView::from(invitation))))
+        }
+        Err(StoreError::ConditionFailed) => Err(ApiError::Conflict(
+            "this email is already invited; withdraw the invitation to change it".to_owned(),
         )),
-        Err(err) if err.failed_at(1) => Err(ApiError::NotFound("project not found".to_owned())),
         Err(err) => Err(err.into()),
     }
 }
@@ -197,7 +200,7 @@ pub async fn add_member(
 /// cannot be demoted.
 #[utoipa::path(
     patch, path = "/api/v1/projects/{id}/members/{user_id}", tag = "members",
-    security(("bearer" = []), ("api_key" = [])),
+    security(("bearer" = [])),
     params(
         ("id" = Uuid, Path, description = "Project id"),
         ("user_id" = Uuid, Path, description = "Member's user id"),
@@ -206,7 +209,7 @@ pub async fn add_member(
     request_body = UpdateMember,
     responses(
         (status = 200, description = "Changed", body = MemberView),
-        (status = 403, description = "Role too small for this change", body = Problem),
+        (status = 403, description = "Role too small for this change, or an API key", body = Problem),
         (status = 404, description = "No such project or member", body = Problem),
         (status = 409, description = "Stale version, or the last owner", body = Problem),
     )
@@ -220,6 +223,7 @@ pub async fn update_member(
 ) -> ApiResult<Response> {
     let expected = expected_version(&headers, body.version)?;
     let access = authorize(&state, &principal, project_id(&id)?, Action::ManageMembers).await?;
+    principal.person("change members")?;
     let current = target_member(&state, &access, &user_id).await?;
     check_version(expected, current.version)?;
     check_assignable(&access, current.role)?;
@@ -251,14 +255,14 @@ pub async fn update_member(
 /// owner). The last owner cannot be removed.
 #[utoipa::path(
     delete, path = "/api/v1/projects/{id}/members/{user_id}", tag = "members",
-    security(("bearer" = []), ("api_key" = [])),
+    security(("bearer" = [])),
     params(
         ("id" = Uuid, Path, description = "Project id"),
         ("user_id" = Uuid, Path, description = "Member's user id"),
     ),
     responses(
         (status = 204, description = "Removed"),
-        (status = 403, description = "Role too small", body = Problem),
+        (status = 403, description = "Role too small, or an API key", body = Problem),
         (status = 404, description = "No such project or member", body = Problem),
         (status = 409, description = "The last owner", body = Problem),
     )
@@ -277,6 +281,7 @@ pub async fn remove_member(
         Action::ManageMembers
     };
     let access = authorize(&state, &principal, project, action).await?;
+    principal.person("change members")?;
     let current = target_member(&state, &access, &user_id).await?;
     if !leaving {
         check_assignable(&access, current.role)?;
@@ -297,9 +302,10 @@ pub async fn remove_member(
     }
 }
 
-/// The member routes.
+/// The member routes, with the invitations they create.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_members, add_member))
         .routes(routes!(update_member, remove_member))
+        .merge(super::invitations::routes())
 }

@@ -4,15 +4,18 @@
 pub mod agents;
 pub mod api_keys;
 pub mod auth;
+pub mod client_addr;
 pub mod credentials;
 pub mod docs;
 pub mod extract;
 pub mod health;
+pub mod invitations;
 pub mod manifests;
 pub mod members;
 pub mod projects;
 pub mod registry;
 pub mod runs;
+pub mod sessions;
 pub mod tools;
 pub mod workflows;
 

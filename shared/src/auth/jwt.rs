@@ -23,6 +23,10 @@ pub struct Claims {
     pub exp: i64,
     /// Token id.
     pub jti: Uuid,
+    /// The user's session epoch at issue; the token stops working once the epoch moves on
+    /// (password change, "log out everywhere"). Absent in tokens issued before epochs existed.
+    #[serde(default)]
+    pub sep: u64,
 }
 
 /// Why a token was refused. The API answers every one of these with the same `401`.
@@ -36,12 +40,14 @@ pub enum TokenError {
     Expired,
 }
 
-/// Keys derived from the signing secret: JWT signing and verification, and the cursor MAC key.
+/// Keys derived from the signing secret: JWT signing and verification, the cursor MAC key and
+/// the key that derives refresh-token successors.
 pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
     cursor_key: Vec<u8>,
+    refresh_mac: Hmac<Sha256>,
     issuer: String,
     audience: String,
 }
@@ -70,22 +76,30 @@ impl Keys {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         // Expiry is checked against the injected clock in `verify`.
         validation.validate_exp = false;
-        let mut mac = Hmac::<Sha256>::new_from_slice(bytes)?;
-        mac.update(b"spark-ops/cursor/v1");
+        let derive = |label: &[u8]| -> anyhow::Result<Vec<u8>> {
+            let mut mac = Hmac::<Sha256>::new_from_slice(bytes)?;
+            mac.update(label);
+            Ok(mac.finalize().into_bytes().to_vec())
+        };
         Ok(Self {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
             validation,
-            cursor_key: mac.finalize().into_bytes().to_vec(),
+            cursor_key: derive(b"spark-ops/cursor/v1")?,
+            refresh_mac: Hmac::<Sha256>::new_from_slice(&derive(
+                b"spark-ops/refresh-successor/v1",
+            )?)?,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
         })
     }
 
-    /// Issues an access token for `user_id` valid from `now` for `ttl`.
+    /// Issues an access token for `user_id` in session epoch `epoch`, valid from `now` for
+    /// `ttl`.
     pub fn issue(
         &self,
         user_id: Uuid,
+        epoch: u64,
         now: DateTime<Utc>,
         ttl: std::time::Duration,
     ) -> anyhow::Result<String> {
@@ -97,6 +111,7 @@ impl Keys {
             iat: now.timestamp(),
             exp: (now + ttl).timestamp(),
             jti: Uuid::now_v7(),
+            sep: epoch,
         };
         self.sign(&claims)
     }
@@ -128,6 +143,17 @@ impl Keys {
     pub fn cursor_key(&self) -> &[u8] {
         &self.cursor_key
     }
+
+    /// The refresh token that replaces `refresh_token`: an HMAC of it under a server-side key.
+    /// Deriving it (rather than drawing it at random) lets a retried exchange answer the same
+    /// successor without the plaintext ever being stored; only whoever holds the old token can
+    /// compute it.
+    pub fn refresh_successor(&self, refresh_token: &str) -> String {
+        use base64::Engine;
+        let mut mac = self.refresh_mac.clone();
+        mac.update(refresh_token.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
 }
 
 #[cfg(test)]
@@ -156,7 +182,7 @@ mod tests {
     fn an_issued_token_verifies_until_it_expires() {
         let keys = keys();
         let user = Uuid::now_v7();
-        let token = keys.issue(user, now(), ttl()).unwrap();
+        let token = keys.issue(user, 0, now(), ttl()).unwrap();
         assert_eq!(keys.verify(&token, now()).unwrap().sub, user);
         let later = now() + chrono::Duration::seconds(900);
         assert_eq!(keys.verify(&token, later), Err(TokenError::Expired));
@@ -170,14 +196,14 @@ mod tests {
             "spark-ops-api",
         )
         .unwrap();
-        let token = other.issue(Uuid::now_v7(), now(), ttl()).unwrap();
+        let token = other.issue(Uuid::now_v7(), 0, now(), ttl()).unwrap();
         assert_eq!(keys().verify(&token, now()), Err(TokenError::Invalid));
     }
 
     #[test]
     fn alg_none_is_invalid() {
         let keys = keys();
-        let token = keys.issue(Uuid::now_v7(), now(), ttl()).unwrap();
+        let token = keys.issue(Uuid::now_v7(), 0, now(), ttl()).unwrap();
         let payload = token.split('.').nth(1).unwrap();
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         for forged in [
@@ -192,7 +218,7 @@ mod tests {
     fn an_unexpected_algorithm_is_invalid_even_with_the_right_key() {
         let keys = keys();
         let claims = keys
-            .verify(&keys.issue(Uuid::now_v7(), now(), ttl()).unwrap(), now())
+            .verify(&keys.issue(Uuid::now_v7(), 0, now(), ttl()).unwrap(), now())
             .unwrap();
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
@@ -207,7 +233,7 @@ mod tests {
     fn a_wrong_issuer_or_audience_is_invalid() {
         let keys = keys();
         let good = keys
-            .verify(&keys.issue(Uuid::now_v7(), now(), ttl()).unwrap(), now())
+            .verify(&keys.issue(Uuid::now_v7(), 0, now(), ttl()).unwrap(), now())
             .unwrap();
         let wrong_iss = Claims {
             iss: "someone-else".into(),
@@ -226,7 +252,7 @@ mod tests {
     #[test]
     fn a_tampered_payload_is_invalid() {
         let keys = keys();
-        let token = keys.issue(Uuid::now_v7(), now(), ttl()).unwrap();
+        let token = keys.issue(Uuid::now_v7(), 0, now(), ttl()).unwrap();
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         let forged_claims = format!(
             r#"{{"sub":"{}","iss":"spark-ops","aud":"spark-ops-api","iat":0,"exp":9999999999,"jti":"{}"}}"#,
@@ -238,6 +264,21 @@ mod tests {
             keys.verify(&parts.join("."), now()),
             Err(TokenError::Invalid)
         );
+    }
+
+    #[test]
+    fn a_refresh_successor_is_stable_and_bound_to_its_token_and_key() {
+        let keys = keys();
+        assert_eq!(keys.refresh_successor("a"), keys.refresh_successor("a"));
+        assert_ne!(keys.refresh_successor("a"), keys.refresh_successor("b"));
+        assert_ne!(keys.refresh_successor("a"), "a");
+        let other = Keys::new(
+            &SecretString::from("another-key-another-key-another-key!!"),
+            "spark-ops",
+            "spark-ops-api",
+        )
+        .unwrap();
+        assert_ne!(keys.refresh_successor("a"), other.refresh_successor("a"));
     }
 
     #[test]

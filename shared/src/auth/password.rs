@@ -101,5 +101,7 @@ mod tests {
         assert!(check_strength("password123", &[]).is_err());
         assert!(check_strength("adalovelace1", &["adalovelace1@example.com"]).is_err());
         assert!(check_strength("violet-tundra-cascade-42", &[]).is_ok());
+        // The README's tour changes Ada's password to this one.
+        assert!(check_strength("copper-meadow-falcon-19", &["ada@example.com", "Ada"]).is_ok());
     }
 }

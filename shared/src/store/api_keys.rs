@@ -2,11 +2,23 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::schema::GSI1;
 use super::{cursor, item, key, s, Page, Store, StoreResult};
 use crate::domain::{ts, Role};
+
+/// What a key may do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKeyKind {
+    /// Acts in its project with its role (capped at its creator's current role).
+    #[default]
+    Project,
+    /// Only reports heartbeats for the agents it names: what an agent's runtime needs.
+    AgentRuntime,
+}
 
 /// A project API key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -17,8 +29,15 @@ pub struct ApiKey {
     pub project_id: Uuid,
     /// A label.
     pub name: String,
-    /// The role the key acts with.
+    /// The role the key was given. Once authenticated, the key acts with no more than its
+    /// creator's current role; see [`crate::auth::Principal`].
     pub role: Role,
+    /// What the key may do; keys stored before kinds existed are project keys.
+    #[serde(default)]
+    pub kind: ApiKeyKind,
+    /// The agents an agent-runtime key reports for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_ids: Vec<Uuid>,
     /// SHA-256 digest of the key's secret part.
     pub secret_digest: String,
     /// Who created it.

@@ -126,7 +126,7 @@ impl Store {
             .build())
     }
 
-    fn membership_item(&self, m: &Membership) -> anyhow::Result<Item> {
+    pub(super) fn membership_item(&self, m: &Membership) -> anyhow::Result<Item> {
         item(
             m,
             &[
@@ -139,7 +139,7 @@ impl Store {
     }
 
     /// Adjusts the project's owner count; a decrement requires another owner to remain.
-    fn owner_count_change(
+    pub(super) fn owner_count_change(
         &self,
         project_id: Uuid,
         delta: i32,

@@ -8,11 +8,13 @@
 //!
 //! | pk | sk | item |
 //! |---|---|---|
-//! | `USER#<user_id>` | `USER` | user (argon2id hash, profile, `deleted_at`) |
+//! | `USER#<user_id>` | `USER` | user (argon2id hash, profile, `deleted_at`, `session_epoch`) |
 //! | `EMAIL#<email>` | `EMAIL` | email → user id; makes emails unique |
-//! | `REFRESH#<sha256>` | `REFRESH` | refresh token digest, family, status (`ttl`) |
+//! | `REFRESH#<sha256>` | `REFRESH` | refresh token digest, family, session epoch, status, successor digest (`ttl`) |
 //! | `FAMILY#<family_id>` | `FAMILY` | refresh-token family, `revoked_at` (`ttl`) |
-//! | `LOGIN#<email>` | `THROTTLE` | failed-login window (`ttl`) |
+//! | `LOGIN#<email>` | `THROTTLE` | password attempts of one account in a window (`ttl`) |
+//! | `LOGINADDR#<address>` | `THROTTLE` | login attempts from one source address in a window (`ttl`) |
+//! | `REGISTERADDR#<address>` | `THROTTLE` | registrations from one source address in a window (`ttl`) |
 //!
 //! ## `{prefix}-projects`: projects, memberships and API keys
 //!
@@ -22,6 +24,7 @@
 //! | `SLUG#<slug>` | `SLUG` | | | slug → project id; makes slugs unique |
 //! | `PROJECT#<project_id>` | `MEMBER#<user_id>` | `USER#<user_id>` | `PROJECT#<project_id>` | membership |
 //! | `APIKEY#<key_id>` | `APIKEY` | `PROJECT#<project_id>#APIKEYS` | `APIKEY#<key_id>` | API key (digest only) |
+//! | `PROJECT#<project_id>` | `INVITE#<email>` | `INVITE#<email>` | `PROJECT#<project_id>` | pending invitation (`ttl`) |
 
 //!
 //! ## `{prefix}-registry`: agents, tools, workflows and their versions

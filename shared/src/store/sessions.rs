@@ -1,7 +1,10 @@
-//! Refresh-token families and the failed-login throttle, in the auth table.
+//! Refresh-token families, in the auth table.
 //!
 //! A login starts a family. Each refresh rotates the token inside its family; presenting a
-//! rotated token again is reuse, which revokes the whole family.
+//! rotated token again is reuse, which revokes the whole family. Every token carries its
+//! user's session epoch when it was issued: bumping the user's epoch (password change, "log out
+//! everywhere") ends every family at once, and each write here checks the epoch in the same
+//! transaction, so no session can start or continue across a bump.
 
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem, Update};
@@ -9,8 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{item, key, n, s, Store, StoreError, StoreResult};
-use crate::domain::Email;
+use super::{item, key, n, s, Store, StoreResult};
+use crate::domain::ts;
 
 /// A stored refresh token: only the digest of the secret is kept.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -23,12 +26,28 @@ pub struct RefreshToken {
     pub family_id: Uuid,
     /// `active`, or `rotated` once it has been exchanged.
     pub status: String,
+    /// The user's session epoch when the family started; tokens of an older epoch are dead.
+    #[serde(default)]
+    pub session_epoch: u64,
     /// Issue time.
-    #[serde(with = "crate::domain::ts")]
+    #[serde(with = "ts")]
     pub created_at: DateTime<Utc>,
     /// Expiry.
-    #[serde(with = "crate::domain::ts")]
+    #[serde(with = "ts")]
     pub expires_at: DateTime<Utc>,
+    /// When it was exchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
+    pub rotated_at: Option<DateTime<Utc>>,
+    /// Digest of the token it was exchanged for, so a retried exchange can be recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor_digest: Option<String>,
+}
+
+impl RefreshToken {
+    /// Whether it has not been exchanged yet.
+    pub fn is_active(&self) -> bool {
+        self.status == ACTIVE
+    }
 }
 
 /// A family of refresh tokens descending from one login.
@@ -39,25 +58,11 @@ pub struct Family {
     /// The session's user.
     pub user_id: Uuid,
     /// Start of the session.
-    #[serde(with = "crate::domain::ts")]
+    #[serde(with = "ts")]
     pub created_at: DateTime<Utc>,
     /// Set once the family is revoked (logout or reuse).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::domain::ts::option"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
     pub revoked_at: Option<DateTime<Utc>>,
-}
-
-/// Failed logins for one email within the current window.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LoginWindow {
-    /// Failures so far.
-    pub failures: u32,
-    /// When the window opened.
-    #[serde(with = "crate::domain::ts")]
-    pub window_start: DateTime<Utc>,
 }
 
 const ACTIVE: &str = "active";
@@ -71,20 +76,14 @@ fn family_pk(id: Uuid) -> String {
     format!("FAMILY#{id}")
 }
 
-fn login_pk(email: &Email) -> String {
-    format!("LOGIN#{email}")
-}
-
-fn stamp(at: DateTime<Utc>) -> String {
-    crate::domain::ts::format(&at)
-}
-
 /// The new token written by a login or a rotation.
 pub struct NewRefresh<'a> {
     /// Digest of the new token.
     pub digest: &'a str,
     /// Its user.
     pub user_id: Uuid,
+    /// The user's session epoch the token belongs to.
+    pub session_epoch: u64,
     /// Its family.
     pub family_id: Uuid,
     /// Issue time.
@@ -100,8 +99,11 @@ impl Store {
             user_id: new.user_id,
             family_id: new.family_id,
             status: ACTIVE.to_owned(),
+            session_epoch: new.session_epoch,
             created_at: new.now,
             expires_at: new.expires_at,
+            rotated_at: None,
+            successor_digest: None,
         };
         let mut token_item = item(
             &token,
@@ -120,7 +122,8 @@ impl Store {
             .build())
     }
 
-    /// Starts a session: a new family and its first refresh token.
+    /// Starts a session: a new family and its first refresh token, if the user is still live
+    /// and still at `new.session_epoch`. Item 2 failing means they are not.
     pub async fn start_session(&self, new: &NewRefresh<'_>) -> StoreResult<()> {
         let family = Family {
             family_id: new.family_id,
@@ -143,6 +146,7 @@ impl Store {
             vec![
                 TransactWriteItem::builder().put(family_put).build(),
                 self.refresh_put(new)?,
+                self.session_epoch_check(new.user_id, new.session_epoch)?,
             ],
             "start a session",
         )
@@ -169,9 +173,10 @@ impl Store {
         .await
     }
 
-    /// Exchanges `old` for `new` in one transaction: `old` must still be active and its
-    /// family unrevoked. Item 0 failing means `old` was already rotated (reuse); item 2
-    /// failing means the family is revoked.
+    /// Exchanges `old` for `new` in one transaction: `old` must still be active, its family
+    /// unrevoked and its user live at the same session epoch. Item 0 failing means `old` was
+    /// already rotated; item 2 failing means the family is revoked; item 3 failing means the
+    /// user's sessions were ended.
     pub async fn rotate_refresh(
         &self,
         old: &RefreshToken,
@@ -180,12 +185,15 @@ impl Store {
         let retire = Update::builder()
             .table_name(&self.auth_table)
             .set_key(Some(key(refresh_pk(&old.digest), "REFRESH")))
-            .update_expression("SET #status = :rotated, rotated_at = :now")
+            .update_expression(
+                "SET #status = :rotated, rotated_at = :now, successor_digest = :successor",
+            )
             .condition_expression("#status = :active")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":rotated", s(ROTATED))
             .expression_attribute_values(":active", s(ACTIVE))
-            .expression_attribute_values(":now", s(stamp(new.now)))
+            .expression_attribute_values(":now", s(ts::format(&new.now)))
+            .expression_attribute_values(":successor", s(new.digest))
             .build()
             .context("Failed to build the token retirement")?;
         let family_live = ConditionCheck::builder()
@@ -201,6 +209,7 @@ impl Store {
                 TransactWriteItem::builder()
                     .condition_check(family_live)
                     .build(),
+                self.session_epoch_check(old.user_id, old.session_epoch)?,
             ],
             "rotate a refresh token",
         )
@@ -215,78 +224,10 @@ impl Store {
             .set_key(Some(key(family_pk(id), "FAMILY")))
             .update_expression("SET revoked_at = if_not_exists(revoked_at, :now)")
             .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":now", s(stamp(now)))
+            .expression_attribute_values(":now", s(ts::format(&now)))
             .send()
             .await
             .map_err(|e| super::write_error(e, "revoke a token family"))?;
-        Ok(())
-    }
-
-    /// The current failed-login window for `email`, if any.
-    pub async fn login_window(&self, email: &Email) -> StoreResult<Option<LoginWindow>> {
-        self.get_record(
-            &self.auth_table,
-            key(login_pk(email), "THROTTLE"),
-            "the login throttle",
-        )
-        .await
-    }
-
-    /// Counts a failed login: inside an open window the counter grows atomically,
-    /// otherwise a new window opens with one failure.
-    pub async fn record_login_failure(
-        &self,
-        email: &Email,
-        now: DateTime<Utc>,
-        window: std::time::Duration,
-    ) -> StoreResult<()> {
-        let window = chrono::Duration::from_std(window).context("login window out of range")?;
-        let expires = (now + window).timestamp();
-        let counted = self
-            .ddb
-            .update_item()
-            .table_name(&self.auth_table)
-            .set_key(Some(key(login_pk(email), "THROTTLE")))
-            .update_expression("ADD failures :one")
-            .condition_expression("window_start > :cutoff")
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":cutoff", s(stamp(now - window)))
-            .send()
-            .await;
-        match counted.map_err(|e| super::write_error(e, "count a failed login")) {
-            Ok(_) => Ok(()),
-            Err(StoreError::ConditionFailed) => {
-                let fresh = LoginWindow {
-                    failures: 1,
-                    window_start: now,
-                };
-                let mut window_item = item(
-                    &fresh,
-                    &[("pk", login_pk(email)), ("sk", "THROTTLE".into())],
-                )?;
-                window_item.insert("ttl".into(), n(expires));
-                self.ddb
-                    .put_item()
-                    .table_name(&self.auth_table)
-                    .set_item(Some(window_item))
-                    .send()
-                    .await
-                    .context("Failed to open a login window")?;
-                Ok(())
-            }
-            Err(other) => Err(other),
-        }
-    }
-
-    /// Forgets failed logins after a success.
-    pub async fn clear_login_failures(&self, email: &Email) -> StoreResult<()> {
-        self.ddb
-            .delete_item()
-            .table_name(&self.auth_table)
-            .set_key(Some(key(login_pk(email), "THROTTLE")))
-            .send()
-            .await
-            .context("Failed to clear the login throttle")?;
         Ok(())
     }
 }

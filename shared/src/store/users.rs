@@ -1,12 +1,14 @@
 //! Users and their unique emails, in the auth table.
 
 use anyhow::Context;
-use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    ConditionCheck, Delete, Put, ReturnValue, TransactWriteItem, Update,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{item, key, record, s, Store, StoreError, StoreResult};
+use super::{item, key, n, record, s, Store, StoreError, StoreResult};
 use crate::domain::Email;
 
 /// A registered user.
@@ -40,6 +42,10 @@ pub struct User {
         with = "crate::domain::ts::option"
     )]
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Bumped by a password change or "log out everywhere": access and refresh tokens carry
+    /// the epoch they were issued in, and those of an older epoch stop working.
+    #[serde(default)]
+    pub session_epoch: u64,
 }
 
 fn user_pk(id: Uuid) -> String {
@@ -92,8 +98,9 @@ impl Store {
             .await
     }
 
-    /// The live user who owns `email`.
-    pub async fn find_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
+    /// The id of the live user who owns `email`, from the email claim alone (one read; a
+    /// deleted user's claim is released with the deletion).
+    pub async fn find_user_id_by_email(&self, email: &Email) -> StoreResult<Option<Uuid>> {
         let out = self
             .ddb
             .get_item()
@@ -103,13 +110,93 @@ impl Store {
             .send()
             .await
             .context("Failed to read an email claim")?;
-        let Some(claim) = out.item.map(record::<EmailClaim>).transpose()? else {
+        Ok(out
+            .item
+            .map(record::<EmailClaim>)
+            .transpose()?
+            .map(|claim| claim.user_id))
+    }
+
+    /// The live user who owns `email`.
+    pub async fn find_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
+        let Some(user_id) = self.find_user_id_by_email(email).await? else {
             return Ok(None);
         };
         Ok(self
-            .get_user(claim.user_id)
+            .get_user(user_id)
             .await?
             .filter(|u| u.deleted_at.is_none()))
+    }
+
+    /// A transaction item that holds only while the user is live and at session `epoch`.
+    pub(super) fn session_epoch_check(
+        &self,
+        user_id: Uuid,
+        epoch: u64,
+    ) -> anyhow::Result<TransactWriteItem> {
+        // Users stored before epochs existed have no attribute, which means epoch 0.
+        let condition = if epoch == 0 {
+            "attribute_exists(pk) AND attribute_not_exists(deleted_at) AND (attribute_not_exists(session_epoch) OR session_epoch = :epoch)"
+        } else {
+            "attribute_exists(pk) AND attribute_not_exists(deleted_at) AND session_epoch = :epoch"
+        };
+        Ok(TransactWriteItem::builder()
+            .condition_check(
+                ConditionCheck::builder()
+                    .table_name(&self.auth_table)
+                    .set_key(Some(key(user_pk(user_id), "USER")))
+                    .condition_expression(condition)
+                    .expression_attribute_values(":epoch", n(epoch))
+                    .build()
+                    .context("Failed to build the session epoch check")?,
+            )
+            .build())
+    }
+
+    /// Ends every session of `user` by moving them to the next session epoch, and with
+    /// `new_password_hash` also replaces their password, provided it is still the one they
+    /// proved. Returns the new epoch; `ConditionFailed` if the user is gone or the password
+    /// changed meanwhile.
+    pub async fn end_sessions(
+        &self,
+        user: &User,
+        new_password_hash: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let mut update = self
+            .ddb
+            .update_item()
+            .table_name(&self.auth_table)
+            .set_key(Some(key(user_pk(user.id), "USER")))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", s(crate::domain::ts::format(&now)))
+            .return_values(ReturnValue::UpdatedNew);
+        let mut expression =
+            "SET session_epoch = if_not_exists(session_epoch, :zero) + :one, updated_at = :now"
+                .to_owned();
+        let mut condition = "attribute_exists(pk) AND attribute_not_exists(deleted_at)".to_owned();
+        if let Some(hash) = new_password_hash {
+            expression.push_str(", password_hash = :hash");
+            condition.push_str(" AND password_hash = :proved");
+            update = update
+                .expression_attribute_values(":hash", s(hash))
+                .expression_attribute_values(":proved", s(&user.password_hash));
+        }
+        let out = update
+            .update_expression(expression)
+            .condition_expression(condition)
+            .send()
+            .await
+            .map_err(|e| super::write_error(e, "end a user's sessions"))?;
+        let epoch = out
+            .attributes
+            .as_ref()
+            .and_then(|a| a.get("session_epoch"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+            .context("DynamoDB did not return the new session epoch")?;
+        Ok(epoch)
     }
 
     /// Records a successful login.
