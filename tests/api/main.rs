@@ -5,6 +5,7 @@ mod api_keys;
 mod auth;
 mod conventions;
 mod engine_tools;
+mod health;
 mod lambda_events;
 mod manifests;
 mod members;
