@@ -31,7 +31,7 @@ pub struct ProjectView {
     pub id: Uuid,
     /// Display name.
     pub name: String,
-    /// Unique slug.
+    /// Slug, unique among the projects of its creator.
     pub slug: String,
     /// Description.
     pub description: Option<String>,
@@ -75,7 +75,7 @@ impl ProjectView {
 pub struct CreateProject {
     /// Display name.
     pub name: String,
-    /// Unique slug; derived from the name when left out.
+    /// Slug, unique among the projects you created; derived from the name when left out.
     pub slug: Option<String>,
     /// Description.
     pub description: Option<String>,
@@ -90,7 +90,7 @@ pub struct CreateProject {
 pub struct UpdateProject {
     /// Display name.
     pub name: Option<String>,
-    /// Unique slug.
+    /// Slug, unique among the projects of the project's creator.
     pub slug: Option<String>,
     /// Description; an empty string clears it.
     pub description: Option<String>,
@@ -130,7 +130,7 @@ pub fn project_id(raw: &str) -> ApiResult<Uuid> {
     responses(
         (status = 201, description = "Created", body = ProjectView),
         (status = 403, description = "Called with an API key", body = Problem),
-        (status = 409, description = "Slug taken", body = Problem),
+        (status = 409, description = "You already have a project with this slug", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
     )
 )]
@@ -194,7 +194,7 @@ pub async fn create_project(
             ))
         }
         Err(err) if err.failed_at(0) => Err(ApiError::Conflict(format!(
-            "the slug `{}` is taken",
+            "you already have a project with the slug `{}`",
             slug.as_str()
         ))),
         Err(err) => Err(err.into()),
@@ -289,7 +289,7 @@ pub async fn get_project(
         (status = 200, description = "The changed project", body = ProjectView),
         (status = 403, description = "Needs admin", body = Problem),
         (status = 404, description = "No such project visible to the caller", body = Problem),
-        (status = 409, description = "Stale version or slug taken", body = Problem),
+        (status = 409, description = "Stale version, or the project's creator already has a project with this slug", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
     )
 )]
@@ -344,7 +344,7 @@ pub async fn update_project(
             ))
         }
         Err(err) if slug_changed && err.failed_at(0) => Err(ApiError::Conflict(format!(
-            "the slug `{}` is taken",
+            "the project's creator already has a project with the slug `{}`",
             updated.slug
         ))),
         Err(err) => {
@@ -356,7 +356,8 @@ pub async fn update_project(
     }
 }
 
-/// Deletes a project (soft delete); afterwards it answers `404` and its slug is free.
+/// Deletes a project (soft delete); afterwards it answers `404` and its creator may use its
+/// slug again.
 #[utoipa::path(
     delete, path = "/api/v1/projects/{id}", tag = "projects",
     security(("bearer" = []), ("api_key" = [])),
