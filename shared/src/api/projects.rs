@@ -18,6 +18,7 @@ use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::{ts, Name, Role, Slug};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::governance::Governance;
 use crate::state::AppState;
 use crate::store::projects::{Membership, Project};
 
@@ -79,7 +80,9 @@ pub struct CreateProject {
     pub slug: Option<String>,
     /// Description.
     pub description: Option<String>,
-    /// Settings object (at most 32 KiB).
+    /// Settings object (at most 32 KiB). Free-form, except the governance settings
+    /// `approvals.allow_self_approval` (boolean, default `false`) and `trusted_publishers`
+    /// (key ids, or `<key id>/<project id>`; default empty, accepting any trusted signature).
     #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -94,7 +97,7 @@ pub struct UpdateProject {
     pub slug: Option<String>,
     /// Description; an empty string clears it.
     pub description: Option<String>,
-    /// Replaces the settings object.
+    /// Replaces the settings object (see `CreateProject.settings`).
     #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Map<String, serde_json::Value>>,
     /// The version this change is based on; a stale one gets `409`.
@@ -115,6 +118,18 @@ fn check_description(description: Option<String>, errors: &mut Vec<FieldError>) 
         ));
     }
     description
+}
+
+/// Records errors for settings that are too large, that DynamoDB cannot store, or whose
+/// governance settings are invalid.
+fn check_settings(
+    settings: &serde_json::Map<String, serde_json::Value>,
+    errors: &mut Vec<FieldError>,
+) {
+    check_json_object("settings", settings, errors);
+    if let Err(invalid) = Governance::parse(settings) {
+        errors.extend(invalid);
+    }
 }
 
 /// Parses a project id from the path; a malformed one cannot name a project, so `404`.
@@ -155,7 +170,7 @@ pub async fn create_project(
     };
     let description = check_description(body.description, &mut errors);
     let settings = body.settings.unwrap_or_default();
-    check_json_object("settings", &settings, &mut errors);
+    check_settings(&settings, &mut errors);
     let (Some(name), Some(slug), true) = (name, slug, errors.is_empty()) else {
         return Err(ApiError::invalid_fields(errors));
     };
@@ -322,7 +337,7 @@ pub async fn update_project(
         updated.description = check_description(body.description, &mut errors);
     }
     if let Some(settings) = body.settings {
-        check_json_object("settings", &settings, &mut errors);
+        check_settings(&settings, &mut errors);
         updated.settings = settings;
     }
     if !errors.is_empty() {
