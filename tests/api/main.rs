@@ -10,6 +10,7 @@ mod lambda_events;
 mod manifests;
 mod members;
 mod projects;
+mod run_governance;
 mod run_loops;
 mod run_prompt;
 mod run_recovery;
