@@ -332,7 +332,8 @@ async fn checked_manifest(
     }
 }
 
-/// Refuses a manifest whose publisher the project does not trust, when it names any.
+/// Refuses a manifest whose publisher is not among the project's trusted publishers, if it
+/// names any.
 fn check_publisher(settings: &Map<String, Value>, publisher: Option<&Publisher>) -> ApiResult<()> {
     let trusted = governance::trusted_publishers(settings).map_err(|errors| {
         ApiError::invalid_fields(
