@@ -5,6 +5,9 @@
 #
 #   PORT               the dev server's port (default 3000)
 #   SPARK_OPS_PREFIX   prefix of the resources it provisions (default spark-ops-dev)
+#   CORS_ALLOWED_ORIGINS  browser origins allowed by CORS (default http://localhost:5173, the
+#                      local console's dev server; set it empty to allow none). Deployed
+#                      stacks and the code default allow none.
 #   DEV_SERVER_CMD     run this command instead of building and running spark-ops-dev
 #                      (split on spaces), e.g. to run it under a debugger
 #
@@ -46,6 +49,7 @@ fi
 aws_env
 export PORT="${PORT:-3000}"
 export SPARK_OPS_PREFIX="${SPARK_OPS_PREFIX:-spark-ops-dev}"
+export CORS_ALLOWED_ORIGINS="${CORS_ALLOWED_ORIGINS-http://localhost:5173}"
 log "starting ${server_cmd[*]} (PORT=$PORT, SPARK_OPS_PREFIX=$SPARK_OPS_PREFIX); Ctrl-C stops it"
 # In the background, so that this shell's traps run as soon as a signal arrives.
 "${server_cmd[@]}" &

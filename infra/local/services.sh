@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Start, stop or inspect the local AWS services:
+# Start, stop or inspect the local AWS services, both listening on loopback only (they hold
+# every local secret and table; `services.sh check` verifies it):
 #   LocalStack      (host mode, no Docker)  on 127.0.0.1:$LOCALSTACK_PORT (default 4566)
-#   DynamoDB Local  (Java; binds all interfaces, it has no bind option) on :$DYNAMODB_PORT (8000)
+#   DynamoDB Local  (Java)                  on 127.0.0.1:$DYNAMODB_PORT (default 8000)
 #
 #   services.sh start [--record FILE] [localstack] [dynamodb]
 #       Start the named services (default both) and wait until they answer. A service already
@@ -16,6 +17,11 @@
 #       no argument every service these scripts started from this checkout, on any port.
 #       A whole process group is stopped: SIGTERM, then SIGKILL after STOP_TIMEOUT (20s).
 #   services.sh status
+#   services.sh check [localstack] [dynamodb]
+#       Check that each named service (default both) listens on loopback only, from the kernel's
+#       socket tables (/proc/net/tcp, /proc/net/tcp6). A service these scripts started that
+#       listens on another address fails the check; one started some other way is only warned
+#       about, since restarting it is its owner's call. test.sh runs this after starting.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 LOCALSTACK_SERVICES="sqs,stepfunctions,events,secretsmanager,sts,iam"
@@ -65,6 +71,9 @@ launch_localstack() {
     # LocalStack's own AWS clients must not follow endpoints meant for our code.
     unset "${!AWS_@}"
     export GATEWAY_LISTEN="127.0.0.1:$port" LOCALSTACK_HOST="127.0.0.1:$port"
+    # Its default gateway server (twisted) ignores the host in GATEWAY_LISTEN and listens on
+    # 0.0.0.0; hypercorn binds the address given.
+    export GATEWAY_SERVER=hypercorn
     export SQS_ENDPOINT_STRATEGY=path SERVICES="$LOCALSTACK_SERVICES" EAGER_SERVICE_LOADING=1
     # Keep its files under .local/localstack/<port>, so side-by-side instances stay apart. This
     # machine has a /.dockerenv, and LocalStack would otherwise take it for its container and
@@ -78,9 +87,12 @@ launch_localstack() {
 }
 
 launch_dynamodb() {
-  local port="$1" pidfile="$2" logfile="$3" jar args
+  local port="$1" pidfile="$2" logfile="$3" jar lib args
   require_cmd java
   jar="$(dynamodb_local_jar)" || die "DynamoDB Local is not installed; run: make install"
+  lib="$(dirname "$jar")/DynamoDBLocal_lib"
+  # No -cors: without it, it sends no CORS headers, so no web page can read it (its -help
+  # says the default allow-list is "*"; that is only with a bare -cors).
   args=(-port "$port" -sharedDb -disableTelemetry)
   if [[ "${DYNAMODB_IN_MEMORY:-0}" == 1 ]]; then
     args+=(-inMemory)
@@ -90,8 +102,11 @@ launch_dynamodb() {
   fi
   (
     cd "$STATE_DIR"
+    # DynamoDB Local's own main listens on every interface and has no option to choose; this
+    # single-file launcher binds it to 127.0.0.1 (see the file).
     start_detached "$pidfile" "$logfile" \
-      java "-Djava.library.path=$(dirname "$jar")/DynamoDBLocal_lib" -jar "$jar" "${args[@]}"
+      java "-Djava.library.path=$lib" -cp "$jar:$lib/*" \
+      "$LOCAL_SCRIPTS_DIR/LoopbackDynamoDBLocal.java" "${args[@]}"
   )
 }
 
@@ -244,9 +259,66 @@ cmd_status() {
   done
 }
 
+# The addresses (hex, as the kernel prints them) listening on TCP port $1.
+listen_addresses() {
+  local port_hex
+  port_hex="$(printf '%04X' "$1")"
+  awk -v port="$port_hex" 'FNR > 1 && $4 == "0A" { split($2, local, ":"); if (local[2] == port) print local[1] }' \
+    /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+
+# Is the hex address $1 (from /proc/net/tcp or tcp6) a loopback address?
+is_loopback() {
+  case "$1" in
+    ??????7F) return 0 ;;                         # 127.0.0.0/8 (IPv4 bytes are reversed)
+    00000000000000000000000001000000) return 0 ;; # ::1
+    0000000000000000FFFF0000??????7F) return 0 ;; # ::ffff:127.0.0.0/104
+    *) return 1 ;;
+  esac
+}
+
+# A hex address as people read it.
+readable_address() {
+  case "$1" in
+    00000000) echo "0.0.0.0 (every IPv4 interface)" ;;
+    00000000000000000000000000000000) echo ":: (every interface)" ;;
+    ????????) printf '%d.%d.%d.%d\n' "0x${1:6:2}" "0x${1:4:2}" "0x${1:2:2}" "0x${1:0:2}" ;;
+    *) echo "IPv6 $1" ;;
+  esac
+}
+
+cmd_check() {
+  local names=("$@") name port title address addresses exposed failed=""
+  ((${#names[@]})) || names=(localstack dynamodb)
+  [[ -r /proc/net/tcp ]] || die "cannot read /proc/net/tcp to check the listening addresses"
+  for name in "${names[@]}"; do
+    port="$(port_of "$name")"
+    title="$(title_of "$name")"
+    mapfile -t addresses < <(listen_addresses "$port")
+    if ((${#addresses[@]} == 0)); then
+      log "$title: nothing listens on port $port"
+      continue
+    fi
+    exposed=()
+    for address in "${addresses[@]}"; do
+      is_loopback "$address" || exposed+=("$(readable_address "$address")")
+    done
+    if ((${#exposed[@]} == 0)); then
+      log "$title: port $port listens on loopback only"
+    elif our_pid "$name" "$port" >/dev/null; then
+      log "error: $title (started by these scripts) listens on port $port at ${exposed[*]}: anyone on the network can reach it"
+      failed=1
+    else
+      log "warning: $title on port $port, not started by these scripts, listens at ${exposed[*]}: anyone on the network can reach it; restart it with these scripts"
+    fi
+  done
+  [[ -z "$failed" ]]
+}
+
 case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   stop) shift; cmd_stop "$@" ;;
   status) shift; cmd_status ;;
+  check) shift; cmd_check "$@" ;;
   *) usage ;;
 esac

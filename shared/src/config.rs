@@ -11,7 +11,8 @@ use crate::outbound::{EgressPolicy, DEPLOYMENT_ENDPOINT_VARS};
 pub struct Config {
     /// Names every AWS resource: tables `{prefix}-auth`, queues `{prefix}-runs`, …
     pub prefix: String,
-    /// Origins allowed by CORS; empty disables cross-origin access.
+    /// Origins allowed by CORS (`CORS_ALLOWED_ORIGINS`, comma-separated); empty, the default,
+    /// allows none. `make dev` names the local console's origin.
     pub cors_allowed_origins: Vec<String>,
     /// `iss` claim of issued access tokens.
     pub jwt_issuer: String,
@@ -79,7 +80,7 @@ impl Config {
             bail!("SPARK_OPS_PREFIX must be 1-200 characters of [A-Za-z0-9._-], got {prefix:?}");
         }
         let cors_allowed_origins = lookup("CORS_ALLOWED_ORIGINS")
-            .unwrap_or_else(|| "http://localhost:5173".to_owned())
+            .unwrap_or_default()
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
@@ -230,6 +231,24 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("EGRESS_ALLOW"));
+    }
+
+    #[test]
+    fn cors_allows_no_origin_unless_one_is_configured() {
+        let config = Config::from_lookup(lookup(&[("SPARK_OPS_PREFIX", "demo")])).unwrap();
+        assert!(config.cors_allowed_origins.is_empty());
+        let config = Config::from_lookup(lookup(&[
+            ("SPARK_OPS_PREFIX", "demo"),
+            (
+                "CORS_ALLOWED_ORIGINS",
+                " https://a.example, ,https://b.example",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.cors_allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]

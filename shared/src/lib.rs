@@ -13,6 +13,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod error;
+pub mod governance;
 pub mod manifest;
 pub mod outbound;
 pub mod state;

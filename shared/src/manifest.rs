@@ -1,27 +1,128 @@
 //! Signed registry manifests (the seed's YAML format for agents and tools).
 //!
-//! **Canonical form.** The checksum covers the manifest *without* its `checksum_sha256`,
-//! `signature` and `created_at` fields (`created_at` says when a copy was exported, not what
-//! it contains, so an asset keeps its checksum wherever it is imported), serialised as compact JSON (no insignificant whitespace, UTF-8) with
-//! object keys sorted by code point at every level and numbers printed as `serde_json` prints
-//! them. `checksum_sha256` is the lower-case hex SHA-256 of those bytes, and `signature` is
-//! `ed25519:<base64 of the Ed25519 signature over the same bytes>`. YAML and JSON manifests
-//! with the same content therefore have the same checksum.
+//! **Canonical form.** A manifest is serialised as compact JSON (no insignificant whitespace,
+//! UTF-8) with object keys sorted by code point at every level and numbers printed as
+//! `serde_json` prints them, leaving out `checksum_sha256`, `signature` and `created_at`
+//! (`created_at` says when the asset was made, not what it contains).
+//!
+//! - `checksum_sha256` is the lower-case hex SHA-256 of the canonical form *also without*
+//!   `publisher`: it names the content, so an asset keeps its checksum wherever it is
+//!   exported from and imported to. YAML and JSON manifests with the same content have the
+//!   same checksum.
+//! - `signature` is `ed25519:<base64 of the Ed25519 signature>` over the canonical form *with*
+//!   `publisher`, so the signature vouches for who published the content as well as for the
+//!   content.
+//! - `publisher` is `{key_id, project_id, exported_by, exported_at}`: the signing key's
+//!   [`KeyId`], the project the asset was exported from, the user or API key that exported it,
+//!   and when. A signature only says which deployment signed; in a deployment where anyone can
+//!   sign up, the publisher says which of its projects did. A signed manifest from before
+//!   publishers were signed has none; its signature covers the same bytes as before, so it
+//!   still verifies.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::domain::ts;
 
 /// Field holding the checksum.
 pub const CHECKSUM_FIELD: &str = "checksum_sha256";
 /// Field holding the signature.
 pub const SIGNATURE_FIELD: &str = "signature";
-/// Field holding the export time, outside the canonical form.
+/// Field holding the asset's creation time, outside the canonical form.
 pub const CREATED_AT_FIELD: &str = "created_at";
+/// Field naming the publisher: signed, but outside the checksum.
+pub const PUBLISHER_FIELD: &str = "publisher";
 const SIGNATURE_SCHEME: &str = "ed25519:";
+/// Bytes of a key's SHA-256 that make its [`KeyId`].
+const KEY_ID_BYTES: usize = 16;
+
+/// Names a signing key without spelling it out: the first 16 bytes of the SHA-256 of its 32
+/// public-key bytes, as 32 lower-case hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "3f9c0a1b2c3d4e5f60718293a4b5c6d7")]
+pub struct KeyId(String);
+
+impl KeyId {
+    /// The id of `key`.
+    pub fn of(key: &VerifyingKey) -> Self {
+        Self(
+            Sha256::digest(key.as_bytes())[..KEY_ID_BYTES]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+
+    /// Parses a key id as [`KeyId::of`] writes it.
+    pub fn parse(raw: &str) -> Option<Self> {
+        (raw.len() == 2 * KEY_ID_BYTES
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(raw.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for KeyId {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::parse(&raw).ok_or_else(|| "must be a key id: 32 lower-case hex digits".to_owned())
+    }
+}
+
+impl From<KeyId> for String {
+    fn from(id: KeyId) -> Self {
+        id.0
+    }
+}
+
+/// Who published a manifest; part of what its signature covers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Publisher {
+    /// The key that signed the manifest.
+    pub key_id: KeyId,
+    /// The project the asset was exported from.
+    pub project_id: Uuid,
+    /// The user or API key that exported it.
+    pub exported_by: Uuid,
+    /// When it was exported.
+    #[serde(with = "ts")]
+    #[schema(value_type = String, format = DateTime)]
+    pub exported_at: DateTime<Utc>,
+}
+
+/// What checking an imported manifest established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The checksum of its content.
+    pub checksum: String,
+    /// The trusted key whose signature verified, if the manifest was signed.
+    pub signed_by: Option<KeyId>,
+    /// The publisher its signature vouches for; `None` if unsigned, or signed before
+    /// publishers were.
+    pub publisher: Option<Publisher>,
+}
 
 /// Why a manifest was refused; each names the field at fault.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +139,30 @@ pub enum ManifestError {
     /// The signature is malformed or not made by a trusted key.
     #[error("signature is not a valid Ed25519 signature by a trusted key")]
     UntrustedSignature,
+    /// The signed publisher is not `{key_id, project_id, exported_by, exported_at}`.
+    #[error("publisher must be {{key_id, project_id, exported_by, exported_at}}: {0}")]
+    MalformedPublisher(String),
+    /// The signed publisher names another key than the one that signed.
+    #[error("publisher.key_id is {claimed}, but the manifest was signed by key {signer}")]
+    PublisherKeyMismatch {
+        /// The key id the publisher names.
+        claimed: KeyId,
+        /// The key that made the signature.
+        signer: KeyId,
+    },
+}
+
+impl ManifestError {
+    /// The manifest field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "body",
+            Self::ChecksumMismatch { .. } => CHECKSUM_FIELD,
+            Self::UntrustedSignature => SIGNATURE_FIELD,
+            Self::MalformedPublisher(_) => PUBLISHER_FIELD,
+            Self::PublisherKeyMismatch { .. } => "publisher.key_id",
+        }
+    }
 }
 
 /// Parses a YAML or JSON manifest into a JSON mapping.
@@ -52,13 +177,34 @@ pub fn parse(text: &str) -> Result<Map<String, Value>, ManifestError> {
     }
 }
 
-/// The canonical bytes of a manifest: everything except the checksum, signature and
-/// export time.
+/// The canonical bytes of a manifest's content, which the checksum covers: everything except
+/// the checksum, signature, creation time and publisher.
 pub fn canonical_bytes(manifest: &Map<String, Value>) -> Vec<u8> {
-    let mut body = manifest.clone();
-    body.remove(CHECKSUM_FIELD);
-    body.remove(SIGNATURE_FIELD);
-    body.remove(CREATED_AT_FIELD);
+    canonical_without(
+        manifest,
+        &[
+            CHECKSUM_FIELD,
+            SIGNATURE_FIELD,
+            CREATED_AT_FIELD,
+            PUBLISHER_FIELD,
+        ],
+    )
+}
+
+/// The canonical bytes the signature covers: the content and the publisher.
+pub fn signed_bytes(manifest: &Map<String, Value>) -> Vec<u8> {
+    canonical_without(
+        manifest,
+        &[CHECKSUM_FIELD, SIGNATURE_FIELD, CREATED_AT_FIELD],
+    )
+}
+
+fn canonical_without(manifest: &Map<String, Value>, left_out: &[&str]) -> Vec<u8> {
+    let body: Map<String, Value> = manifest
+        .iter()
+        .filter(|(key, _)| !left_out.contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
     let mut out = Vec::new();
     write_canonical(&Value::Object(body), &mut out);
     out
@@ -139,10 +285,43 @@ impl ManifestSigner {
         self.key.verifying_key()
     }
 
-    /// Sets `checksum_sha256` and `signature` on a manifest.
-    pub fn seal(&self, manifest: &mut Map<String, Value>) {
-        let bytes = canonical_bytes(manifest);
-        let signature = self.key.sign(&bytes);
+    /// The public key's id, which every manifest this key signs names as its publisher's.
+    pub fn key_id(&self) -> KeyId {
+        KeyId::of(&self.key.verifying_key())
+    }
+
+    /// Names this key and `project_id` as the publisher, then sets `checksum_sha256` and
+    /// `signature` on a manifest.
+    pub fn seal(
+        &self,
+        manifest: &mut Map<String, Value>,
+        project_id: Uuid,
+        exported_by: Uuid,
+        exported_at: DateTime<Utc>,
+    ) {
+        let publisher = Map::from_iter([
+            ("key_id".to_owned(), Value::String(self.key_id().0)),
+            (
+                "project_id".to_owned(),
+                Value::String(project_id.to_string()),
+            ),
+            (
+                "exported_by".to_owned(),
+                Value::String(exported_by.to_string()),
+            ),
+            (
+                "exported_at".to_owned(),
+                Value::String(ts::format(&exported_at)),
+            ),
+        ]);
+        manifest.insert(PUBLISHER_FIELD.into(), Value::Object(publisher));
+        self.sign(manifest);
+    }
+
+    /// Sets `checksum_sha256` and `signature` on a manifest as it is, whatever it names as its
+    /// publisher (or nothing).
+    pub fn sign(&self, manifest: &mut Map<String, Value>) {
+        let signature = self.key.sign(&signed_bytes(manifest));
         manifest.insert(CHECKSUM_FIELD.into(), Value::String(checksum(manifest)));
         manifest.insert(
             SIGNATURE_FIELD.into(),
@@ -161,38 +340,61 @@ pub fn parse_public_key(encoded: &str) -> Option<VerifyingKey> {
 }
 
 /// Checks an imported manifest: a present checksum must match, and a present signature must
-/// verify under one of `trusted` keys. Returns the manifest's checksum.
+/// verify under one of `trusted` keys; a publisher it signs must name that key. An unsigned
+/// manifest's `publisher` vouches for nothing and is not returned.
 pub fn verify(
     manifest: &Map<String, Value>,
     trusted: &[VerifyingKey],
-) -> Result<String, ManifestError> {
+) -> Result<Verified, ManifestError> {
     let expected = checksum(manifest);
     if let Some(given) = manifest.get(CHECKSUM_FIELD) {
         if given.as_str() != Some(expected.as_str()) {
             return Err(ManifestError::ChecksumMismatch { expected });
         }
     }
-    if let Some(signature) = manifest.get(SIGNATURE_FIELD) {
-        let signature = signature
-            .as_str()
-            .and_then(|s| s.strip_prefix(SIGNATURE_SCHEME))
-            .and_then(|s| STANDARD.decode(s).ok())
-            .and_then(|bytes| Signature::from_slice(&bytes).ok())
-            .ok_or(ManifestError::UntrustedSignature)?;
-        let bytes = canonical_bytes(manifest);
-        if !trusted
-            .iter()
-            .any(|key| key.verify(&bytes, &signature).is_ok())
-        {
-            return Err(ManifestError::UntrustedSignature);
+    let Some(signature) = manifest.get(SIGNATURE_FIELD) else {
+        return Ok(Verified {
+            checksum: expected,
+            signed_by: None,
+            publisher: None,
+        });
+    };
+    let signature = signature
+        .as_str()
+        .and_then(|s| s.strip_prefix(SIGNATURE_SCHEME))
+        .and_then(|s| STANDARD.decode(s).ok())
+        .and_then(|bytes| Signature::from_slice(&bytes).ok())
+        .ok_or(ManifestError::UntrustedSignature)?;
+    let bytes = signed_bytes(manifest);
+    let signer = trusted
+        .iter()
+        .find(|key| key.verify(&bytes, &signature).is_ok())
+        .map(KeyId::of)
+        .ok_or(ManifestError::UntrustedSignature)?;
+    let publisher = match manifest.get(PUBLISHER_FIELD) {
+        None => None,
+        Some(value) => {
+            let publisher = Publisher::deserialize(value)
+                .map_err(|e| ManifestError::MalformedPublisher(e.to_string()))?;
+            if publisher.key_id != signer {
+                return Err(ManifestError::PublisherKeyMismatch {
+                    claimed: publisher.key_id,
+                    signer,
+                });
+            }
+            Some(publisher)
         }
-    }
-    Ok(expected)
+    };
+    Ok(Verified {
+        checksum: expected,
+        signed_by: Some(signer),
+        publisher,
+    })
 }
 
 /// Renders a manifest as YAML with its fields in the seed's order.
 pub fn to_yaml(manifest: &Map<String, Value>) -> anyhow::Result<String> {
-    const ORDER: [&str; 9] = [
+    const ORDER: [&str; 10] = [
         "name",
         "version",
         CHECKSUM_FIELD,
@@ -201,6 +403,7 @@ pub fn to_yaml(manifest: &Map<String, Value>) -> anyhow::Result<String> {
         "changelog",
         "deprecated",
         "metadata",
+        PUBLISHER_FIELD,
         SIGNATURE_FIELD,
     ];
     let mut ordered = serde_yaml::Mapping::new();
@@ -230,6 +433,11 @@ mod tests {
         .unwrap()
     }
 
+    fn stranger() -> ManifestSigner {
+        ManifestSigner::from_secret(&SecretString::from("another-random-secret-string-xxxxxx"))
+            .unwrap()
+    }
+
     fn manifest() -> Map<String, Value> {
         json!({"name": "crm_tool", "version": "1.2.0", "deprecated": false,
                "metadata": {"timeout_ms": 5000, "inputs_schema": {"type": "object", "required": ["a", "b"]}}})
@@ -238,16 +446,26 @@ mod tests {
             .unwrap()
     }
 
+    fn sealed_by(signer: &ManifestSigner, project_id: Uuid) -> Map<String, Value> {
+        let mut m = manifest();
+        signer.seal(&mut m, project_id, Uuid::now_v7(), Utc::now());
+        m
+    }
+
     #[test]
-    fn the_canonical_form_sorts_keys_and_drops_checksum_signature_and_export_time() {
+    fn the_canonical_form_sorts_keys_and_drops_checksum_signature_export_time_and_publisher() {
         let mut m = manifest();
         m.insert(CHECKSUM_FIELD.into(), json!("x"));
         m.insert(SIGNATURE_FIELD.into(), json!("y"));
         m.insert(CREATED_AT_FIELD.into(), json!("2024-01-01T00:00:00Z"));
+        m.insert(PUBLISHER_FIELD.into(), json!({"project_id": "p"}));
         assert_eq!(
             String::from_utf8(canonical_bytes(&m)).unwrap(),
             r#"{"deprecated":false,"metadata":{"inputs_schema":{"required":["a","b"],"type":"object"},"timeout_ms":5000},"name":"crm_tool","version":"1.2.0"}"#
         );
+        assert!(String::from_utf8(signed_bytes(&m))
+            .unwrap()
+            .contains(r#""publisher":{"project_id":"p"}"#));
     }
 
     #[test]
@@ -259,23 +477,32 @@ mod tests {
     }
 
     #[test]
-    fn a_sealed_manifest_verifies_and_survives_a_yaml_round_trip() {
+    fn a_sealed_manifest_verifies_with_its_publisher_and_survives_a_yaml_round_trip() {
         let signer = signer();
-        let mut m = manifest();
-        signer.seal(&mut m);
+        let project = Uuid::now_v7();
+        let m = sealed_by(&signer, project);
         let reparsed = parse(&to_yaml(&m).unwrap()).unwrap();
         assert_eq!(reparsed, m);
-        assert_eq!(
-            verify(&reparsed, &[signer.verifying_key()]).unwrap(),
-            checksum(&m)
-        );
+        let verified = verify(&reparsed, &[signer.verifying_key()]).unwrap();
+        assert_eq!(verified.checksum, checksum(&manifest()));
+        assert_eq!(verified.signed_by, Some(signer.key_id()));
+        let publisher = verified.publisher.unwrap();
+        assert_eq!(publisher.project_id, project);
+        assert_eq!(publisher.key_id, signer.key_id());
+    }
+
+    #[test]
+    fn the_checksum_names_the_content_whoever_publishes_it() {
+        let a = sealed_by(&signer(), Uuid::now_v7());
+        let b = sealed_by(&stranger(), Uuid::now_v7());
+        assert_eq!(a[CHECKSUM_FIELD], b[CHECKSUM_FIELD]);
+        assert_ne!(a[SIGNATURE_FIELD], b[SIGNATURE_FIELD]);
     }
 
     #[test]
     fn a_changed_field_breaks_the_checksum() {
         let signer = signer();
-        let mut m = manifest();
-        signer.seal(&mut m);
+        let mut m = sealed_by(&signer, Uuid::now_v7());
         m.insert("version".into(), json!("9.9.9"));
         assert!(matches!(
             verify(&m, &[signer.verifying_key()]),
@@ -284,14 +511,60 @@ mod tests {
     }
 
     #[test]
-    fn a_signature_by_an_untrusted_key_is_refused() {
-        let mut m = manifest();
-        signer().seal(&mut m);
-        let other =
-            ManifestSigner::from_secret(&SecretString::from("another-random-secret-string-xxxxxx"))
-                .unwrap();
+    fn a_changed_or_removed_publisher_breaks_the_signature() {
+        let signer = signer();
+        let m = sealed_by(&signer, Uuid::now_v7());
+        let mut moved = m.clone();
+        moved[PUBLISHER_FIELD]["project_id"] = json!(Uuid::now_v7());
+        let mut stripped = m.clone();
+        stripped.remove(PUBLISHER_FIELD);
+        for forged in [moved, stripped] {
+            assert_eq!(
+                verify(&forged, &[signer.verifying_key()]),
+                Err(ManifestError::UntrustedSignature)
+            );
+        }
+    }
+
+    #[test]
+    fn a_publisher_naming_another_key_than_the_signers_is_refused() {
+        // A trusted key signs a manifest that claims this deployment's key as its publisher.
+        let own = signer();
+        let other = stranger();
+        let mut m = sealed_by(&own, Uuid::now_v7());
+        other.sign(&mut m);
+        let err = verify(&m, &[own.verifying_key(), other.verifying_key()]).unwrap_err();
         assert_eq!(
+            err,
+            ManifestError::PublisherKeyMismatch {
+                claimed: own.key_id(),
+                signer: other.key_id()
+            }
+        );
+        assert_eq!(err.field(), "publisher.key_id");
+        m[PUBLISHER_FIELD] = json!({"key_id": own.key_id()});
+        other.sign(&mut m);
+        assert!(matches!(
             verify(&m, &[other.verifying_key()]),
+            Err(ManifestError::MalformedPublisher(_))
+        ));
+    }
+
+    #[test]
+    fn a_manifest_signed_before_publishers_verifies_without_one() {
+        let signer = signer();
+        let mut m = manifest();
+        signer.sign(&mut m);
+        let verified = verify(&m, &[signer.verifying_key()]).unwrap();
+        assert_eq!(verified.signed_by, Some(signer.key_id()));
+        assert_eq!(verified.publisher, None);
+    }
+
+    #[test]
+    fn a_signature_by_an_untrusted_key_is_refused() {
+        let mut m = sealed_by(&signer(), Uuid::now_v7());
+        assert_eq!(
+            verify(&m, &[stranger().verifying_key()]),
             Err(ManifestError::UntrustedSignature)
         );
         m.insert(SIGNATURE_FIELD.into(), json!("ed25519:not-base64!"));
@@ -302,13 +575,38 @@ mod tests {
     }
 
     #[test]
-    fn an_unsigned_manifest_without_checksum_is_accepted_and_public_keys_parse() {
-        assert!(verify(&manifest(), &[]).is_ok());
+    fn an_unsigned_manifest_is_accepted_and_vouches_for_no_publisher() {
+        let mut m = manifest();
+        m.insert(
+            PUBLISHER_FIELD.into(),
+            json!({"key_id": signer().key_id(), "project_id": Uuid::now_v7(),
+                   "exported_by": Uuid::now_v7(), "exported_at": "2026-01-01T00:00:00Z"}),
+        );
+        let verified = verify(&m, &[]).unwrap();
+        assert_eq!((verified.signed_by, verified.publisher), (None, None));
+    }
+
+    #[test]
+    fn public_keys_and_key_ids_parse() {
         let signer = signer();
         assert_eq!(
             parse_public_key(&signer.public_key_base64()),
             Some(signer.verifying_key())
         );
         assert!(parse_public_key("short").is_none());
+        assert_eq!(
+            KeyId::parse(signer.key_id().as_str()),
+            Some(signer.key_id())
+        );
+        assert_eq!(signer.key_id().as_str().len(), 32);
+        assert_ne!(signer.key_id(), stranger().key_id());
+        for bad in [
+            "",
+            "ABCDEF0123456789abcdef0123456789",
+            "abc",
+            &"0".repeat(64),
+        ] {
+            assert_eq!(KeyId::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use aws_config::SdkConfig;
 use secrecy::SecretString;
 
+use crate::api::health::HealthCache;
 use crate::auth::jwt::Keys;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub clients: Clients,
     /// The manifest signing key, loaded on first use: only the registry functions need it.
     manifest_signer: Arc<tokio::sync::OnceCell<ManifestSigner>>,
+    /// The last `/health` report, reused for a few seconds.
+    pub(crate) health: Arc<HealthCache>,
 }
 
 impl AppState {
@@ -82,6 +85,7 @@ impl AppState {
             clock,
             clients,
             manifest_signer: Arc::default(),
+            health: Arc::default(),
         }
     }
 

@@ -1,9 +1,10 @@
-//! Conventions every route shares: problem errors, body limits, request ids, CORS, OpenAPI.
+//! Conventions every route shares: problem errors, body limits, request ids, CORS, OpenAPI,
+//! `nosniff`, and the docs page's Content-Security-Policy.
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use serde_json::json;
-use spark_ops_tests::spawn_app;
+use serde_json::{json, Value};
+use spark_ops_tests::{capture_logs, spawn_app, spawn_app_with};
 
 fn raw(method: Method, path: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> {
     Request::builder()
@@ -128,26 +129,111 @@ async fn unknown_routes_and_methods_get_problems() {
 }
 
 #[tokio::test]
-async fn every_response_carries_a_request_id_and_echoes_the_callers() {
+async fn every_response_carries_a_server_made_request_id_and_the_callers_is_only_logged() {
+    let logs = capture_logs();
     let app = spawn_app().await;
+
+    // WHEN a caller sends no request id, THEN the response carries a fresh UUIDv7
     let generated = app
         .call(Method::GET, "/api/v1/nothing-here", None, None)
         .await;
-    assert_eq!(generated.header("x-request-id").map(str::len), Some(36));
+    let id = generated.header("x-request-id").expect("a request id");
+    assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+
+    // WHEN a caller sends their own id, one that tries to forge a log line
     let request = Request::builder()
         .uri("/api/v1/auth/me")
-        .header("x-request-id", "trace-me-123")
+        .header(
+            "x-request-id",
+            "trace-me-123 {\"level\":\"ERROR\",\"request_id\":\"someone-else\"}",
+        )
         .body(Body::empty())
         .unwrap();
+    let reply = app.send(request).await;
+
+    // THEN the correlation id is still the server's, not the caller's
+    let id = reply
+        .header("x-request-id")
+        .expect("a request id")
+        .to_owned();
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
+    // AND the log keeps the caller's id, cleaned, as client_request_id next to the server's
+    let lines: Vec<Value> = logs
+        .text()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let span = lines
+        .iter()
+        .map(|line| &line["span"])
+        .find(|span| span["request_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no log line of request {id}:\n{}", logs.text()));
     assert_eq!(
-        app.send(request).await.header("x-request-id"),
-        Some("trace-me-123")
+        span["client_request_id"],
+        "trace-me-123level:ERRORrequest_id:someone-else"
+    );
+    assert!(
+        !logs.text().contains("\"request_id\":\"someone-else\""),
+        "{}",
+        logs.text()
+    );
+}
+
+#[tokio::test]
+async fn every_response_tells_browsers_not_to_sniff_and_the_docs_page_loads_nothing_remote() {
+    let app = spawn_app().await;
+    for path in ["/api/v1/nothing-here", "/api/v1/openapi.json", "/docs/"] {
+        let reply = app.call(Method::GET, path, None, None).await;
+        assert_eq!(
+            reply.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+    }
+    for path in [
+        "/docs/",
+        "/docs/swagger-initializer.js",
+        "/docs/swagger-ui.css",
+    ] {
+        let reply = app.call(Method::GET, path, None, None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        let csp = reply
+            .header("content-security-policy")
+            .unwrap_or_else(|| panic!("{path} has no Content-Security-Policy"));
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(
+            !csp.contains("http"),
+            "{path} allows a remote source: {csp}"
+        );
+    }
+    // The page's own configuration turns off the online validator, which would fetch from
+    // a third party.
+    let initializer = app
+        .call(Method::GET, "/docs/swagger-initializer.js", None, None)
+        .await;
+    assert!(
+        initializer
+            .text
+            .replace(' ', "")
+            .contains("\"validatorUrl\":\"none\""),
+        "{}",
+        initializer.text
     );
 }
 
 #[tokio::test]
 async fn cors_allows_the_configured_origin_only() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|config| {
+        config.cors_allowed_origins = vec!["http://localhost:5173".to_owned()];
+    })
+    .await;
     let preflight = |origin: &str| {
         Request::builder()
             .method(Method::OPTIONS)
@@ -168,6 +254,33 @@ async fn cors_allows_the_configured_origin_only() {
     );
     let denied = app.send(preflight("https://evil.example")).await;
     assert_eq!(denied.header("access-control-allow-origin"), None);
+}
+
+#[tokio::test]
+async fn by_default_cors_allows_no_origin_in_the_code_and_in_the_template() {
+    // GIVEN the default configuration
+    let app = spawn_app().await;
+    assert!(app.state.config.cors_allowed_origins.is_empty());
+
+    // WHEN a page on localhost asks, THEN it is not allowed either
+    let preflight = Request::builder()
+        .method(Method::OPTIONS)
+        .uri("/api/v1/projects")
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "POST")
+        .body(Body::empty())
+        .unwrap();
+    let reply = app.send(preflight).await;
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+
+    // AND a stack deployed with the template's defaults allows none
+    let path = format!("{}/../template.yaml", env!("CARGO_MANIFEST_DIR"));
+    let template: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        template["Parameters"]["CorsAllowedOrigins"]["Default"],
+        serde_yaml::Value::String(String::new())
+    );
 }
 
 #[tokio::test]

@@ -1,12 +1,13 @@
-//! Signed manifests: export, import, checksums, signatures, deprecation, and the seed's
-//! `customer_support_agent` and `crm_tool` fixtures round-tripping.
+//! Signed manifests: export, import, checksums, signatures, publishers and the projects that
+//! trust them, deprecation, and the seed's `customer_support_agent` and `crm_tool` fixtures
+//! round-tripping.
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use secrecy::SecretString;
 use serde_json::{json, Map, Value};
 use spark_ops::manifest::{self, ManifestSigner};
-use spark_ops_tests::{spawn_app, Reply, TestApp};
+use spark_ops_tests::{spawn_app, spawn_app_with, Reply, TestApp};
 
 fn fixture(name: &str) -> String {
     let path = format!(
@@ -180,9 +181,11 @@ async fn exported_manifests_verify_against_the_published_public_key() {
     let key = app.get("/api/v1/registry/public-key", &owner).await;
     assert_eq!(key.body["algorithm"], "Ed25519");
     let public = manifest::parse_public_key(key.body["public_key"].as_str().unwrap()).unwrap();
+    let verified = manifest::verify(&exported, &[public]).unwrap();
+    assert_eq!(verified.checksum, exported[manifest::CHECKSUM_FIELD]);
     assert_eq!(
-        manifest::verify(&exported, &[public]).unwrap(),
-        exported[manifest::CHECKSUM_FIELD]
+        verified.signed_by.map(String::from),
+        key.body["key_id"].as_str().map(str::to_owned)
     );
     assert!(exported.get("credentials").is_none());
 }
@@ -222,7 +225,7 @@ async fn tampered_or_untrusted_manifests_are_refused_and_import_nothing() {
             .unwrap();
     let mut resealed = exported.clone();
     resealed["metadata"]["timeout_ms"] = json!(1);
-    stranger.seal(&mut resealed);
+    stranger.sign(&mut resealed);
     let reply = import(
         &app,
         &owner,
@@ -310,4 +313,293 @@ async fn manifests_respect_projects_and_roles() {
         .call(Method::GET, "/api/v1/registry/public-key", None, None)
         .await;
     assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
+}
+
+/// The caller's user id.
+async fn me(app: &TestApp, token: &str) -> String {
+    app.get("/api/v1/auth/me", token).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// This deployment's signing key id, as the public-key route shows it.
+async fn key_id(app: &TestApp, token: &str) -> String {
+    let key = app.get("/api/v1/registry/public-key", token).await;
+    key.body["key_id"].as_str().unwrap().to_owned()
+}
+
+/// Sets a project's `trusted_publishers`.
+async fn trust(app: &TestApp, token: &str, project: &str, publishers: Value) -> Reply {
+    app.patch(
+        &format!("/api/v1/projects/{project}"),
+        token,
+        json!({"settings": {"trusted_publishers": publishers}}),
+    )
+    .await
+}
+
+/// Imports the seed tool into `project` and exports it again, signed for that project.
+async fn exported_tool(app: &TestApp, token: &str, project: &str) -> Map<String, Value> {
+    let tool = import(
+        app,
+        token,
+        "tools",
+        &format!("project_id={project}"),
+        unsealed("crm_tool"),
+    )
+    .await;
+    assert_eq!(tool.status, StatusCode::CREATED, "{}", tool.text);
+    export(app, token, "tools", &record_id(&tool)).await
+}
+
+#[tokio::test]
+async fn an_exported_manifest_names_its_publisher_and_an_import_shows_it() {
+    // GIVEN a tool exported from a project
+    let app = spawn_app().await;
+    let owner = app.user("Owner").await;
+    let source = app.project(&owner, "Source").await;
+    let exported = exported_tool(&app, &owner, &source).await;
+    let key_id = key_id(&app, &owner).await;
+
+    // THEN the manifest names the deployment's key, the project and the exporter
+    let publisher = &exported[manifest::PUBLISHER_FIELD];
+    assert_eq!(publisher["key_id"], key_id.as_str());
+    assert_eq!(publisher["project_id"], source.as_str());
+    assert_eq!(publisher["exported_by"], me(&app, &owner).await.as_str());
+    assert!(publisher["exported_at"].is_string());
+
+    // WHEN it is imported elsewhere, THEN the import shows that publisher, vouched for
+    let target = app.project(&owner, "Target").await;
+    let reply = import(
+        &app,
+        &owner,
+        "tools",
+        &format!("project_id={target}"),
+        manifest::to_yaml(&exported).unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    assert_eq!(reply.body["signed"], true);
+    assert_eq!(&reply.body["publisher"], publisher);
+    assert_eq!(reply.body["warnings"], json!([]));
+
+    // AND an unsigned manifest's claimed publisher is not shown as if it were vouched for
+    let mut unsigned = exported.clone();
+    unsigned.remove(manifest::SIGNATURE_FIELD);
+    let reply = import(
+        &app,
+        &owner,
+        "tools",
+        &format!("project_id={target}"),
+        manifest::to_yaml(&unsigned).unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    assert_eq!(reply.body["signed"], false);
+    assert_eq!(reply.body["publisher"], Value::Null);
+    assert_eq!(reply.body["warnings"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_project_that_trusts_named_publishers_refuses_a_newcomers_signed_manifest() {
+    // GIVEN a team project that imports only from its partner project
+    let app = spawn_app().await;
+    let owner = app.user("Owner").await;
+    let team = app.project(&owner, "Team").await;
+    let partner = app.project(&owner, "Partner").await;
+    let key_id = key_id(&app, &owner).await;
+    let reply = trust(&app, &owner, &team, json!([format!("{key_id}/{partner}")])).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let query = format!("project_id={team}");
+
+    // WHEN someone who signed up a minute ago exports a tool from a project of their own,
+    // which this deployment signs like any other
+    let mallory = app.user("Mallory").await;
+    let malls = app.project(&mallory, "Mall").await;
+    let theirs = exported_tool(&app, &mallory, &malls).await;
+    let mut forged = theirs.clone();
+
+    // THEN the team's import refuses it, naming the publisher
+    let reply = import(
+        &app,
+        &owner,
+        "tools",
+        &query,
+        manifest::to_yaml(&theirs).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.error_fields(), vec!["publisher"]);
+
+    // AND claiming the partner as publisher breaks the signature
+    forged[manifest::PUBLISHER_FIELD]["project_id"] = json!(partner);
+    let reply = import(
+        &app,
+        &owner,
+        "tools",
+        &query,
+        manifest::to_yaml(&forged).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.error_fields(), vec!["signature"]);
+
+    // AND an unsigned copy, or one signed before manifests named publishers, names no
+    // publisher the team could trust
+    let mut unsigned = theirs.clone();
+    unsigned.remove(manifest::SIGNATURE_FIELD);
+    unsigned.remove(manifest::CHECKSUM_FIELD);
+    let mut anonymous = theirs.clone();
+    anonymous.remove(manifest::PUBLISHER_FIELD);
+    app.state
+        .manifest_signer()
+        .await
+        .unwrap()
+        .sign(&mut anonymous);
+    for manifest in [unsigned, anonymous] {
+        let reply = import(
+            &app,
+            &owner,
+            "tools",
+            &query,
+            manifest::to_yaml(&manifest).unwrap(),
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            reply.text
+        );
+        assert_eq!(reply.error_fields(), vec!["publisher"]);
+    }
+    let listed = app
+        .get(&format!("/api/v1/tools?project_id={team}"), &owner)
+        .await;
+    assert!(listed.body["items"].as_array().unwrap().is_empty());
+
+    // WHEN the partner exports, THEN the team imports it
+    let partners = exported_tool(&app, &owner, &partner).await;
+    let reply = import(
+        &app,
+        &owner,
+        "tools",
+        &query,
+        manifest::to_yaml(&partners).unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    assert_eq!(reply.body["publisher"]["project_id"], partner.as_str());
+}
+
+#[tokio::test]
+async fn without_trusted_publishers_a_manifest_signed_before_publishers_still_imports() {
+    // GIVEN a manifest this deployment signed without naming a publisher
+    let app = spawn_app().await;
+    let owner = app.user("Owner").await;
+    let project = app.project(&owner, "Open").await;
+    let mut legacy = manifest::parse(&unsealed("crm_tool")).unwrap();
+    app.state.manifest_signer().await.unwrap().sign(&mut legacy);
+
+    // WHEN a project that names no trusted publishers imports it
+    let reply = import(
+        &app,
+        &owner,
+        "tools",
+        &format!("project_id={project}"),
+        manifest::to_yaml(&legacy).unwrap(),
+    )
+    .await;
+
+    // THEN it imports as before, signed, with no publisher and a warning saying so
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    assert_eq!(reply.body["signed"], true);
+    assert_eq!(reply.body["publisher"], Value::Null);
+    assert!(reply.body["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("names no publisher"));
+}
+
+#[tokio::test]
+async fn a_trusted_foreign_key_cannot_sign_in_the_name_of_this_deployments_projects() {
+    // GIVEN a deployment that also trusts another deployment's key, and a project that
+    // trusts only one of its own projects
+    let foreign =
+        ManifestSigner::from_secret(&SecretString::from("the-other-deployments-signing-secret"))
+            .unwrap();
+    let foreign_key = foreign.verifying_key();
+    let app = spawn_app_with(|config| config.registry_trusted_keys = vec![foreign_key]).await;
+    let owner = app.user("Owner").await;
+    let team = app.project(&owner, "Team").await;
+    let partner = app.project(&owner, "Partner").await;
+    let key_id = key_id(&app, &owner).await;
+    let reply = trust(&app, &owner, &team, json!([format!("{key_id}/{partner}")])).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+
+    // WHEN the foreign key signs a manifest claiming this deployment's key and the partner
+    let mut claimed = exported_tool(&app, &owner, &partner).await;
+    claimed["metadata"]["timeout_ms"] = json!(1);
+    foreign.sign(&mut claimed);
+    let reply = import(
+        &app,
+        &owner,
+        "tools",
+        &format!("project_id={team}"),
+        manifest::to_yaml(&claimed).unwrap(),
+    )
+    .await;
+
+    // THEN the import is refused: the publisher names another key than the signer's
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.error_fields(), vec!["publisher.key_id"]);
+}
+
+#[tokio::test]
+async fn trusted_publishers_are_checked_when_the_project_is_saved() {
+    let app = spawn_app().await;
+    let owner = app.user("Owner").await;
+    let project = app.project(&owner, "Strict").await;
+    let key_id = key_id(&app, &owner).await;
+    let reply = trust(
+        &app,
+        &owner,
+        &project,
+        json!([key_id, "not-a-key", format!("{key_id}/not-a-project")]),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        reply.error_fields(),
+        vec![
+            "settings.trusted_publishers[1]",
+            "settings.trusted_publishers[2]"
+        ]
+    );
+    let read = app
+        .get(&format!("/api/v1/projects/{project}"), &owner)
+        .await;
+    assert_eq!(read.body["version"], 1);
+    assert_eq!(read.body["settings"], json!({}));
 }

@@ -1,3 +1,4 @@
+use aws_sdk_dynamodb::types::AttributeValue;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use serde_json::json;
@@ -73,6 +74,123 @@ async fn a_taken_slug_gets_409_even_when_created_concurrently() {
     assert_eq!((created, conflicts), (1, 4));
     let list = app.get("/api/v1/projects", &token).await;
     assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_slug_another_user_holds_is_not_disclosed_to_someone_trying_it() {
+    // GIVEN Alice's projects, with their slugs
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let alices = unique_slug("acme");
+    let renamed = unique_slug("acme-next");
+    let created = app
+        .post(
+            "/api/v1/projects",
+            Some(&alice),
+            json!({"name": "Acme", "slug": alices}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let alices_id = created.body["id"].as_str().unwrap().to_owned();
+    let other = app.project(&alice, "Acme next").await;
+    let reply = app
+        .patch(
+            &format!("/api/v1/projects/{other}"),
+            &alice,
+            json!({"slug": renamed}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+
+    // WHEN someone who signed up a minute ago tries Alice's slugs and a free one
+    let mallory = app.user("Mallory").await;
+    let mut answers = Vec::new();
+    for slug in [alices.clone(), unique_slug("free")] {
+        let reply = app
+            .post(
+                "/api/v1/projects",
+                Some(&mallory),
+                json!({"name": "Probe", "slug": slug}),
+            )
+            .await;
+        answers.push((reply.status, reply.body["slug"] == slug.as_str()));
+        assert_ne!(reply.body["id"], alices_id.as_str());
+    }
+    let own = app.project(&mallory, "Mine").await;
+    let reply = app
+        .patch(
+            &format!("/api/v1/projects/{own}"),
+            &mallory,
+            json!({"slug": renamed}),
+        )
+        .await;
+    answers.push((reply.status, reply.body["slug"] == renamed.as_str()));
+
+    // THEN a taken slug and a free one get the same answer: a project of their own
+    assert_eq!(
+        answers,
+        vec![
+            (StatusCode::CREATED, true),
+            (StatusCode::CREATED, true),
+            (StatusCode::OK, true)
+        ],
+        "a slug someone else holds answers like a free one"
+    );
+    // AND Alice's projects are untouched, and her own slugs still guard her
+    let read = app
+        .get(&format!("/api/v1/projects/{alices_id}"), &alice)
+        .await;
+    assert_eq!(read.body["slug"], alices.as_str());
+    assert_eq!(read.body["version"], 1);
+    let again = app
+        .post(
+            "/api/v1/projects",
+            Some(&alice),
+            json!({"name": "Acme again", "slug": alices}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+}
+
+#[tokio::test]
+async fn a_project_whose_slug_claim_predates_creator_scoped_slugs_still_renames_and_deletes() {
+    // GIVEN a project that holds no creator-scoped slug claim, like one created before
+    let app = spawn_app().await;
+    let token = app.user("Ada").await;
+    let id = app.project(&token, "Legacy").await;
+    let project = app.get(&format!("/api/v1/projects/{id}"), &token).await;
+    let claim = format!(
+        "SLUG#{}#{}",
+        project.body["owner_user_id"].as_str().unwrap(),
+        project.body["slug"].as_str().unwrap()
+    );
+    let table = app
+        .state
+        .config
+        .table_name(spark_ops::store::schema::PROJECTS.suffix);
+    app.state
+        .clients
+        .ddb
+        .delete_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(claim))
+        .key("sk", AttributeValue::S("SLUG".to_owned()))
+        .condition_expression("attribute_exists(pk)")
+        .send()
+        .await
+        .expect("the claim existed");
+
+    // WHEN its slug changes and it is deleted, THEN both work
+    let reply = app
+        .patch(
+            &format!("/api/v1/projects/{id}"),
+            &token,
+            json!({"slug": unique_slug("renamed")}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let reply = app.delete(&format!("/api/v1/projects/{id}"), &token).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
 }
 
 #[tokio::test]

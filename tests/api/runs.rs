@@ -64,6 +64,16 @@ async fn world() -> World {
     }
 }
 
+/// Adds an admin to the world's project; returns their token. Approvals need one: whoever
+/// started a run (here the owner) may not decide it.
+async fn approver(w: &World) -> String {
+    let admin = w.app.user("Approver").await;
+    w.app
+        .add_member(&w.owner, &w.project, &admin, "admin")
+        .await;
+    admin
+}
+
 /// Registers an agent on `gpt-4o-mini`, calling `llm_base_url` when given; returns its id.
 async fn agent(app: &TestApp, token: &str, project: &str, llm_base_url: Option<&str>) -> String {
     let mut body = json!({
@@ -672,16 +682,17 @@ async fn concurrent_approve_and_reject_let_exactly_one_decide() {
     // GIVEN runs waiting for approval
     let w = world().await;
     let app = &w.app;
+    let admin = approver(&w).await;
     let mut gated = run_body(&w.workflow, &w.agent);
     gated["require_approval"] = json!(true);
     let mut both_won = Vec::new();
     for _round in 0..10 {
         let id = id_of(&start(app, &w.owner, gated.clone()).await);
 
-        // WHEN it is approved and rejected at once
+        // WHEN an admin approves and rejects it at once
         let (approve, reject) = tokio::join!(
-            act(app, &w.owner, &id, "approve", json!({})),
-            act(app, &w.owner, &id, "reject", json!({"reason": "race"})),
+            act(app, &admin, &id, "approve", json!({})),
+            act(app, &admin, &id, "reject", json!({"reason": "race"})),
         );
 
         // THEN exactly one decides, and the run shows that decision
@@ -1274,7 +1285,7 @@ async fn conflicts_name_the_status_the_operation_needs() {
     let gated_body = gated;
     let gated = id_of(&start(app, &w.owner, gated_body.clone()).await);
     let approved = id_of(&start(app, &w.owner, gated_body).await);
-    let reply = act(app, &w.owner, &approved, "approve", json!({})).await;
+    let reply = act(app, &approver(&w).await, &approved, "approve", json!({})).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
 
     // WHEN each operation meets the wrong status, THEN its 409 names the status it needs
@@ -1327,10 +1338,11 @@ async fn a_run_that_requires_approval_is_rejected_with_its_reason() {
     assert_eq!(created["status"], "awaiting_approval");
     assert_eq!(created["require_approval"], true);
     assert_eq!(created["approval"], Value::Null);
+    let admin = approver(&w).await;
 
-    // WHEN it is rejected without a reason, THEN 422 names `reason`
+    // WHEN an admin rejects it without a reason, THEN 422 names `reason`
     for reason in ["", "   "] {
-        let reply = act(app, &w.owner, &id, "reject", json!({"reason": reason})).await;
+        let reply = act(app, &admin, &id, "reject", json!({"reason": reason})).await;
         assert_eq!(
             reply.status,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1345,10 +1357,10 @@ async fn a_run_that_requires_approval_is_rejected_with_its_reason() {
     );
 
     // WHEN it is rejected with a reason
-    let me = app.get("/api/v1/auth/me", &w.owner).await.body["id"].clone();
+    let me = app.get("/api/v1/auth/me", &admin).await.body["id"].clone();
     let reply = act(
         app,
-        &w.owner,
+        &admin,
         &id,
         "reject",
         json!({"reason": "budget frozen"}),
@@ -1373,9 +1385,9 @@ async fn a_run_that_requires_approval_is_rejected_with_its_reason() {
     assert!(run["duration_ms"].is_u64(), "{run:#}");
 
     // AND it cannot be decided again
-    let again = act(app, &w.owner, &id, "reject", json!({"reason": "twice"})).await;
+    let again = act(app, &admin, &id, "reject", json!({"reason": "twice"})).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
-    let approve = act(app, &w.owner, &id, "approve", json!({})).await;
+    let approve = act(app, &admin, &id, "approve", json!({})).await;
     assert_eq!(approve.status, StatusCode::CONFLICT, "{}", approve.text);
     assert_eq!(
         get_run(app, &w.owner, &id).await["error_message"],
@@ -1391,13 +1403,14 @@ async fn an_approved_run_is_queued_once_with_the_decision() {
     let mut gated = run_body(&w.workflow, &w.agent);
     gated["require_approval"] = json!(true);
     let id = id_of(&start(app, &w.owner, gated).await);
+    let admin = approver(&w).await;
 
-    // WHEN it is approved with no body at all
+    // WHEN an admin approves it with no body at all
     let reply = app
         .call(
             Method::POST,
             &format!("{}/approve", run_path(&id)),
-            Some(&w.owner),
+            Some(&admin),
             None,
         )
         .await;
@@ -1410,9 +1423,9 @@ async fn an_approved_run_is_queued_once_with_the_decision() {
     assert_eq!(reply.body["ended_at"], Value::Null);
 
     // AND a second decision conflicts
-    let again = act(app, &w.owner, &id, "approve", json!({})).await;
+    let again = act(app, &admin, &id, "approve", json!({})).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
-    let reject = act(app, &w.owner, &id, "reject", json!({"reason": "late"})).await;
+    let reject = act(app, &admin, &id, "reject", json!({"reason": "late"})).await;
     assert_eq!(reject.status, StatusCode::CONFLICT, "{}", reject.text);
     assert_eq!(get_run(app, &w.owner, &id).await["status"], "queued");
 }

@@ -740,7 +740,16 @@ async fn a_run_needing_approval_runs_once_approved_and_never_once_rejected() {
     assert!(project.steps(first_id).await.is_empty());
     assert!(tools.calls("/act").await.is_empty());
 
-    // WHEN an admin approves it
+    // WHEN an admin approves it (here the owner who started it: this test follows the
+    // lifecycle, so the project lets whoever starts a run decide it; who may decide is
+    // tested in tests/api/run_governance.rs)
+    let reply = project
+        .patch(
+            &format!("/api/v1/projects/{}", project.id),
+            json!({"settings": {"approvals": {"allow_self_approval": true}}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let reply = project
         .post(
             &format!("/api/v1/runs/{first_id}/approve"),

@@ -1,9 +1,15 @@
 //! The OpenAPI document and an offline docs page (Swagger UI, vendored into the binary).
+//!
+//! The docs page runs scripts in the caller's browser, on the API's origin, so its responses
+//! carry a Content-Security-Policy that lets it load only its own files from this origin and
+//! call only this origin: nothing remote, no inline scripts, no framing.
 
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
 use axum::Router;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use utoipa_swagger_ui::SwaggerUi;
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::state::AppState;
 
@@ -11,6 +17,12 @@ use crate::state::AppState;
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 /// Where the docs page is served.
 pub const DOCS_PATH: &str = "/docs";
+/// What the docs page may load: its own scripts, styles, images and fonts, and requests to
+/// this origin (the document and "try it out"). Swagger UI sets inline `style` attributes,
+/// hence `'unsafe-inline'` for styles only; its icons are `data:` images.
+pub const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; \
+     connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -60,9 +72,21 @@ pub fn base() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// Serves the OpenAPI document and the docs page.
+/// Serves the OpenAPI document and the docs page. Swagger UI's online validator is off: it
+/// would send the document's address to a third party.
 pub fn router() -> Router<AppState> {
-    SwaggerUi::new(DOCS_PATH)
-        .url(OPENAPI_PATH, super::openapi())
-        .into()
+    Router::from(
+        SwaggerUi::new(DOCS_PATH)
+            .url(OPENAPI_PATH, super::openapi())
+            .config(Config::default().validator_url("none")),
+    )
+    .layer(axum::middleware::map_response(content_security_policy))
+}
+
+async fn content_security_policy(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DOCS_CONTENT_SECURITY_POLICY),
+    );
+    response
 }

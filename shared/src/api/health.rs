@@ -1,4 +1,9 @@
 //! `GET /health`: readiness of each dependency. No authentication.
+//!
+//! Anyone may ask, so the answer says only `ok` or `degraded` per dependency; why a check
+//! failed (AWS error text names tables, queues, accounts) goes to the log. One check of every
+//! dependency serves all callers for [`CACHE_FOR`]: concurrent callers wait for the check in
+//! progress rather than starting their own, so callers cannot make the API hammer AWS.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -8,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Serialize;
+use tokio::sync::Mutex;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -16,29 +22,38 @@ use crate::state::AppState;
 
 /// How long one dependency may take to answer.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a health report is reused.
+pub const CACHE_FOR: Duration = Duration::from_secs(5);
 
 /// Readiness of one dependency.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Check {
-    /// `ok` or `error`.
+    /// `ok` or `degraded`.
     pub status: &'static str,
     /// How long the check took.
     pub latency_ms: u64,
-    /// Why it failed, without secrets.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// The health report.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Health {
     /// `ok` when every dependency is ready, else `degraded`.
     pub status: &'static str,
-    /// Each dependency by name: `dynamodb`, `sqs`, `secretsmanager`.
+    /// Each dependency by name: `dynamodb`, `sqs`, `secretsmanager`, `stepfunctions`.
     pub checks: BTreeMap<&'static str, Check>,
 }
 
-async fn timed<F, T, E>(check: F) -> Check
+impl Health {
+    fn is_ok(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+/// The last health report and when it was made; one per process, shared by every request.
+#[derive(Debug, Default)]
+pub struct HealthCache(Mutex<Option<(Instant, Health)>>);
+
+async fn timed<F, T, E>(name: &'static str, check: F) -> Check
 where
     F: std::future::Future<Output = Result<T, E>>,
     E: std::fmt::Display,
@@ -51,15 +66,17 @@ where
         Ok(Err(err)) => Some(err.to_string()),
         Err(_) => Some(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
     };
+    if let Some(error) = &error {
+        tracing::warn!(dependency = name, %error, latency_ms, "health check failed");
+    }
     Check {
-        status: if error.is_none() { "ok" } else { "error" },
+        status: if error.is_none() { "ok" } else { "degraded" },
         latency_ms,
-        error,
     }
 }
 
 /// Reports whether DynamoDB, SQS, Secrets Manager and the run lifecycle state machine are
-/// ready.
+/// ready, as `ok` or `degraded` each; the report may be up to 5 s old.
 #[utoipa::path(
     get,
     path = "/health",
@@ -70,6 +87,27 @@ where
     )
 )]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let health = {
+        let mut cached = state.health.0.lock().await;
+        match cached.as_ref() {
+            Some((at, health)) if at.elapsed() < CACHE_FOR => health.clone(),
+            _ => {
+                let health = check(&state).await;
+                *cached = Some((Instant::now(), health.clone()));
+                health
+            }
+        }
+    };
+    let status = if health.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(health))
+}
+
+/// Checks every dependency at once.
+async fn check(state: &AppState) -> Health {
     let dynamodb = async {
         for table in state.store.table_names() {
             state
@@ -117,17 +155,17 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
             .map_err(|e| aws_sdk_sfn::error::DisplayErrorContext(e).to_string())
     };
     let (dynamodb, sqs, secrets, stepfunctions) = tokio::join!(
-        timed(dynamodb),
-        timed(async {
+        timed("dynamodb", dynamodb),
+        timed("sqs", async {
             sqs.await
                 .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
         }),
-        timed(async {
+        timed("secretsmanager", async {
             secrets
                 .await
                 .map_err(|e| aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())
         }),
-        timed(stepfunctions),
+        timed("stepfunctions", stepfunctions),
     );
     let checks = BTreeMap::from([
         ("dynamodb", dynamodb),
@@ -135,19 +173,11 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         ("secretsmanager", secrets),
         ("stepfunctions", stepfunctions),
     ]);
-    let ready = checks.values().all(|c| c.error.is_none());
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(Health {
-            status: if ready { "ok" } else { "degraded" },
-            checks,
-        }),
-    )
+    let ready = checks.values().all(|c| c.status == "ok");
+    Health {
+        status: if ready { "ok" } else { "degraded" },
+        checks,
+    }
 }
 
 /// The platform routes.

@@ -1,5 +1,8 @@
 //! Signed manifests of agents and tools, in the seed registry's YAML format: export with a
-//! checksum and an Ed25519 signature, and import (YAML or JSON) that checks both.
+//! checksum, the publisher (this deployment's key id, the project, who exported it and when)
+//! and an Ed25519 signature over both; import (YAML or JSON) that checks all three, shows the
+//! publisher, and honours the project's `settings.trusted_publishers` (see
+//! [`crate::governance`]).
 //!
 //! Imports go through the same create handlers as `POST /agents` and `POST /tools`, so an
 //! imported asset is validated exactly like one created by hand.
@@ -25,8 +28,9 @@ use super::{agents, tools};
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::ts;
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::manifest::{self, ManifestError};
+use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::governance::{self, TRUSTED_PUBLISHERS_FIELD};
+use crate::manifest::{self, ManifestError, Publisher, Verified};
 use crate::state::AppState;
 use crate::store::agents::Agent;
 use crate::store::tools::Tool;
@@ -183,12 +187,21 @@ pub fn tool_manifest(tool: &Tool) -> Map<String, Value> {
     )
 }
 
+/// Signs a manifest of an asset of `project_id`, naming the project and the caller as its
+/// publisher.
 async fn sealed_yaml(
     state: &AppState,
+    principal: &Principal,
+    project_id: Uuid,
     mut manifest: Map<String, Value>,
     deprecated: bool,
 ) -> ApiResult<Response> {
-    state.manifest_signer().await?.seal(&mut manifest);
+    state.manifest_signer().await?.seal(
+        &mut manifest,
+        project_id,
+        principal.actor_id(),
+        state.clock.now(),
+    );
     let yaml = manifest::to_yaml(&manifest)?;
     let response = (
         [(header::CONTENT_TYPE, HeaderValue::from_static(YAML))],
@@ -204,7 +217,7 @@ async fn sealed_yaml(
     security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
     responses(
-        (status = 200, description = "The manifest, YAML, with `checksum_sha256` and `signature`", body = String, content_type = "application/yaml"),
+        (status = 200, description = "The manifest, YAML, with `checksum_sha256`, `publisher` and `signature`", body = String, content_type = "application/yaml"),
         (status = 404, description = "No such agent visible to the caller", body = Problem),
     )
 )]
@@ -228,7 +241,14 @@ pub async fn export_agent(
         .filter_map(|id| names.get(id).cloned())
         .collect();
     let deprecated = agent.deprecated;
-    sealed_yaml(&state, agent_manifest(&agent, tool_names), deprecated).await
+    sealed_yaml(
+        &state,
+        &principal,
+        agent.project_id,
+        agent_manifest(&agent, tool_names),
+        deprecated,
+    )
+    .await
 }
 
 /// Exports a tool's signed manifest.
@@ -237,7 +257,7 @@ pub async fn export_agent(
     security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "Tool id")),
     responses(
-        (status = 200, description = "The manifest, YAML, with `checksum_sha256` and `signature`", body = String, content_type = "application/yaml"),
+        (status = 200, description = "The manifest, YAML, with `checksum_sha256`, `publisher` and `signature`", body = String, content_type = "application/yaml"),
         (status = 404, description = "No such tool visible to the caller", body = Problem),
     )
 )]
@@ -248,7 +268,14 @@ pub async fn export_tool(
 ) -> ApiResult<Response> {
     let tool = tools::visible_tool(&state, &principal, &id, Action::ReadRegistry).await?;
     let deprecated = tool.deprecated;
-    sealed_yaml(&state, tool_manifest(&tool), deprecated).await
+    sealed_yaml(
+        &state,
+        &principal,
+        tool.project_id,
+        tool_manifest(&tool),
+        deprecated,
+    )
+    .await
 }
 
 /// Where an import goes.
@@ -273,15 +300,18 @@ pub struct ImportResult {
     pub checksum_sha256: String,
     /// Whether the manifest carried a signature (which then verified).
     pub signed: bool,
+    /// Who published the manifest, as its signature vouches; `null` when it is unsigned or
+    /// was signed before manifests named their publisher.
+    pub publisher: Option<Publisher>,
     /// Things worth knowing, e.g. that the asset is deprecated.
     pub warnings: Vec<String>,
 }
 
-/// Reads and checks a manifest body, returning it with its checksum.
+/// Reads and checks a manifest body, returning it with what its checks established.
 async fn checked_manifest(
     state: &AppState,
     body: &Bytes,
-) -> ApiResult<(Map<String, Value>, String)> {
+) -> ApiResult<(Map<String, Value>, Verified)> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
@@ -294,15 +324,49 @@ async fn checked_manifest(
     let mut trusted = vec![state.manifest_signer().await?.verifying_key()];
     trusted.extend(state.config.registry_trusted_keys.iter().copied());
     match manifest::verify(&manifest, &trusted) {
-        Ok(checksum) => Ok((manifest, checksum)),
-        Err(err @ ManifestError::ChecksumMismatch { .. }) => {
-            Err(ApiError::invalid(manifest::CHECKSUM_FIELD, err.to_string()))
+        Ok(verified) => Ok((manifest, verified)),
+        Err(err @ ManifestError::Malformed(_)) => {
+            Err(ApiError::bad_request("body", err.to_string()))
         }
-        Err(err @ ManifestError::UntrustedSignature) => Err(ApiError::invalid(
-            manifest::SIGNATURE_FIELD,
-            err.to_string(),
+        Err(err) => Err(ApiError::invalid(err.field(), err.to_string())),
+    }
+}
+
+/// Refuses a manifest whose publisher is not among the project's trusted publishers, if it
+/// names any.
+fn check_publisher(settings: &Map<String, Value>, publisher: Option<&Publisher>) -> ApiResult<()> {
+    let trusted = governance::trusted_publishers(settings).map_err(|errors| {
+        ApiError::invalid_fields(
+            errors
+                .into_iter()
+                .map(|e| {
+                    FieldError::new(
+                        e.field,
+                        format!("{}; fix the project's settings to import", e.message),
+                    )
+                })
+                .collect(),
+        )
+    })?;
+    if trusted.is_empty() {
+        return Ok(());
+    }
+    match publisher {
+        Some(publisher) if trusted.iter().any(|t| t.admits(publisher)) => Ok(()),
+        Some(publisher) => Err(ApiError::invalid(
+            manifest::PUBLISHER_FIELD,
+            format!(
+                "the publisher {}/{} is not in the project's {TRUSTED_PUBLISHERS_FIELD}",
+                publisher.key_id, publisher.project_id
+            ),
         )),
-        Err(err) => Err(ApiError::bad_request("body", err.to_string())),
+        None => Err(ApiError::invalid(
+            manifest::PUBLISHER_FIELD,
+            format!(
+                "the project imports only manifests signed by one of its \
+                 {TRUSTED_PUBLISHERS_FIELD}, and this one names no signed publisher"
+            ),
+        )),
     }
 }
 
@@ -340,13 +404,13 @@ fn create_body(manifest: &Map<String, Value>, project_id: Uuid, env: &str) -> Ma
 
 /// Turns a create handler's response into the import result.
 async fn import_result(response: Response, import: &Import) -> ApiResult<Response> {
-    let signed = import.manifest.contains_key(manifest::SIGNATURE_FIELD);
+    let signed = import.verified.signed_by.is_some();
     let deprecated = import
         .manifest
         .get("deprecated")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let checksum = import.checksum.clone();
+    let checksum = import.verified.checksum.clone();
     if response.status() != StatusCode::CREATED {
         return Ok(response);
     }
@@ -358,20 +422,33 @@ async fn import_result(response: Response, import: &Import) -> ApiResult<Respons
         .map_err(|e| anyhow::anyhow!("failed to read the created record: {e}"))?
         .to_bytes();
     let record: Value = serde_json::from_slice(&bytes).map_err(anyhow::Error::from)?;
-    let warnings = if deprecated {
-        vec![
+    let mut warnings = Vec::new();
+    if deprecated {
+        warnings.push(
             "the imported asset is deprecated; reads and exports of it carry a Deprecation header"
                 .to_owned(),
-        ]
-    } else {
-        Vec::new()
-    };
+        );
+    }
+    let names_publisher = import.manifest.contains_key(manifest::PUBLISHER_FIELD);
+    match (signed, names_publisher) {
+        (false, true) => warnings.push(
+            "the manifest names a publisher but is not signed, so the publisher was ignored"
+                .to_owned(),
+        ),
+        (true, false) => warnings.push(
+            "the manifest is signed but names no publisher (it was exported before manifests \
+             named one)"
+                .to_owned(),
+        ),
+        _ => {}
+    }
     let mut response = (
         StatusCode::CREATED,
         Json(ImportResult {
             record,
             checksum_sha256: checksum,
             signed,
+            publisher: import.verified.publisher.clone(),
             warnings,
         }),
     )
@@ -387,10 +464,11 @@ struct Import {
     project_id: Uuid,
     env: String,
     manifest: Map<String, Value>,
-    checksum: String,
+    verified: Verified,
 }
 
-/// Authorises an import into the query's project and checks the manifest.
+/// Authorises an import into the query's project and checks the manifest, and that the
+/// project trusts its publisher.
 async fn begin_import(
     state: &AppState,
     principal: &Principal,
@@ -398,13 +476,23 @@ async fn begin_import(
     body: &Bytes,
 ) -> ApiResult<Import> {
     let project_id = required_project_id(query.project_id.as_deref())?;
-    authorize(state, principal, project_id, Action::WriteRegistry).await?;
-    let (manifest, checksum) = checked_manifest(state, body).await?;
+    let access = authorize(state, principal, project_id, Action::WriteRegistry).await?;
+    let (manifest, verified) = checked_manifest(state, body).await?;
+    check_publisher(&access.project.settings, verified.publisher.as_ref())?;
+    if let Some(publisher) = &verified.publisher {
+        tracing::info!(
+            %project_id,
+            publisher_key_id = %publisher.key_id,
+            publisher_project_id = %publisher.project_id,
+            checksum = %verified.checksum,
+            "importing a signed manifest"
+        );
+    }
     Ok(Import {
         project_id,
         env: query.env.clone().unwrap_or_else(|| "dev".to_owned()),
         manifest,
-        checksum,
+        verified,
     })
 }
 
@@ -414,7 +502,8 @@ fn create_request<T: serde::de::DeserializeOwned>(create: &Map<String, Value>) -
 }
 
 /// Imports an agent manifest (YAML or JSON). A present checksum must match and a present
-/// signature must verify against a trusted key. Tools are named and must exist in the project.
+/// signature must verify against a trusted key; a project with `settings.trusted_publishers`
+/// takes only manifests signed for one of them. Tools are named and must exist in the project.
 #[utoipa::path(
     post, path = "/api/v1/agents/import", tag = "registry",
     security(("bearer" = []), ("api_key" = [])),
@@ -424,7 +513,7 @@ fn create_request<T: serde::de::DeserializeOwned>(create: &Map<String, Value>) -
         (status = 201, description = "Imported", body = ImportResult),
         (status = 403, description = "Needs developer", body = Problem),
         (status = 404, description = "No such project visible to the caller", body = Problem),
-        (status = 422, description = "Checksum mismatch, untrusted signature, or invalid fields", body = Problem),
+        (status = 422, description = "Checksum mismatch, untrusted signature or publisher, or invalid fields", body = Problem),
     )
 )]
 pub async fn import_agent(
@@ -522,7 +611,8 @@ async fn resolve_tool_names(
 }
 
 /// Imports a tool manifest (YAML or JSON). A present checksum must match and a present
-/// signature must verify against a trusted key. A manifest without `metadata.kind` becomes a
+/// signature must verify against a trusted key; a project with `settings.trusted_publishers`
+/// takes only manifests signed for one of them. A manifest without `metadata.kind` becomes a
 /// `custom` tool; `metadata` fields other than the tool's own become its `config`.
 #[utoipa::path(
     post, path = "/api/v1/tools/import", tag = "registry",
@@ -533,7 +623,7 @@ async fn resolve_tool_names(
         (status = 201, description = "Imported", body = ImportResult),
         (status = 403, description = "Needs developer", body = Problem),
         (status = 404, description = "No such project visible to the caller", body = Problem),
-        (status = 422, description = "Checksum mismatch, untrusted signature, or invalid fields", body = Problem),
+        (status = 422, description = "Checksum mismatch, untrusted signature or publisher, or invalid fields", body = Problem),
     )
 )]
 pub async fn import_tool(

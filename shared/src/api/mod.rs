@@ -1,5 +1,6 @@
 //! HTTP API: one module per resource, each exposing its routes; [`service`] wraps them with
-//! the conventions every route shares (request ids, logging, CORS, body limit, problem errors).
+//! the conventions every route shares (request ids, logging, CORS, body limit, `nosniff`,
+//! problem errors).
 
 pub mod agents;
 pub mod api_keys;
@@ -14,6 +15,7 @@ pub mod manifests;
 pub mod members;
 pub mod projects;
 pub mod registry;
+pub mod request_id;
 pub mod runs;
 pub mod sessions;
 pub mod tools;
@@ -29,7 +31,7 @@ use serde::Serialize;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::ToSchema;
@@ -38,6 +40,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::error::ApiError;
 use crate::state::AppState;
 use extract::MAX_BODY_BYTES;
+use request_id::{ClientRequestId, MakeRequestUuidV7, X_REQUEST_ID};
 
 /// A page of a list.
 #[derive(Debug, Serialize, ToSchema)]
@@ -149,28 +152,33 @@ pub fn app(state: AppState) -> Router {
 /// Applies the shared conventions to a set of routes.
 pub fn service(state: AppState, router: Router<AppState>) -> Router {
     let cors = cors(&state.config.cors_allowed_origins);
-    let x_request_id = HeaderName::from_static("x-request-id");
     router
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
             ServiceBuilder::new()
+                .map_request(request_id::take_client_request_id)
                 .layer(SetRequestIdLayer::new(
-                    x_request_id.clone(),
-                    MakeRequestUuid,
+                    X_REQUEST_ID.clone(),
+                    MakeRequestUuidV7,
                 ))
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(|req: &Request<_>| {
                             let request_id = req
                                 .headers()
-                                .get("x-request-id")
+                                .get(&X_REQUEST_ID)
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or_default();
+                            let client_request_id = req
+                                .extensions()
+                                .get::<ClientRequestId>()
+                                .map(|c| c.0.as_str());
                             tracing::info_span!(
                                 "request",
                                 request_id = %request_id,
+                                client_request_id,
                                 method = %req.method(),
                                 path = %req.uri().path(),
                                 principal = tracing::field::Empty,
@@ -178,13 +186,23 @@ pub fn service(state: AppState, router: Router<AppState>) -> Router {
                         })
                         .on_response(DefaultOnResponse::new().level(Level::INFO)),
                 )
-                .layer(PropagateRequestIdLayer::new(x_request_id))
+                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
                 }))
                 .layer(cors),
         )
+        .layer(axum::middleware::map_response(no_sniff))
         .with_state(state)
+}
+
+/// Tells browsers to trust every response's `Content-Type` rather than guess it.
+async fn no_sniff(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

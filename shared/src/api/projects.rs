@@ -18,6 +18,7 @@ use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::{ts, Name, Role, Slug};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::governance::Governance;
 use crate::state::AppState;
 use crate::store::projects::{Membership, Project};
 
@@ -31,7 +32,7 @@ pub struct ProjectView {
     pub id: Uuid,
     /// Display name.
     pub name: String,
-    /// Unique slug.
+    /// Slug, unique among the projects of its creator.
     pub slug: String,
     /// Description.
     pub description: Option<String>,
@@ -75,11 +76,13 @@ impl ProjectView {
 pub struct CreateProject {
     /// Display name.
     pub name: String,
-    /// Unique slug; derived from the name when left out.
+    /// Slug, unique among the projects you created; derived from the name when left out.
     pub slug: Option<String>,
     /// Description.
     pub description: Option<String>,
-    /// Settings object (at most 32 KiB).
+    /// Settings object (at most 32 KiB). Free-form, except the governance settings
+    /// `approvals.allow_self_approval` (boolean, default `false`) and `trusted_publishers`
+    /// (key ids, or `<key id>/<project id>`; default empty, accepting any trusted signature).
     #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -90,11 +93,11 @@ pub struct CreateProject {
 pub struct UpdateProject {
     /// Display name.
     pub name: Option<String>,
-    /// Unique slug.
+    /// Slug, unique among the projects of the project's creator.
     pub slug: Option<String>,
     /// Description; an empty string clears it.
     pub description: Option<String>,
-    /// Replaces the settings object.
+    /// Replaces the settings object (see `CreateProject.settings`).
     #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Map<String, serde_json::Value>>,
     /// The version this change is based on; a stale one gets `409`.
@@ -117,6 +120,18 @@ fn check_description(description: Option<String>, errors: &mut Vec<FieldError>) 
     description
 }
 
+/// Records errors for settings that are too large, that DynamoDB cannot store, or whose
+/// governance settings are invalid.
+fn check_settings(
+    settings: &serde_json::Map<String, serde_json::Value>,
+    errors: &mut Vec<FieldError>,
+) {
+    check_json_object("settings", settings, errors);
+    if let Err(invalid) = Governance::parse(settings) {
+        errors.extend(invalid);
+    }
+}
+
 /// Parses a project id from the path; a malformed one cannot name a project, so `404`.
 pub fn project_id(raw: &str) -> ApiResult<Uuid> {
     Uuid::try_parse(raw).map_err(|_| ApiError::NotFound("project not found".to_owned()))
@@ -130,7 +145,7 @@ pub fn project_id(raw: &str) -> ApiResult<Uuid> {
     responses(
         (status = 201, description = "Created", body = ProjectView),
         (status = 403, description = "Called with an API key", body = Problem),
-        (status = 409, description = "Slug taken", body = Problem),
+        (status = 409, description = "You already have a project with this slug", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
     )
 )]
@@ -155,7 +170,7 @@ pub async fn create_project(
     };
     let description = check_description(body.description, &mut errors);
     let settings = body.settings.unwrap_or_default();
-    check_json_object("settings", &settings, &mut errors);
+    check_settings(&settings, &mut errors);
     let (Some(name), Some(slug), true) = (name, slug, errors.is_empty()) else {
         return Err(ApiError::invalid_fields(errors));
     };
@@ -194,7 +209,7 @@ pub async fn create_project(
             ))
         }
         Err(err) if err.failed_at(0) => Err(ApiError::Conflict(format!(
-            "the slug `{}` is taken",
+            "you already have a project with the slug `{}`",
             slug.as_str()
         ))),
         Err(err) => Err(err.into()),
@@ -289,7 +304,7 @@ pub async fn get_project(
         (status = 200, description = "The changed project", body = ProjectView),
         (status = 403, description = "Needs admin", body = Problem),
         (status = 404, description = "No such project visible to the caller", body = Problem),
-        (status = 409, description = "Stale version or slug taken", body = Problem),
+        (status = 409, description = "Stale version, or the project's creator already has a project with this slug", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
     )
 )]
@@ -322,7 +337,7 @@ pub async fn update_project(
         updated.description = check_description(body.description, &mut errors);
     }
     if let Some(settings) = body.settings {
-        check_json_object("settings", &settings, &mut errors);
+        check_settings(&settings, &mut errors);
         updated.settings = settings;
     }
     if !errors.is_empty() {
@@ -344,7 +359,7 @@ pub async fn update_project(
             ))
         }
         Err(err) if slug_changed && err.failed_at(0) => Err(ApiError::Conflict(format!(
-            "the slug `{}` is taken",
+            "the project's creator already has a project with the slug `{}`",
             updated.slug
         ))),
         Err(err) => {
@@ -356,7 +371,8 @@ pub async fn update_project(
     }
 }
 
-/// Deletes a project (soft delete); afterwards it answers `404` and its slug is free.
+/// Deletes a project (soft delete); afterwards it answers `404` and its creator may use its
+/// slug again.
 #[utoipa::path(
     delete, path = "/api/v1/projects/{id}", tag = "projects",
     security(("bearer" = []), ("api_key" = [])),

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal, ProjectAccess};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::manifest::KeyId;
 use crate::state::AppState;
 
 /// Largest accepted free-form JSON object (`metadata`, `settings`, `config`), serialised.
@@ -134,6 +135,9 @@ pub struct PublicKey {
     pub algorithm: &'static str,
     /// The 32-byte public key, base64.
     pub public_key: String,
+    /// The key's id, as manifests name it in `publisher.key_id` and projects list it in
+    /// `settings.trusted_publishers`.
+    pub key_id: KeyId,
 }
 
 /// The public key of the manifest signing key.
@@ -153,6 +157,7 @@ pub async fn public_key(
     Ok(Json(PublicKey {
         algorithm: "Ed25519",
         public_key: signer.public_key_base64(),
+        key_id: signer.key_id(),
     }))
 }
 

@@ -9,6 +9,10 @@
 //!   the run in another status gets `409` and changes nothing.
 //! - Approve, resume and retry move the run first, then answer the lifecycle's parked task
 //!   (see [`crate::engine::worker`]); cancel and reject stop the execution.
+//! - Governance: a run uses a released version unless the request says `allow_draft` (and the
+//!   caller may release versions); whoever started a run cannot approve or reject it unless
+//!   the project's `settings.approvals.allow_self_approval` says so (a run started with an API
+//!   key counts as started by the key's creator too); and only people resume `human` steps.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
@@ -30,7 +34,7 @@ use super::registry::{
 use super::{created, with_etag, Page};
 use crate::auth::rbac::Action;
 use crate::auth::tokens::digest;
-use crate::auth::{authorize, Principal};
+use crate::auth::{authorize, Principal, ProjectAccess};
 use crate::domain::{ts, Env};
 use crate::engine::lifecycle;
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
@@ -43,6 +47,8 @@ use crate::store::workflows::VersionStatus;
 use crate::store::StoreError;
 use crate::workflow::{Definition, LoopConfig, LoopStep, StepKind};
 
+mod governance;
+
 /// What the errors call a run.
 const WHAT: &str = "run";
 /// Largest run input, as JSON.
@@ -51,6 +57,7 @@ pub const MAX_INPUT_BYTES: usize = 128 * 1024;
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 /// Longest rejection reason or approval comment.
 const MAX_REASON_CHARS: usize = 1000;
+
 /// Header marking a replayed `POST /runs`.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
@@ -252,9 +259,14 @@ impl From<LogLine> for LogView {
 pub struct CreateRun {
     /// The workflow to run.
     pub workflow_id: String,
-    /// Its version; the workflow's `current_version` (which must be released) by default.
+    /// Its version; the workflow's `current_version` (which must be released) by default. A
+    /// draft version needs `allow_draft`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// Run `version` even if it is a draft. Needs the role that may release versions
+    /// (`developer`); without it, a draft is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_draft: Option<bool>,
     /// The agent whose model runs prompt steps; in the workflow's project.
     pub agent_id: String,
     /// The run input, an object (default `{}`), at most 128 KiB.
@@ -330,8 +342,8 @@ pub struct ListRunsQuery {
     request_body = CreateRun,
     responses(
         (status = 201, description = "Started (or replayed, with `Idempotent-Replayed: true`); `Location` is its address", body = RunView),
-        (status = 403, description = "Needs developer", body = Problem),
-        (status = 422, description = "Invalid fields; an unknown workflow, version or agent; an `Idempotency-Key` reused with another body", body = Problem),
+        (status = 403, description = "Needs developer (also to run a draft with `allow_draft`)", body = Problem),
+        (status = 422, description = "Invalid fields; an unknown workflow, version or agent; a draft version without `allow_draft`; an `Idempotency-Key` reused with another body", body = Problem),
         (status = 503, description = "The run's lifecycle could not start; the run is recorded as failed", body = Problem),
     )
 )]
@@ -375,7 +387,7 @@ pub async fn create_run(
         .await?
         .ok_or_else(|| ApiError::invalid("workflow_id", "no such workflow"))?;
     let project_id = workflow.project_id;
-    authorize(&state, &principal, project_id, Action::OperateRuns)
+    let access = authorize(&state, &principal, project_id, Action::OperateRuns)
         .await
         .map_err(|err| match err {
             ApiError::NotFound(_) => ApiError::invalid("workflow_id", "no such workflow"),
@@ -406,6 +418,28 @@ pub async fn create_run(
                 Some(v) if v.status == VersionStatus::Deprecated => {
                     errors.push(FieldError::new("version", "is deprecated"));
                     None
+                }
+                Some(v) if v.status == VersionStatus::Draft && body.allow_draft != Some(true) => {
+                    errors.push(FieldError::new(
+                        "version",
+                        format!(
+                            "version {} is a draft; runs use released versions (release it, \
+                             or pass `allow_draft: true` to run the draft)",
+                            v.number
+                        ),
+                    ));
+                    None
+                }
+                Some(v) if v.status == VersionStatus::Draft => {
+                    // Whoever may release the draft may run it; others run what was released.
+                    if !Action::WriteRegistry.allowed_for(access.role) {
+                        return Err(ApiError::Forbidden(format!(
+                            "`allow_draft` needs the `{}` role: only those who may release a \
+                             version may run it as a draft",
+                            Action::WriteRegistry.required_role()
+                        )));
+                    }
+                    Some(v)
                 }
                 Some(v) => Some(v),
                 None => {
@@ -769,7 +803,7 @@ pub async fn retry_run(
     request_body = ResumeRun,
     responses(
         (status = 200, description = "The run, running again", body = RunView),
-        (status = 403, description = "Needs developer", body = Problem),
+        (status = 403, description = "Needs developer, and a person: API keys cannot resume human steps", body = Problem),
         (status = 404, description = "No such run visible to the caller", body = Problem),
         (status = 409, description = "The run is not waiting for input", body = Problem),
         (status = 422, description = "`input` is not an object or is too large", body = Problem),
@@ -782,6 +816,7 @@ pub async fn resume_run(
     ApiJson(body): ApiJson<ResumeRun>,
 ) -> ApiResult<Json<RunView>> {
     let run = visible_run(&state, &principal, &id, Action::OperateRuns).await?;
+    governance::person_resumes(&principal)?;
     let mut errors = Vec::new();
     let input = object_field("input", Some(body.input), &mut errors);
     if serde_json::to_vec(&input).map_or(usize::MAX, |v| v.len()) > MAX_INPUT_BYTES {
@@ -836,7 +871,7 @@ pub async fn resume_run(
     request_body(content = ApproveRun, description = "Optional comment"),
     responses(
         (status = 200, description = "The approved run", body = RunView),
-        (status = 403, description = "Needs admin", body = Problem),
+        (status = 403, description = "Needs admin; and someone other than who started the run, unless the project allows self-approval", body = Problem),
         (status = 404, description = "No such run visible to the caller", body = Problem),
         (status = 409, description = "The run is not awaiting approval", body = Problem),
     )
@@ -847,7 +882,8 @@ pub async fn approve_run(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<RunView>> {
-    let run = visible_run(&state, &principal, &id, Action::ApproveRuns).await?;
+    let (run, access) =
+        visible_run_with_access(&state, &principal, &id, Action::ApproveRuns).await?;
     // The body is optional.
     let comment = if body.iter().all(u8::is_ascii_whitespace) {
         None
@@ -863,6 +899,7 @@ pub async fn approve_run(
             format!("must be at most {MAX_REASON_CHARS} characters"),
         ));
     }
+    governance::check_not_own_run(&state, &access, &principal, &run).await?;
     let change = RunChange {
         from: vec![RunStatus::AwaitingApproval],
         approval: Some(Approval {
@@ -892,7 +929,7 @@ pub async fn approve_run(
     request_body = RejectRun,
     responses(
         (status = 200, description = "The rejected run", body = RunView),
-        (status = 403, description = "Needs admin", body = Problem),
+        (status = 403, description = "Needs admin; and someone other than who started the run, unless the project allows self-approval", body = Problem),
         (status = 404, description = "No such run visible to the caller", body = Problem),
         (status = 409, description = "The run is not awaiting approval", body = Problem),
         (status = 422, description = "A missing or too long reason", body = Problem),
@@ -904,7 +941,8 @@ pub async fn reject_run(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RejectRun>,
 ) -> ApiResult<Json<RunView>> {
-    let run = visible_run(&state, &principal, &id, Action::ApproveRuns).await?;
+    let (run, access) =
+        visible_run_with_access(&state, &principal, &id, Action::ApproveRuns).await?;
     let reason = body.reason.trim().to_owned();
     if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
         return Err(ApiError::invalid(
@@ -912,6 +950,7 @@ pub async fn reject_run(
             format!("must be 1 to {MAX_REASON_CHARS} characters"),
         ));
     }
+    governance::check_not_own_run(&state, &access, &principal, &run).await?;
     let at = state.clock.now();
     let change = RunChange {
         from: vec![RunStatus::AwaitingApproval],
@@ -1009,14 +1048,26 @@ async fn visible_run(
     raw: &str,
     action: Action,
 ) -> ApiResult<Run> {
+    Ok(visible_run_with_access(state, principal, raw, action)
+        .await?
+        .0)
+}
+
+/// [`visible_run`], with the principal's access to the run's project.
+async fn visible_run_with_access(
+    state: &AppState,
+    principal: &Principal,
+    raw: &str,
+    action: Action,
+) -> ApiResult<(Run, ProjectAccess)> {
     let id = record_id(raw, WHAT)?;
     let run = state
         .store
         .get_run(id)
         .await?
         .ok_or_else(|| not_found(WHAT))?;
-    authorize_record(state, principal, run.project_id, action, WHAT).await?;
-    Ok(run)
+    let access = authorize_record(state, principal, run.project_id, action, WHAT).await?;
+    Ok((run, access))
 }
 
 /// Moves a run to `to` with a conditional write (only from `change.from`, when given);

@@ -1,4 +1,9 @@
-//! Projects, their unique slugs and their memberships, in the projects table.
+//! Projects, their slugs and their memberships, in the projects table.
+//!
+//! A slug is unique among the projects one user created, not across the deployment: a
+//! deployment-wide claim would tell anyone who tries a slug that another tenant holds it.
+//! The claim's key therefore carries the creator's id (`SLUG#<creator>#<slug>`). Slugs are
+//! never used to find a project; projects are addressed by id.
 
 use std::collections::HashMap;
 
@@ -21,7 +26,7 @@ pub struct Project {
     pub id: Uuid,
     /// Display name.
     pub name: String,
-    /// Unique slug.
+    /// Slug, unique among the projects of its creator.
     pub slug: String,
     /// Free-text description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,8 +78,8 @@ pub fn project_pk(id: Uuid) -> String {
     format!("PROJECT#{id}")
 }
 
-fn slug_pk(slug: &str) -> String {
-    format!("SLUG#{slug}")
+fn slug_pk(creator: Uuid, slug: &str) -> String {
+    format!("SLUG#{creator}#{slug}")
 }
 
 fn member_sk(user_id: Uuid) -> String {
@@ -104,22 +109,29 @@ impl Store {
             .build())
     }
 
-    fn slug_claim(&self, project_id: Uuid, slug: &str) -> anyhow::Result<TransactWriteItem> {
+    fn slug_claim(&self, project: &Project) -> anyhow::Result<TransactWriteItem> {
         let claim = item(
-            &SlugClaim { project_id },
-            &[("pk", slug_pk(slug)), ("sk", "SLUG".into())],
+            &SlugClaim {
+                project_id: project.id,
+            },
+            &[
+                ("pk", slug_pk(project.owner_user_id, &project.slug)),
+                ("sk", "SLUG".into()),
+            ],
         )?;
         self.put(claim, "attribute_not_exists(pk)", "the slug claim")
     }
 
-    fn slug_release(&self, project_id: Uuid, slug: &str) -> anyhow::Result<TransactWriteItem> {
+    /// Deletes the project's claim on `slug`. A claim that is missing is no error: projects
+    /// created before slugs were scoped to their creator hold none under this key.
+    fn slug_release(&self, project: &Project, slug: &str) -> anyhow::Result<TransactWriteItem> {
         Ok(TransactWriteItem::builder()
             .delete(
                 Delete::builder()
                     .table_name(&self.projects_table)
-                    .set_key(Some(key(slug_pk(slug), "SLUG")))
-                    .condition_expression("project_id = :id")
-                    .expression_attribute_values(":id", s(project_id.to_string()))
+                    .set_key(Some(key(slug_pk(project.owner_user_id, slug), "SLUG")))
+                    .condition_expression("attribute_not_exists(pk) OR project_id = :id")
+                    .expression_attribute_values(":id", s(project.id.to_string()))
                     .build()
                     .context("Failed to build the slug release")?,
             )
@@ -168,7 +180,7 @@ impl Store {
     }
 
     /// Creates a project, claims its slug and makes its creator the owner, in one
-    /// transaction. Item 0 failing means the slug is taken.
+    /// transaction. Item 0 failing means the creator already has a project with this slug.
     pub async fn create_project(&self, project: &Project, owner: &Membership) -> StoreResult<()> {
         let project_item = item(
             project,
@@ -176,7 +188,7 @@ impl Store {
         )?;
         self.transact(
             vec![
-                self.slug_claim(project.id, &project.slug)?,
+                self.slug_claim(project)?,
                 self.put(project_item, "attribute_not_exists(pk)", "the project put")?,
                 self.put(
                     self.membership_item(owner)?,
@@ -275,8 +287,9 @@ impl Store {
     }
 
     /// Writes a changed project if nobody changed it since `expected_version`, swapping its
-    /// slug claim when the slug changed. With a slug change, item 0 failing means the new
-    /// slug is taken and item 2 failing means a stale version.
+    /// slug claim when the slug changed. With a slug change, item 0 failing means the
+    /// project's creator already has a project with the new slug, and item 2 failing means a
+    /// stale version.
     pub async fn update_project(
         &self,
         updated: &Project,
@@ -321,8 +334,8 @@ impl Store {
         }
         self.transact(
             vec![
-                self.slug_claim(updated.id, &updated.slug)?,
-                self.slug_release(updated.id, old_slug)?,
+                self.slug_claim(updated)?,
+                self.slug_release(updated, old_slug)?,
                 TransactWriteItem::builder().update(write).build(),
             ],
             "update a project and its slug",
@@ -344,7 +357,7 @@ impl Store {
         self.transact(
             vec![
                 TransactWriteItem::builder().update(mark).build(),
-                self.slug_release(project.id, &project.slug)?,
+                self.slug_release(project, &project.slug)?,
             ],
             "delete a project",
         )

@@ -21,7 +21,7 @@
 //! | pk | sk | gsi1pk | gsi1sk | item |
 //! |---|---|---|---|---|
 //! | `PROJECT#<project_id>` | `PROJECT` | | | project |
-//! | `SLUG#<slug>` | `SLUG` | | | slug → project id; makes slugs unique |
+//! | `SLUG#<creator>#<slug>` | `SLUG` | | | slug → project id; makes slugs unique per creator |
 //! | `PROJECT#<project_id>` | `MEMBER#<user_id>` | `USER#<user_id>` | `PROJECT#<project_id>` | membership |
 //! | `APIKEY#<key_id>` | `APIKEY` | `PROJECT#<project_id>#APIKEYS` | `APIKEY#<key_id>` | API key (digest only) |
 //! | `PROJECT#<project_id>` | `INVITE#<email>` | `INVITE#<email>` | `PROJECT#<project_id>` | pending invitation (`ttl`) |
