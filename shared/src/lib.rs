@@ -14,6 +14,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod governance;
+pub mod health;
 pub mod manifest;
 pub mod outbound;
 pub mod state;

@@ -7,10 +7,10 @@ use anyhow::Context;
 use aws_config::SdkConfig;
 use secrecy::SecretString;
 
-use crate::api::health::HealthCache;
 use crate::auth::jwt::Keys;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::health::HealthCache;
 use crate::manifest::ManifestSigner;
 use crate::store::secrets::SecretStore;
 use crate::store::Store;

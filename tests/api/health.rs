@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use spark_ops::api::health::CACHE_FOR;
+use spark_ops::health::CACHE_FOR;
 use spark_ops_tests::{capture_logs, spawn_app};
 
 #[tokio::test]

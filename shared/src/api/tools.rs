@@ -315,33 +315,6 @@ fn parse_credentials(raw: &SecretJson, errors: &mut Vec<FieldError>) -> Option<C
     Credentials::parse("credentials", &raw.0, errors)
 }
 
-/// Why a change would send a tool's stored credentials somewhere new, if it would: another
-/// origin (scheme, host or port), or a header that newly carries them.
-fn credentials_rebound(current: &Tool, updated: &Tool) -> Option<String> {
-    let before = current.http_config();
-    let after = updated.http_config()?;
-    let old_origin = before.as_ref().and_then(|c| tool_template::origin(&c.url));
-    let new_origin = tool_template::origin(&after.url);
-    if old_origin != new_origin {
-        return Some(format!(
-            "the tool's origin changes from {} to {}",
-            old_origin.as_deref().unwrap_or("none"),
-            new_origin.as_deref().unwrap_or("none")
-        ));
-    }
-    after
-        .headers
-        .iter()
-        .find(|(name, template)| {
-            tool_template::uses_credentials(template)
-                && before
-                    .as_ref()
-                    .and_then(|c| c.headers.get(*name))
-                    .is_none_or(|old| old != *template)
-        })
-        .map(|(name, _)| format!("header `{name}` now carries the credentials"))
-}
-
 /// Checks that the credentials a tool will hold match its `auth_type`.
 fn check_credentials_match(
     auth_type: AuthType,
@@ -716,14 +689,12 @@ pub async fn update_tool(
         updated.credential_type = change.as_ref().map(Credentials::auth_type);
     }
     if current.has_credentials() && credentials_change.is_none() {
-        if let Some(why) = credentials_rebound(&current, &updated) {
-            errors.push(FieldError::new(
-                "credentials",
-                format!(
-                    "{why}: send `credentials` again, so the stored secret never goes where it \
-                     was not meant to"
-                ),
-            ));
+        let before = current.http_config();
+        let after = updated.http_config();
+        if let Some(why) =
+            after.and_then(|a| tool_template::credentials_rebound(before.as_ref(), &a))
+        {
+            errors.push(FieldError::new("credentials", why));
         }
     }
     check_credentials_match(updated.auth_type, updated.credential_type, &mut errors);
