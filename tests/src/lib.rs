@@ -121,6 +121,42 @@ pub struct TestApp {
     pub prefix: String,
 }
 
+impl Drop for TestApp {
+    /// Deletes the app's tables: DynamoDB Local slows down for every request as tables pile
+    /// up (a suite leaves hundreds), so each test cleans up after itself.
+    fn drop(&mut self) {
+        let tables: Vec<String> = self
+            .state
+            .store
+            .table_names()
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                // A client of its own: the app's pools connections on the test's runtime,
+                // which is blocked on this thread.
+                let sdk = local_sdk_config().await;
+                let ddb = aws_sdk_dynamodb::Client::from_conf(
+                    aws_sdk_dynamodb::config::Builder::from(&sdk)
+                        .endpoint_url(dynamodb_url())
+                        .build(),
+                );
+                for table in tables {
+                    let _ = ddb.delete_table().table_name(table).send().await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
 /// A response, read whole.
 #[derive(Debug)]
 pub struct Reply {
