@@ -383,6 +383,23 @@ impl Definition {
     }
 }
 
+/// Every step config of a raw definition, a loop's inner step's too, before any validation
+/// (at most [`MAX_STEPS`] steps).
+fn raw_step_configs(raw: &Value) -> impl Iterator<Item = &Value> {
+    raw.get("steps")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .take(MAX_STEPS)
+        .flat_map(|step| {
+            let config = step.get("config");
+            let inner = config
+                .and_then(|c| c.get("step"))
+                .and_then(|s| s.get("config"));
+            [config, inner].into_iter().flatten()
+        })
+}
+
 /// The tool ids a raw definition mentions (`tool_id`, `tools[]`, also inside loops), each
 /// once and at most [`MAX_DISTINCT_TOOLS`] + 1 of them: what [`parse`] must be told about.
 pub fn referenced_tool_ids(raw: &Value) -> Vec<Uuid> {
@@ -394,42 +411,29 @@ pub fn referenced_tool_ids(raw: &Value) -> Vec<Uuid> {
             }
         }
     };
-    let steps = raw.get("steps").and_then(Value::as_array);
-    for step in steps.into_iter().flatten().take(MAX_STEPS) {
-        let config = step.get("config");
-        let inner = config
-            .and_then(|c| c.get("step"))
-            .and_then(|s| s.get("config"));
-        for config in [config, inner].into_iter().flatten() {
-            if let Some(id) = config.get("tool_id") {
-                add(id);
-            }
-            if let Some(tools) = config.get("tools").and_then(Value::as_array) {
-                tools.iter().take(MAX_PROMPT_TOOLS).for_each(&mut add);
-            }
+    for config in raw_step_configs(raw) {
+        if let Some(id) = config.get("tool_id") {
+            add(id);
+        }
+        if let Some(tools) = config.get("tools").and_then(Value::as_array) {
+            tools.iter().take(MAX_PROMPT_TOOLS).for_each(&mut add);
         }
     }
     ids
 }
 
-/// The credential ids a raw definition's webhook steps name (also inside loops), each once.
+/// The credential ids a raw definition's webhook steps name (also inside loops), each once:
+/// what [`parse_with`] must be told about.
 pub fn referenced_credential_ids(raw: &Value) -> Vec<Uuid> {
     let mut ids = Vec::new();
-    let steps = raw.get("steps").and_then(Value::as_array);
-    for step in steps.into_iter().flatten().take(MAX_STEPS) {
-        let config = step.get("config");
-        let inner = config
-            .and_then(|c| c.get("step"))
-            .and_then(|s| s.get("config"));
-        for config in [config, inner].into_iter().flatten() {
-            let id = config
-                .get("credentials")
-                .and_then(|c| c.get("id"))
-                .and_then(Value::as_str)
-                .and_then(|s| Uuid::try_parse(s).ok());
-            if let Some(id) = id.filter(|id| !ids.contains(id)) {
-                ids.push(id);
-            }
+    for config in raw_step_configs(raw) {
+        let id = config
+            .get("credentials")
+            .and_then(|c| c.get("id"))
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::try_parse(s).ok());
+        if let Some(id) = id.filter(|id| !ids.contains(id)) {
+            ids.push(id);
         }
     }
     ids
