@@ -19,3 +19,14 @@ pub fn init_tracing() {
 pub async fn run_lambda(router: axum::Router) -> Result<(), lambda_http::Error> {
     lambda_http::run(router).await
 }
+
+/// The whole `main` of an API function: logging, configuration, AWS clients and keys are set
+/// up once per cold start, then every invocation only borrows them through the router
+/// `router` builds.
+pub async fn serve_api(
+    router: fn(crate::AppState) -> axum::Router,
+) -> Result<(), lambda_http::Error> {
+    init_tracing();
+    let state = crate::AppState::from_env().await?;
+    run_lambda(router(state)).await
+}

@@ -1,12 +1,9 @@
 //! Lambda function serving `/api/v1/projects/*` (projects, members, API keys), plus
 //! `/health`, `/api/v1/openapi.json` and `/docs`.
 
-use spark_ops::{api, bootstrap, AppState};
+use spark_ops::{api, bootstrap};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    // Everything below runs once per cold start; handlers only borrow it.
-    bootstrap::init_tracing();
-    let state = AppState::from_env().await?;
-    bootstrap::run_lambda(api::projects_router(state)).await
+    bootstrap::serve_api(api::projects_router).await
 }

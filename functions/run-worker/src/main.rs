@@ -8,9 +8,9 @@ use spark_ops::{bootstrap, AppState};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    // Everything below runs once per cold start; invocations only borrow it.
+    // Set up once per cold start; invocations only borrow it. The worker serves no API
+    // requests, so it never reads the JWT signing key.
     bootstrap::init_tracing();
-    // The worker serves no API requests, so it never reads the JWT signing key.
     let state = AppState::from_env_without_keys().await?;
     let worker = &Worker::new(state).await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {

@@ -1,11 +1,8 @@
 //! Lambda function serving `/api/v1/workflows/*`: workflows and their versions.
 
-use spark_ops::{api, bootstrap, AppState};
+use spark_ops::{api, bootstrap};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    // Everything below runs once per cold start; handlers only borrow it.
-    bootstrap::init_tracing();
-    let state = AppState::from_env().await?;
-    bootstrap::run_lambda(api::workflows_router(state)).await
+    bootstrap::serve_api(api::workflows_router).await
 }
