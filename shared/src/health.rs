@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
 use crate::config::Config;
-use crate::state::Clients;
+use crate::clients::Clients;
 use crate::store::Store;
 
 /// How long one dependency may take to answer.

@@ -8,6 +8,7 @@ pub mod agent_health;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod domain;
