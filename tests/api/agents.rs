@@ -337,7 +337,7 @@ async fn the_llm_api_key_goes_to_secrets_manager_and_never_into_a_response_log_o
     );
 
     // THEN the key is in Secrets Manager
-    let secret_path = format!("agents/{id}/llm-api-key");
+    let secret_path = spark_ops::store::secrets::path::agent_llm_key(id.parse().unwrap());
     let stored = app.state.secrets.get(&secret_path).await.unwrap().unwrap();
     assert_eq!(stored.expose_secret(), SECRET_KEY);
 

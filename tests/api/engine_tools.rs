@@ -905,7 +905,9 @@ async fn stored_secret(app: &TestApp, project: Uuid) -> Vec<u8> {
     use secrecy::ExposeSecret;
     app.state
         .secrets
-        .get(&webhook::secret_path(project))
+        .get(&spark_ops::store::secrets::path::project_webhook_secret(
+            project,
+        ))
         .await
         .unwrap()
         .expect("the webhook secret exists")

@@ -63,11 +63,6 @@ pub const DEFAULT_HISTORY: i32 = 50;
 /// Attempts at a write that lost a race with a heartbeat (or a heartbeat with a change).
 const WRITE_ATTEMPTS: usize = 3;
 
-/// Where an agent's LLM API key is kept in Secrets Manager.
-pub fn llm_key_path(agent_id: Uuid) -> String {
-    format!("agents/{agent_id}/llm-api-key")
-}
-
 /// An agent's LLM endpoint as the API shows it: never the key.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LlmView {
@@ -933,7 +928,7 @@ fn lost_race(err: &StoreError) -> bool {
 async fn store_api_key(state: &AppState, agent_id: Uuid, key: &SecretString) -> ApiResult<()> {
     state
         .secrets
-        .put(&llm_key_path(agent_id), key)
+        .put(&crate::store::secrets::path::agent_llm_key(agent_id), key)
         .await
         .map_err(|err| ApiError::Internal(err.context("Failed to store an agent's LLM API key")))
 }
@@ -943,7 +938,7 @@ async fn store_api_key(state: &AppState, agent_id: Uuid, key: &SecretString) -> 
 async fn forget_api_key(state: &AppState, agent_id: Uuid) {
     if let Err(err) = state
         .secrets
-        .schedule_deletion(&llm_key_path(agent_id))
+        .schedule_deletion(&crate::store::secrets::path::agent_llm_key(agent_id))
         .await
     {
         tracing::error!(agent_id = %agent_id, error = ?err, "failed to schedule the deletion of an LLM API key");

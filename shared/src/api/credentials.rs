@@ -28,7 +28,7 @@ use crate::auth::{authorize, Principal};
 use crate::domain::{ts, Name};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::state::AppState;
-use crate::store::credentials::{secret_path, Credential};
+use crate::store::credentials::Credential;
 use crate::store::StoreError;
 
 const WHAT: &str = "credential";
@@ -154,7 +154,11 @@ fn conflict() -> ApiError {
 }
 
 async fn discard_secret(state: &AppState, id: Uuid) {
-    if let Err(err) = state.secrets.schedule_deletion(&secret_path(id)).await {
+    if let Err(err) = state
+        .secrets
+        .schedule_deletion(&crate::store::secrets::path::credential(id))
+        .await
+    {
         tracing::error!(credential_id = %id, error = ?err, "failed to schedule deletion of a credential's secret");
     }
 }

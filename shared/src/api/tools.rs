@@ -26,7 +26,7 @@ use crate::auth::{authorize, Principal};
 use crate::domain::{ts, Env, Name};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::state::AppState;
-use crate::store::tools::{credentials_path, Tool};
+use crate::store::tools::Tool;
 use crate::store::StoreError;
 use crate::tool_config::{
     parse_config, parse_release, parse_string_list, AuthType, Credentials, CredentialsInput,
@@ -348,7 +348,7 @@ fn check_credentials_match(
 async fn discard_secret(state: &AppState, tool_id: Uuid) {
     if let Err(err) = state
         .secrets
-        .schedule_deletion(&credentials_path(tool_id))
+        .schedule_deletion(&crate::store::secrets::path::tool_credentials(tool_id))
         .await
     {
         tracing::error!(tool_id = %tool_id, error = ?err, "failed to schedule deletion of tool credentials");

@@ -36,7 +36,6 @@ use super::cost::PriceTable;
 use super::llm::{self, ChatClient, Endpoint, PromptParams, ToolCaller, ToolSpec};
 use super::tool::{self, ToolExecutor};
 use super::webhook::{Delivery, SecretHeader, WebhookSender};
-use crate::api::agents::llm_key_path;
 use crate::outbound::{self, Egress};
 use crate::state::AppState;
 use crate::store::agents::Agent;
@@ -1162,10 +1161,13 @@ impl Engine {
         let (base_url, key) = match &agent.llm {
             Some(llm) => {
                 let key = if llm.has_api_key {
-                    secrets.get(&llm_key_path(agent.id)).await.map_err(|e| {
-                        tracing::error!(error = ?e, "could not read an agent's LLM key");
-                        "the agent's LLM API key could not be read".to_owned()
-                    })?
+                    secrets
+                        .get(&crate::store::secrets::path::agent_llm_key(agent.id))
+                        .await
+                        .map_err(|e| {
+                            tracing::error!(error = ?e, "could not read an agent's LLM key");
+                            "the agent's LLM API key could not be read".to_owned()
+                        })?
                 } else {
                     None
                 };

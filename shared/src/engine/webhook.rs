@@ -68,11 +68,6 @@ const MAX_TEXT_RESPONSE_CHARS: usize = 2048;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Path of a project's webhook secret in the [`SecretStore`].
-pub fn secret_path(project_id: Uuid) -> String {
-    format!("projects/{project_id}/webhook-secret")
-}
-
 fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length, so this cannot fail.
     let mut mac = <HmacSha256 as Mac>::new_from_slice(secret)
@@ -168,7 +163,7 @@ pub async fn project_secret(
     secrets: &SecretStore,
     project_id: Uuid,
 ) -> anyhow::Result<WebhookSecret> {
-    let path = secret_path(project_id);
+    let path = crate::store::secrets::path::project_webhook_secret(project_id);
     if let Some(found) = secrets.get(&path).await? {
         return Ok(WebhookSecret(found));
     }

@@ -42,13 +42,8 @@ pub struct Credential {
 impl Credential {
     /// Path of the secret in the [`SecretStore`](super::secrets::SecretStore).
     pub fn secret_path(&self) -> String {
-        secret_path(self.id)
+        super::secrets::path::credential(self.id)
     }
-}
-
-/// Path of credential `id`'s secret in the [`SecretStore`](super::secrets::SecretStore).
-pub fn secret_path(id: Uuid) -> String {
-    format!("credentials/{id}")
 }
 
 fn credential_pk(id: Uuid) -> String {

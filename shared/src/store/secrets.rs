@@ -4,7 +4,35 @@
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 
+use uuid::Uuid;
+
 use crate::config::Config;
+
+/// Where each kind of user-supplied secret lives under the deployment's prefix: the one place
+/// these paths are spelled.
+pub mod path {
+    use super::Uuid;
+
+    /// An agent's LLM API key.
+    pub fn agent_llm_key(agent_id: Uuid) -> String {
+        format!("agents/{agent_id}/llm-api-key")
+    }
+
+    /// A tool's stored credentials.
+    pub fn tool_credentials(tool_id: Uuid) -> String {
+        format!("tools/{tool_id}/credentials")
+    }
+
+    /// A project credential's value.
+    pub fn credential(credential_id: Uuid) -> String {
+        format!("credentials/{credential_id}")
+    }
+
+    /// The secret a project signs its outgoing webhook calls with.
+    pub fn project_webhook_secret(project_id: Uuid) -> String {
+        format!("projects/{project_id}/webhook-secret")
+    }
+}
 
 /// Days a deleted secret can still be restored.
 pub const DELETION_RECOVERY_DAYS: i64 = 7;

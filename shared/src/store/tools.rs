@@ -118,13 +118,8 @@ impl Tool {
 
     /// Path of the tool's credentials in the [`SecretStore`](super::secrets::SecretStore).
     pub fn credentials_path(&self) -> String {
-        credentials_path(self.id)
+        super::secrets::path::tool_credentials(self.id)
     }
-}
-
-/// Path of a tool's credentials in the [`SecretStore`](super::secrets::SecretStore).
-pub fn credentials_path(id: Uuid) -> String {
-    format!("tools/{id}/credentials")
 }
 
 /// Partition key of a tool.
