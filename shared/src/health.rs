@@ -12,8 +12,8 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
-use crate::config::Config;
 use crate::clients::Clients;
+use crate::config::Config;
 use crate::store::Store;
 
 /// How long one dependency may take to answer.

@@ -7,10 +7,10 @@ use anyhow::Context;
 use secrecy::SecretString;
 
 use crate::auth::jwt::Keys;
+pub use crate::clients::Clients;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::health::HealthCache;
-pub use crate::clients::Clients;
 use crate::manifest::ManifestSigner;
 use crate::store::secrets::SecretStore;
 use crate::store::Store;

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
-use spark_ops_tests::{spawn_app, spawn_app_with, Reply, TestApp};
+use spark_ops_tests::{api_gateway_event, spawn_app, spawn_app_with, Reply, TestApp};
 
 /// `POST` JSON as if from `address` (what the dev server's connection info reports).
 async fn post_from(app: &TestApp, address: &str, path: &str, body: Value) -> Reply {
@@ -187,19 +187,8 @@ async fn registrations_are_limited_per_source_address() {
 #[tokio::test]
 async fn in_lambda_the_api_gateway_source_ip_is_the_address() {
     // GIVEN one registration allowed per address
-    std::env::set_var("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true");
     let app = spawn_app_with(|config| config.register_max_per_address = 1).await;
-    let path = format!(
-        "{}/../events/apigw-register.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let event = std::fs::read_to_string(&path).unwrap();
-    let replay = || async {
-        let request = lambda_http::request::from_str(&event).expect("a valid API Gateway event");
-        let (parts, body) = request.into_parts();
-        app.send(Request::from_parts(parts, Body::from(body.to_vec())))
-            .await
-    };
+    let replay = || app.send(api_gateway_event("apigw-register.json"));
 
     // WHEN the sample API Gateway event (source IP 203.0.113.10) arrives twice
     let first = replay().await;

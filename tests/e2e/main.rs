@@ -1,75 +1,11 @@
 //! End to end over HTTP against the dev server binary, on the real local services:
 //! register → login → project → member → refresh rotation and reuse detection → API key → logout.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-/// The dev server as a child process, killed when dropped.
-struct DevServer {
-    child: Child,
-    base: String,
-}
-
-impl Drop for DevServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_dev_server() -> DevServer {
-    let port = free_port();
-    let prefix = format!("e2e{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_spark-ops-dev"));
-    command
-        .env("PORT", port.to_string())
-        .env("SPARK_OPS_PREFIX", &prefix)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    // Only ever the local services, whatever the caller's environment says about AWS.
-    for (key, default) in [
-        ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
-        ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:8000"),
-    ] {
-        command.env(
-            key,
-            std::env::var(key).unwrap_or_else(|_| default.to_owned()),
-        );
-    }
-    command
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test");
-    let server = DevServer {
-        child: command.spawn().expect("the dev server starts"),
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(reply) = client.get(format!("{}/health", server.base)).send().await {
-            if reply.status() == StatusCode::OK {
-                return server;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the dev server did not become healthy within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use support::start_dev_server;
 
 struct Api {
     client: reqwest::Client,
@@ -111,7 +47,7 @@ impl Api {
 
 #[tokio::test]
 async fn a_team_signs_up_collaborates_and_signs_out_over_http() {
-    let server = start_dev_server().await;
+    let server = start_dev_server(&[]).await;
     let api = Api {
         client: reqwest::Client::new(),
         base: server.base.clone(),

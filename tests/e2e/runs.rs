@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use spark_ops::clock::SystemClock;
 use spark_ops::engine::llm::function_names;
 use spark_ops::engine::worker::{QueueMessage, Worker};
-use spark_ops::store::provision::Provisioner;
+use spark_ops::store::provision::provision;
 use spark_ops::{AppState, Config};
 use support::{
     local_clients, project, start_dev_server, step, step_ids, DevServer, FakeLlm, Project, Script,
@@ -911,16 +911,9 @@ impl Driver {
             _ => None,
         })
         .expect("configuration");
-        Provisioner {
-            ddb: &clients.ddb,
-            sqs: &clients.sqs,
-            secrets: &clients.secrets,
-            sfn: &clients.sfn,
-        }
-        .ensure_all(&config)
-        .await
-        .expect("the dev server's resources")
-        .configure(&mut config);
+        provision(&clients, &mut config)
+            .await
+            .expect("the dev server's resources");
         let queue_url = config.run_queue_url.clone().expect("the run queue");
         let sqs = clients.sqs.clone();
         let state = AppState::load(config, clients, Arc::new(SystemClock))

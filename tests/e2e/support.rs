@@ -3,6 +3,9 @@
 //! OpenAI-compatible LLM, a tool API that counts calls, and a webhook receiver that checks
 //! signatures with the project's secret from Secrets Manager.
 
+// Each e2e test binary uses part of this harness.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -925,7 +928,9 @@ impl WebhookReceiver {
                 secret_name: format!(
                     "{}/{}",
                     project.prefix,
-                    webhook::secret_path(project.id.parse().expect("a project uuid"))
+                    spark_ops::store::secrets::path::project_webhook_secret(
+                        project.id.parse().expect("a project uuid")
+                    )
                 ),
                 secret: Mutex::new(None),
                 seen: seen.clone(),

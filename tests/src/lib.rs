@@ -21,7 +21,7 @@ use spark_ops::clock::ManualClock;
 use spark_ops::engine::run::Engine;
 use spark_ops::outbound::{Egress, EgressPolicy, HostPort};
 use spark_ops::state::Clients;
-use spark_ops::store::provision::Provisioner;
+use spark_ops::store::provision::provision;
 use spark_ops::{api, AppState, Config};
 use tower::ServiceExt;
 
@@ -223,16 +223,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         secrets: aws_sdk_secretsmanager::Client::new(&sdk),
         sfn: aws_sdk_sfn::Client::new(&sdk),
     };
-    Provisioner {
-        ddb: &clients.ddb,
-        sqs: &clients.sqs,
-        secrets: &clients.secrets,
-        sfn: &clients.sfn,
-    }
-    .ensure_all(&config)
-    .await
-    .expect("provisioning against the local services; are they running? (make services)")
-    .configure(&mut config);
+    provision(&clients, &mut config)
+        .await
+        .expect("provisioning against the local services; are they running? (make services)");
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let state = AppState::load(config, clients, clock.clone())
         .await
@@ -407,6 +400,30 @@ impl TestApp {
         self.login(email, PASSWORD).await;
         me.body["id"].as_str().expect("user id").to_owned()
     }
+}
+
+/// The sample API Gateway (REST) event `events/<file>`, as the Lambda runtime hands it to the
+/// router of a deployed function. The template sets `AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH`,
+/// so routes see `/api/v1/...` without the stage; the stage is taken off here the same way.
+pub fn api_gateway_event(file: &str) -> Request<Body> {
+    let path = format!("{}/../events/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let stage = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|event| event["requestContext"]["stage"].as_str().map(str::to_owned));
+    let request = lambda_http::request::from_str(&text).expect("a valid API Gateway event");
+    let (mut parts, body) = request.into_parts();
+    if let Some(stage) = stage {
+        let prefix = format!("/{stage}/");
+        let uri = parts.uri.to_string();
+        if let Some(at) = uri.find(&prefix) {
+            let unstaged = format!("{}{}", &uri[..at], &uri[at + prefix.len() - 1..]);
+            parts.uri = unstaged
+                .parse()
+                .expect("the event's path without its stage");
+        }
+    }
+    Request::from_parts(parts, Body::from(body.to_vec()))
 }
 
 /// Local fakes (`http://127.0.0.1:<port>` URLs) as `EGRESS_ALLOW` entries.

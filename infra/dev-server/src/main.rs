@@ -10,7 +10,7 @@ use anyhow::Context;
 use spark_ops::clock::SystemClock;
 use spark_ops::engine::worker::Worker;
 use spark_ops::state::Clients;
-use spark_ops::store::provision::Provisioner;
+use spark_ops::store::provision::provision;
 use spark_ops::{api, bootstrap, AppState, Config};
 
 #[tokio::main]
@@ -25,16 +25,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let clients = Clients::new(&sdk);
-    Provisioner {
-        ddb: &clients.ddb,
-        sqs: &clients.sqs,
-        secrets: &clients.secrets,
-        sfn: &clients.sfn,
-    }
-    .ensure_all(&config)
-    .await
-    .context("Failed to provision the local resources; are the local services running?")?
-    .configure(&mut config);
+    provision(&clients, &mut config)
+        .await
+        .context("Failed to provision the local resources; are the local services running?")?;
     let worker_loops: usize = match std::env::var("RUN_WORKER_LOOPS") {
         Ok(raw) => raw
             .parse()

@@ -44,6 +44,25 @@ impl Provisioned {
     }
 }
 
+/// Provisions every resource of the deployment `config` names (idempotently) and points
+/// `config` at the run queue and state machine: what the dev server and the tests do before
+/// serving, where SAM does it for a deployed stack.
+pub async fn provision(
+    clients: &crate::clients::Clients,
+    config: &mut Config,
+) -> anyhow::Result<()> {
+    Provisioner {
+        ddb: &clients.ddb,
+        sqs: &clients.sqs,
+        secrets: &clients.secrets,
+        sfn: &clients.sfn,
+    }
+    .ensure_all(config)
+    .await?
+    .configure(config);
+    Ok(())
+}
+
 /// Clients needed to provision.
 pub struct Provisioner<'a> {
     /// DynamoDB.
