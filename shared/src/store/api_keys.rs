@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::expr::{Apply, Changes};
 use super::schema::GSI1;
 use super::{cursor, item, key, s, Page, Store, StoreResult};
 use crate::domain::{ts, Role};
@@ -80,15 +81,8 @@ impl Store {
                 (GSI1.sk, api_key_pk(api_key.id)),
             ],
         )?;
-        self.ddb
-            .put_item()
-            .table_name(&self.projects_table)
-            .set_item(Some(record))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
+        self.put_new(&self.projects_table, record, "store an API key")
             .await
-            .map_err(|e| super::write_error(e, "store an API key"))?;
-        Ok(())
     }
 
     /// The key with `id`.
@@ -108,17 +102,15 @@ impl Store {
         limit: i32,
         start: Option<cursor::Key>,
     ) -> StoreResult<Page<ApiKey>> {
-        let query = self
-            .ddb
-            .query()
-            .table_name(&self.projects_table)
-            .index_name(GSI1.name)
-            .key_condition_expression("#pk = :pk")
-            .expression_attribute_names("#pk", GSI1.pk)
-            .expression_attribute_values(":pk", s(project_keys_gsi(project_id)))
-            .limit(limit)
-            .set_exclusive_start_key(start);
-        self.query_page(query, "API keys").await
+        self.index_page(
+            &self.projects_table,
+            &GSI1,
+            project_keys_gsi(project_id),
+            limit,
+            start,
+            "API keys",
+        )
+        .await
     }
 
     /// Revokes a key of `project_id`. `ConditionFailed` if there is no such live key there.
@@ -128,14 +120,15 @@ impl Store {
         id: Uuid,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
+        let changes = Changes::new()
+            .set("revoked_at", s(ts::format(&now)))
+            .only_if("project_id = :project AND attribute_not_exists(#revoked_at)")
+            .value(":project", s(project_id.to_string()));
         self.ddb
             .update_item()
             .table_name(&self.projects_table)
             .set_key(Some(key(api_key_pk(id), "APIKEY")))
-            .update_expression("SET revoked_at = :now")
-            .condition_expression("project_id = :project AND attribute_not_exists(revoked_at)")
-            .expression_attribute_values(":now", s(ts::format(&now)))
-            .expression_attribute_values(":project", s(project_id.to_string()))
+            .apply(changes)
             .send()
             .await
             .map_err(|e| super::write_error(e, "revoke an API key"))?;

@@ -129,13 +129,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<Invitation>> {
         let query = self
-            .ddb
-            .query()
-            .table_name(&self.projects_table)
-            .index_name(GSI1.name)
-            .key_condition_expression("#pk = :pk")
-            .expression_attribute_names("#pk", GSI1.pk)
-            .expression_attribute_values(":pk", s(email_gsi(email)))
+            .index_query(&self.projects_table, &GSI1, email_gsi(email))
             .limit(ACCEPT_PER_LOGIN);
         let page: Page<Invitation> = self.query_page(query, "an email's invitations").await?;
         Ok(page

@@ -4,6 +4,7 @@ pub mod agents;
 pub mod api_keys;
 pub mod credentials;
 pub mod cursor;
+mod expr;
 pub mod invitations;
 pub mod projects;
 pub mod provision;
@@ -178,6 +179,53 @@ impl Store {
             }
         }
         Ok(found)
+    }
+
+    /// Writes a new item; `ConditionFailed` if an item with its key already exists.
+    async fn put_new(&self, table: &str, item: Item, what: &str) -> StoreResult<()> {
+        self.ddb
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| write_error(e, what))?;
+        Ok(())
+    }
+
+    /// A `Query` of one partition of `index`, in sort-key order; callers add limits, a sort-key
+    /// condition or filters.
+    fn index_query(
+        &self,
+        table: &str,
+        index: &schema::IndexDef,
+        partition: impl Into<String>,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.ddb
+            .query()
+            .table_name(table)
+            .index_name(index.name)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", index.pk)
+            .expression_attribute_values(":pk", s(partition))
+    }
+
+    /// One page of one partition of `index`: at most `limit` records from `start` on.
+    async fn index_page<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        index: &schema::IndexDef,
+        partition: impl Into<String>,
+        limit: i32,
+        start: Option<cursor::Key>,
+        what: &str,
+    ) -> StoreResult<Page<T>> {
+        let query = self
+            .index_query(table, index, partition)
+            .limit(limit)
+            .set_exclusive_start_key(start);
+        self.query_page(query, what).await
     }
 
     /// Runs a prepared `Query` (limit and start key already set) and reads one page.

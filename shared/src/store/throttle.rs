@@ -18,6 +18,7 @@ use aws_sdk_dynamodb::types::ReturnValue;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::expr::{Apply, Changes};
 use super::{item, key, n, s, Store, StoreError, StoreResult};
 use crate::domain::{ts, Email};
 
@@ -99,11 +100,13 @@ impl Store {
                 .update_item()
                 .table_name(&self.auth_table)
                 .set_key(Some(key(&pk, SK)))
-                .update_expression("ADD attempts :one")
-                .condition_expression("window_start > :cutoff AND attempts < :limit")
-                .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":cutoff", s(&cutoff))
-                .expression_attribute_values(":limit", n(limit))
+                .apply(
+                    Changes::new()
+                        .add("attempts", n(1))
+                        .only_if("window_start > :cutoff AND #attempts < :limit")
+                        .value(":cutoff", s(&cutoff))
+                        .value(":limit", n(limit)),
+                )
                 .return_values(ReturnValue::AllNew)
                 .send()
                 .await;
@@ -178,11 +181,13 @@ impl Store {
             .update_item()
             .table_name(&self.auth_table)
             .set_key(Some(key(&reserved.pk, SK)))
-            .update_expression("ADD attempts :minus_one")
-            .condition_expression("window_start = :start AND attempts > :zero")
-            .expression_attribute_values(":minus_one", n(-1))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":start", s(ts::format(&reserved.window_start)))
+            .apply(
+                Changes::new()
+                    .add("attempts", n(-1))
+                    .only_if("window_start = :start AND #attempts > :zero")
+                    .value(":zero", n(0))
+                    .value(":start", s(ts::format(&reserved.window_start))),
+            )
             .send()
             .await;
         match released.map_err(|e| super::write_error(e, "release an attempt")) {

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::expr::{Apply, Changes};
 use super::{item, key, n, record, s, Store, StoreError, StoreResult};
 use crate::domain::Email;
 
@@ -163,29 +164,28 @@ impl Store {
         new_password_hash: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<u64> {
-        let mut update = self
+        let mut changes = Changes::new()
+            .set_with(
+                "session_epoch",
+                "if_not_exists(#session_epoch, :zero) + :one",
+            )
+            .value(":zero", n(0))
+            .value(":one", n(1))
+            .set("updated_at", s(crate::domain::ts::format(&now)));
+        let mut condition = "attribute_exists(pk) AND attribute_not_exists(deleted_at)".to_owned();
+        if let Some(hash) = new_password_hash {
+            changes = changes
+                .set("password_hash", s(hash))
+                .value(":proved", s(&user.password_hash));
+            condition.push_str(" AND #password_hash = :proved");
+        }
+        let out = self
             .ddb
             .update_item()
             .table_name(&self.auth_table)
             .set_key(Some(key(user_pk(user.id), "USER")))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", s(crate::domain::ts::format(&now)))
-            .return_values(ReturnValue::UpdatedNew);
-        let mut expression =
-            "SET session_epoch = if_not_exists(session_epoch, :zero) + :one, updated_at = :now"
-                .to_owned();
-        let mut condition = "attribute_exists(pk) AND attribute_not_exists(deleted_at)".to_owned();
-        if let Some(hash) = new_password_hash {
-            expression.push_str(", password_hash = :hash");
-            condition.push_str(" AND password_hash = :proved");
-            update = update
-                .expression_attribute_values(":hash", s(hash))
-                .expression_attribute_values(":proved", s(&user.password_hash));
-        }
-        let out = update
-            .update_expression(expression)
-            .condition_expression(condition)
+            .return_values(ReturnValue::UpdatedNew)
+            .apply(changes.only_if(&condition))
             .send()
             .await
             .map_err(|e| super::write_error(e, "end a user's sessions"))?;
@@ -201,13 +201,14 @@ impl Store {
 
     /// Records a successful login.
     pub async fn record_login(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
+        let changes = Changes::new()
+            .set("last_login_at", s(crate::domain::ts::format(&now)))
+            .only_if("attribute_exists(pk)");
         self.ddb
             .update_item()
             .table_name(&self.auth_table)
             .set_key(Some(key(user_pk(id), "USER")))
-            .update_expression("SET last_login_at = :now")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":now", s(crate::domain::ts::format(&now)))
+            .apply(changes)
             .send()
             .await
             .map_err(|e| super::write_error(e, "record a login"))?;
@@ -217,12 +218,14 @@ impl Store {
     /// Marks the user deleted and frees their email, in one transaction.
     pub async fn delete_user(&self, user: &User, now: DateTime<Utc>) -> StoreResult<()> {
         let stamp = s(crate::domain::ts::format(&now));
+        let changes = Changes::new()
+            .set("deleted_at", stamp.clone())
+            .set("updated_at", stamp)
+            .only_if("attribute_exists(pk) AND attribute_not_exists(#deleted_at)");
         let mark = Update::builder()
             .table_name(&self.auth_table)
             .set_key(Some(key(user_pk(user.id), "USER")))
-            .update_expression("SET deleted_at = :now, updated_at = :now")
-            .condition_expression("attribute_exists(pk) AND attribute_not_exists(deleted_at)")
-            .expression_attribute_values(":now", stamp)
+            .apply(changes)
             .build()
             .context("Failed to build the user deletion")?;
         let release = Delete::builder()
