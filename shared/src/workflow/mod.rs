@@ -23,15 +23,17 @@
 
 pub mod condition;
 pub mod definition;
+mod parse;
 pub mod scope;
 pub mod template;
 
 pub use condition::Expression;
 pub use definition::{
-    parse, parse_with, referenced_credential_ids, referenced_tool_ids, DecisionConfig, Definition,
-    HumanConfig, Iteration, LoopConfig, LoopStep, PromptConfig, Step, StepId, StepKind,
-    TemplateObject, ToolConfig, WebhookConfig, WebhookCredentials, WebhookUrl,
+    referenced_credential_ids, referenced_tool_ids, DecisionConfig, Definition, HumanConfig,
+    Iteration, LoopConfig, LoopStep, PromptConfig, Step, StepId, StepKind, TemplateObject,
+    ToolConfig, WebhookConfig, WebhookCredentials, WebhookUrl,
 };
+pub use parse::{parse, parse_with};
 pub use scope::Scope;
 pub use template::Template;
 
