@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use secrecy::SecretString;
 use serde_json::json;
 use spark_ops::engine::run::{Engine, Outcome};
-use spark_ops::store::runs::{RunStatus, StepStatus};
+use spark_ops::run::{RunStatus, StepStatus};
 use spark_ops_tests::{allow_list, spawn_app_with, NoHeartbeat};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

@@ -6,7 +6,7 @@ use chrono::Duration;
 use serde_json::json;
 use spark_ops::clock::Clock;
 use spark_ops::engine::run::Outcome;
-use spark_ops::store::runs::{Run, RunChange, RunStatus, StepRecord, StepStatus};
+use spark_ops::run::{Run, RunChange, RunStatus, StepRecord, StepStatus};
 use spark_ops_tests::{spawn_app, NoHeartbeat, TestApp};
 use uuid::Uuid;
 use wiremock::matchers::{method, path};

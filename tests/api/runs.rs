@@ -16,9 +16,8 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 use spark_ops::engine::run::{Engine, Outcome};
 use spark_ops::engine::worker::{QueueMessage, Worker};
-use spark_ops::store::runs::{
-    step_sk, Claim, Run, RunChange, RunStatus, StepEnd, StepRecord, StepStatus,
-};
+use spark_ops::run::{step_sk, Run, RunChange, RunStatus, StepRecord, StepStatus};
+use spark_ops::store::runs::{Claim, StepEnd};
 use spark_ops_tests::{spawn_app, NoHeartbeat, Reply, TestApp};
 use uuid::Uuid;
 use wiremock::matchers::{method, path};

@@ -38,11 +38,12 @@ use crate::auth::{authorize, Principal, ProjectAccess};
 use crate::domain::{ts, Env};
 use crate::engine::lifecycle;
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
-use crate::state::AppState;
-use crate::store::runs::{
-    Approval, IdempotencyRecord, LogLevel, LogLine, Run, RunChange, RunFilter, RunStatus,
-    StepRecord, StepStatus, StepsSummary, Trigger, IDEMPOTENCY_TTL,
+use crate::run::{
+    Approval, IdempotencyRecord, LogLevel, LogLine, Run, RunChange, RunStatus, StepRecord,
+    StepStatus, StepsSummary, Trigger, IDEMPOTENCY_TTL,
 };
+use crate::state::AppState;
+use crate::store::runs::RunFilter;
 use crate::store::workflows::VersionStatus;
 use crate::store::StoreError;
 use crate::workflow::{Definition, LoopConfig, LoopStep, StepKind};

@@ -37,11 +37,13 @@ use super::llm::{self, ChatClient, Endpoint, PromptParams, ToolCaller, ToolSpec}
 use super::tool::{self, ToolExecutor};
 use super::webhook::{Delivery, SecretHeader, WebhookSender};
 use crate::outbound::{self, Egress};
+use crate::run::{
+    elapsed_ms, execution_order, step_sk, LogLevel, LogLine, Move, Run, RunStatus, StepRecord,
+    StepStatus,
+};
 use crate::state::AppState;
 use crate::store::agents::Agent;
-use crate::store::runs::{
-    Claim, LogLevel, LogLine, Run, RunChange, RunStatus, StepEnd, StepRecord, StepStatus,
-};
+use crate::store::runs::{Claim, StepEnd};
 use crate::store::tools::Tool;
 use crate::workflow::{
     Definition, HumanConfig, Iteration, LoopConfig, LoopStep, PromptConfig, Scope, Step, StepKind,
@@ -114,32 +116,6 @@ impl Outcome {
 pub trait Heartbeat: Send + Sync {
     /// Tells the lifecycle the worker is alive.
     async fn beat(&self);
-}
-
-/// The order steps execute in: dependencies first, otherwise the definition's order.
-pub fn execution_order(definition: &Definition) -> Vec<usize> {
-    let index: HashMap<&str, usize> = definition
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.id.as_str(), i))
-        .collect();
-    let mut done = vec![false; definition.steps.len()];
-    let mut order = Vec::with_capacity(definition.steps.len());
-    while order.len() < definition.steps.len() {
-        let next = definition.steps.iter().enumerate().find(|(i, step)| {
-            !done[*i]
-                && step
-                    .depends_on
-                    .iter()
-                    .all(|d| index.get(d.as_str()).is_none_or(|&j| done[j]))
-        });
-        // A saved definition has no cycles; should one slip through, run the rest as listed.
-        let i = next.map_or_else(|| done.iter().position(|d| !d).unwrap_or(0), |(i, _)| i);
-        done[i] = true;
-        order.push(i);
-    }
-    order
 }
 
 /// Runs steps; one per process, shared by every message it handles.
@@ -240,22 +216,9 @@ impl Engine {
     pub async fn execute(&self, run: Run, heartbeat: &dyn Heartbeat) -> anyhow::Result<Outcome> {
         let run = match run.status {
             RunStatus::Queued => {
-                let change = RunChange {
-                    from: vec![RunStatus::Queued],
-                    started_at: Some(self.now()),
-                    ..RunChange::default()
-                };
-                match self
-                    .state
-                    .store
-                    .transition_run(&run, RunStatus::Running, self.now(), change)
-                    .await
-                {
-                    Ok(run) => {
-                        self.log(run.id, None, LogLevel::Info, "run started".into())
-                            .await;
-                        run
-                    }
+                let now = self.now();
+                match self.state.store.move_run(&run, Move::start(now), now).await {
+                    Ok(run) => run,
                     Err(crate::store::StoreError::ConditionFailed) => {
                         return match self.state.store.get_run(run.id).await? {
                             Some(current) if current.status == RunStatus::Running => {
@@ -329,7 +292,7 @@ impl Engine {
 
     /// Handles one top-level step.
     async fn step(&self, slice: &mut Slice<'_>, idx: u32, step: &Step) -> anyhow::Result<StepFlow> {
-        let sk = crate::store::runs::step_sk(idx, None);
+        let sk = step_sk(idx, None);
         if let Some(existing) = slice.records.get(&sk).cloned() {
             match existing.status {
                 StepStatus::Succeeded | StepStatus::Skipped => return Ok(StepFlow::Next),
@@ -583,7 +546,7 @@ impl Engine {
                 ),
             },
         });
-        self.append_logs(slice.run.id, &lines).await;
+        self.state.store.note(slice.run.id, &lines).await;
         let finished = StepRecord {
             status: result.status,
             ended_at: Some(at),
@@ -622,15 +585,10 @@ impl Engine {
 
     /// Moves a running run to `awaiting_input` on `step`; returns the run's status after.
     async fn pause_for_input(&self, run: &Run, step: &StepRecord) -> anyhow::Result<RunStatus> {
-        let change = RunChange {
-            from: vec![RunStatus::Running],
-            waiting_step: Some(Some(step.sk())),
-            ..RunChange::default()
-        };
         match self
             .state
             .store
-            .transition_run(run, RunStatus::AwaitingInput, self.now(), change)
+            .move_run(run, Move::await_input(step.sk()), self.now())
             .await
         {
             Ok(run) => Ok(run.status),
@@ -653,27 +611,9 @@ impl Engine {
         error: Option<String>,
     ) -> anyhow::Result<Outcome> {
         let at = self.now();
-        let started = run.started_at.unwrap_or(run.created_at);
-        let change = RunChange {
-            from: vec![RunStatus::Running],
-            ended: Some((at, elapsed_ms(started, at))),
-            error_message: Some(error.clone()),
-            ..RunChange::default()
-        };
-        match self
-            .state
-            .store
-            .transition_run(run, status, at, change)
-            .await
-        {
-            Ok(_) => {
-                let (level, message) = match &error {
-                    Some(error) => (LogLevel::Error, format!("run {}: {error}", status.as_str())),
-                    None => (LogLevel::Info, format!("run {}", status.as_str())),
-                };
-                self.log(run.id, None, level, message).await;
-                Ok(Outcome::of(status))
-            }
+        let step = Move::finish(run, status, error, at);
+        match self.state.store.move_run(run, step, at).await {
+            Ok(_) => Ok(Outcome::of(status)),
             Err(crate::store::StoreError::ConditionFailed) => self.stopped(run).await,
             Err(err) => Err(err.into()),
         }
@@ -753,7 +693,7 @@ impl Engine {
                 }
                 (None, Iteration::Over(_)) => break,
             };
-            let sk = crate::store::runs::step_sk(idx, Some(round));
+            let sk = step_sk(idx, Some(round));
             let done = slice
                 .records
                 .get(&sk)
@@ -1277,14 +1217,7 @@ impl Engine {
             step_id: step_id.map(str::to_owned),
             message,
         };
-        self.append_logs(run_id, &[line]).await;
-    }
-
-    /// Log lines are best effort: losing one must not fail a step that did its work.
-    async fn append_logs(&self, run_id: Uuid, lines: &[LogLine]) {
-        if let Err(error) = self.state.store.append_logs(run_id, lines).await {
-            tracing::warn!(%run_id, error = %error, "could not store run log lines");
-        }
+        self.state.store.note(run_id, &[line]).await;
     }
 }
 
@@ -1380,40 +1313,9 @@ fn clip(mut text: String) -> String {
     text
 }
 
-fn elapsed_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
-    u64::try_from((to - from).num_milliseconds()).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
-    use serde_json::json;
-
     use super::*;
-
-    fn definition(steps: serde_json::Value) -> Definition {
-        crate::workflow::parse(&json!({ "steps": steps }), &HashSet::new()).unwrap()
-    }
-
-    fn human(id: &str, depends_on: &[&str]) -> serde_json::Value {
-        json!({"id": id, "type": "human", "depends_on": depends_on, "config": {"instructions": "ok"}})
-    }
-
-    #[test]
-    fn dependencies_run_first_and_independent_steps_keep_the_authors_order() {
-        let d = definition(json!([
-            human("c", &["b"]),
-            human("a", &[]),
-            human("b", &["a"]),
-            human("z", &[]),
-        ]));
-        let ids: Vec<&str> = execution_order(&d)
-            .into_iter()
-            .map(|i| d.steps[i].id.as_str())
-            .collect();
-        assert_eq!(ids, ["a", "b", "c", "z"]);
-    }
 
     #[test]
     fn the_lifecycle_routes_on_the_outcome_and_busy_answers_nothing() {
