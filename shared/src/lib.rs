@@ -23,6 +23,7 @@ pub mod state;
 pub mod store;
 pub mod tool_config;
 pub mod tool_template;
+pub mod usecase;
 pub mod workflow;
 
 pub use config::Config;

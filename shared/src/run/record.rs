@@ -47,6 +47,9 @@ pub struct Run {
     pub env: Env,
     /// What started it.
     pub trigger: Trigger,
+    /// Which schedule, webhook or event started it; absent for a manual run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// Status.
     pub status: RunStatus,
     /// The run input.
