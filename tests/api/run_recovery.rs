@@ -174,5 +174,5 @@ async fn a_step_under_a_live_lease_is_left_to_its_worker() {
     assert_eq!((record.status, record.attempts), (StepStatus::Running, 1));
     let run = app.state.store.get_run(run.id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Running);
-    assert_eq!(run.tokens_prompt, 0);
+    assert_eq!(run.usage.tokens_prompt, 0);
 }

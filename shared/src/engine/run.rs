@@ -453,9 +453,7 @@ impl Engine {
             error_message: result.error.clone(),
             request: result.request.clone(),
             response: result.response.clone(),
-            tokens_prompt: result.tokens_prompt,
-            tokens_completion: result.tokens_completion,
-            usd_cost: result.usd_cost,
+            usage: result.usage,
         };
         if !self.state.store.finish_step(&record, &end).await? {
             tracing::warn!(step = %record.name, "another worker took the step over; its result is dropped");

@@ -4,6 +4,7 @@
 //!   and what started a run ([`Trigger`]);
 //! - [`record`]: the run, step, log-line and idempotency records;
 //! - [`steps`]: the order steps execute in, their record keys, and the summary of a run's steps;
+//! - [`usage`]: the tokens and cost a step or run spent;
 //! - [`moves`]: every move of a run with the log line that tells it, built here and applied by
 //!   [`crate::store::Store::move_run`] for both the API and the worker.
 //!
@@ -14,6 +15,7 @@ pub mod moves;
 pub mod record;
 pub mod status;
 pub mod steps;
+pub mod usage;
 
 pub use moves::{elapsed_ms, Move, RunChange};
 pub use record::{
@@ -21,3 +23,4 @@ pub use record::{
 };
 pub use status::{RunStatus, StepStatus, Trigger};
 pub use steps::{execution_order, step_sk, StepsSummary};
+pub use usage::Usage;

@@ -2,10 +2,9 @@
 //! `Idempotency-Key` that created it, as the store keeps them.
 //!
 //! Inputs, outputs and metadata are stored as JSON text: their nesting is the client's and
-//! could exceed DynamoDB's 32 levels. Money is exact: `usd_cost` is a [`Decimal`].
+//! could exceed DynamoDB's 32 levels. Money is exact: see [`Usage`].
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -13,6 +12,7 @@ use uuid::Uuid;
 
 use super::status::{RunStatus, StepStatus, Trigger};
 use super::steps::step_sk;
+use super::usage::Usage;
 use crate::domain::{json_text, ts, Env};
 
 /// An approval decision.
@@ -69,15 +69,9 @@ pub struct Run {
     /// `ended_at − started_at` (or `− created_at` if it never started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
-    /// Input tokens of every prompt step.
-    #[serde(default)]
-    pub tokens_prompt: u64,
-    /// Output tokens of every prompt step.
-    #[serde(default)]
-    pub tokens_completion: u64,
-    /// The exact sum of its steps' costs, in USD.
-    #[serde(default)]
-    pub usd_cost: Decimal,
+    /// Tokens of every prompt step, and the exact sum of its steps' costs.
+    #[serde(flatten)]
+    pub usage: Usage,
     /// Times it was retried.
     #[serde(default)]
     pub retries: u32,
@@ -158,15 +152,9 @@ pub struct StepRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub response: Option<Value>,
-    /// Input tokens over every attempt.
-    #[serde(default)]
-    pub tokens_prompt: u64,
-    /// Output tokens over every attempt.
-    #[serde(default)]
-    pub tokens_completion: u64,
-    /// Cost over every attempt, in USD.
-    #[serde(default)]
-    pub usd_cost: Decimal,
+    /// Tokens and cost over every attempt.
+    #[serde(flatten)]
+    pub usage: Usage,
     /// Attempts made; a claim is `attempts` = 1, every retake adds one.
     pub attempts: u32,
     /// Until when the worker that holds it is presumed alive.
@@ -209,9 +197,7 @@ impl StepRecord {
             error_message: None,
             request: None,
             response: None,
-            tokens_prompt: 0,
-            tokens_completion: 0,
-            usd_cost: Decimal::ZERO,
+            usage: Usage::default(),
             attempts: 1,
             lease_until: Some(lease_until),
             round,

@@ -25,7 +25,7 @@ use crate::domain::Env;
 use crate::engine::lifecycle;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::run::{
-    elapsed_ms, IdempotencyRecord, LogLevel, LogLine, Move, Run, RunStatus, Trigger,
+    elapsed_ms, IdempotencyRecord, LogLevel, LogLine, Move, Run, RunStatus, Trigger, Usage,
     IDEMPOTENCY_TTL,
 };
 use crate::state::AppState;
@@ -174,9 +174,7 @@ pub async fn start(
         started_at: None,
         ended_at: None,
         duration_ms: None,
-        tokens_prompt: 0,
-        tokens_completion: 0,
-        usd_cost: rust_decimal::Decimal::ZERO,
+        usage: Usage::default(),
         retries: 0,
         has_human_in_loop: has_human_step(&version.definition),
         steps_total: u32::try_from(version.definition.steps.len()).unwrap_or(u32::MAX),

@@ -1,10 +1,9 @@
 //! The `human` step: renders its instructions and waits for `resume`.
 
-use rust_decimal::Decimal;
 use serde_json::json;
 
 use super::StepResult;
-use crate::run::{LogLevel, StepStatus};
+use crate::run::{LogLevel, StepStatus, Usage};
 use crate::workflow::{HumanConfig, Scope};
 
 /// A `human` step's attempt: `waiting`, with its rendered instructions.
@@ -15,9 +14,7 @@ pub(in crate::engine) fn human_step(config: &HumanConfig, scope: &Scope<'_>) -> 
             request: Some(json!({"instructions": instructions})),
             response: None,
             error: None,
-            tokens_prompt: 0,
-            tokens_completion: 0,
-            usd_cost: Decimal::ZERO,
+            usage: Usage::default(),
             logs: vec![(LogLevel::Info, format!("waiting for input: {instructions}"))],
         },
         Err(error) => StepResult::failed(

@@ -1,12 +1,11 @@
 //! The `loop` step: runs its inner step once per item of `over` (or while `while` holds), each
 //! iteration claimed and recorded on its own, and fails with the first failed iteration.
 
-use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
 use super::StepResult;
 use crate::engine::run::{Engine, Outcome, Slice, StepFlow, SLICE};
-use crate::run::{elapsed_ms, step_sk, StepRecord, StepStatus};
+use crate::run::{elapsed_ms, step_sk, StepRecord, StepStatus, Usage};
 use crate::store::runs::StepEnd;
 use crate::workflow::{Iteration, LoopConfig, LoopStep, Step, StepKind};
 
@@ -135,9 +134,7 @@ impl Engine {
                                             error_message: Some(error),
                                             request: None,
                                             response: None,
-                                            tokens_prompt: 0,
-                                            tokens_completion: 0,
-                                            usd_cost: Decimal::ZERO,
+                                            usage: Usage::default(),
                                         },
                                     )
                                     .await?;

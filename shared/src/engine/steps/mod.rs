@@ -2,10 +2,9 @@
 //! [`StepResult`]. Claiming, recording and ordering steps is the slice loop's
 //! ([`super::run`]); these only execute.
 
-use rust_decimal::Decimal;
 use serde_json::Value;
 
-use crate::run::{LogLevel, StepRecord, StepStatus};
+use crate::run::{LogLevel, StepRecord, StepStatus, Usage};
 
 pub(in crate::engine) mod decision;
 pub(in crate::engine) mod human;
@@ -23,9 +22,7 @@ pub(in crate::engine) struct StepResult {
     pub(in crate::engine) request: Option<Value>,
     pub(in crate::engine) response: Option<Value>,
     pub(in crate::engine) error: Option<String>,
-    pub(in crate::engine) tokens_prompt: u64,
-    pub(in crate::engine) tokens_completion: u64,
-    pub(in crate::engine) usd_cost: Decimal,
+    pub(in crate::engine) usage: Usage,
     pub(in crate::engine) logs: Vec<(LogLevel, String)>,
 }
 
@@ -36,9 +33,7 @@ impl StepResult {
             request: Some(request),
             response: Some(response),
             error: None,
-            tokens_prompt: 0,
-            tokens_completion: 0,
-            usd_cost: Decimal::ZERO,
+            usage: Usage::default(),
             logs: Vec::new(),
         }
     }
@@ -49,9 +44,7 @@ impl StepResult {
             request,
             response: None,
             error: Some(clip(error.into())),
-            tokens_prompt: 0,
-            tokens_completion: 0,
-            usd_cost: Decimal::ZERO,
+            usage: Usage::default(),
             logs: Vec::new(),
         }
     }

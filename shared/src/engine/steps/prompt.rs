@@ -104,10 +104,10 @@ impl Engine {
                 failed
             }
         };
-        result.tokens_prompt = outcome.tokens_prompt;
-        result.tokens_completion = outcome.tokens_completion;
+        result.usage.tokens_prompt = outcome.tokens_prompt;
+        result.usage.tokens_completion = outcome.tokens_completion;
         match prices.cost(&agent.model, outcome.tokens_prompt, outcome.tokens_completion) {
-            Ok(cost) => result.usd_cost = cost,
+            Ok(cost) => result.usage.usd_cost = cost,
             Err(error) => result.logs.push((
                 LogLevel::Warn,
                 format!("cost not counted: {error}; add the model to the project's settings.model_prices"),

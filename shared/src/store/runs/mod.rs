@@ -14,20 +14,19 @@
 //! nor count it twice.
 //!
 //! Money is exact: `usd_cost` is a DynamoDB number (a decimal of up to 38 digits), added with
-//! `ADD`, and read back as a [`Decimal`] without passing through a float.
+//! `ADD`, and read back as a [`Decimal`](rust_decimal::Decimal) without passing through a float.
 //!
 //! The records themselves are the run domain's ([`crate::run`]).
 
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::{cursor, item, key, s, Item, Store, StoreResult};
-use crate::run::{RunStatus, StepRecord, StepStatus, Trigger};
+use crate::run::{RunStatus, StepRecord, StepStatus, Trigger, Usage};
 
 mod log;
 mod run;
@@ -77,12 +76,8 @@ pub struct StepEnd {
     pub request: Option<Value>,
     /// What it produced.
     pub response: Option<Value>,
-    /// Input tokens spent by the attempt.
-    pub tokens_prompt: u64,
-    /// Output tokens spent by the attempt.
-    pub tokens_completion: u64,
-    /// Cost of the attempt.
-    pub usd_cost: Decimal,
+    /// What the attempt spent.
+    pub usage: Usage,
 }
 
 /// Partition key of a run.

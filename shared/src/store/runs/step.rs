@@ -153,9 +153,9 @@ impl Store {
             (":status", s(end.status.as_str())),
             (":attempts", n(record.attempts)),
             (":running", s(StepStatus::Running.as_str())),
-            (":tp", n(end.tokens_prompt)),
-            (":tc", n(end.tokens_completion)),
-            (":cost", n(end.usd_cost)),
+            (":tp", n(end.usage.tokens_prompt)),
+            (":tc", n(end.usage.tokens_completion)),
+            (":cost", n(end.usage.usd_cost)),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
@@ -206,7 +206,7 @@ impl Store {
             .build()
             .context("Failed to build a step update")?;
         let mut items = vec![TransactWriteItem::builder().update(step).build()];
-        let spent = end.tokens_prompt > 0 || end.tokens_completion > 0 || !end.usd_cost.is_zero();
+        let spent = !end.usage.is_zero();
         if spent {
             let run = Update::builder()
                 .table_name(&self.runs_table)
@@ -215,9 +215,9 @@ impl Store {
                     "ADD tokens_prompt :tp, tokens_completion :tc, usd_cost :cost, version :one",
                 )
                 .condition_expression("attribute_exists(pk)")
-                .expression_attribute_values(":tp", n(end.tokens_prompt))
-                .expression_attribute_values(":tc", n(end.tokens_completion))
-                .expression_attribute_values(":cost", n(end.usd_cost))
+                .expression_attribute_values(":tp", n(end.usage.tokens_prompt))
+                .expression_attribute_values(":tc", n(end.usage.tokens_completion))
+                .expression_attribute_values(":cost", n(end.usage.usd_cost))
                 .expression_attribute_values(":one", n(1))
                 .build()
                 .context("Failed to build a run update")?;
