@@ -13,12 +13,16 @@
 //!    over only if the step is safe to run twice ([`Engine::safe_to_repeat`]); otherwise the
 //!    step fails as interrupted, and a person decides with `retry`. A record whose lease is
 //!    still held belongs to another worker: the slice stops ([`Outcome::Busy`]);
-//! 4. the step executes; long steps renew their lease and send the task heartbeat;
+//! 4. the step executes, in the executor of its type (`engine::steps`, one module each);
+//!    long steps renew their lease and send the task heartbeat;
 //! 5. the attempt ends in one transaction that checks the claim is still ours and adds its
 //!    tokens and cost to the run, so nothing is counted twice.
 //!
 //! A failed step fails the run; `retry` re-drives it: failed records of an earlier round
 //! are taken over again, succeeded ones are kept.
+//!
+//! The run itself moves (started, waiting for input, ended) through [`Move`]s applied by
+//! [`crate::store::Store::move_run`], as the API's moves are.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

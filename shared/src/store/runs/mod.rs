@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{cursor, item, key, s, Item, Store, StoreResult};
+use super::{cursor, item, key, s, Item, Page, Store, StoreResult};
 use crate::run::{RunStatus, StepRecord, StepStatus, Trigger, Usage};
 
 mod log;
@@ -105,6 +105,21 @@ fn exact_record<T: serde::de::DeserializeOwned>(mut item: Item) -> anyhow::Resul
         item.insert("usd_cost".into(), AttributeValue::S(number));
     }
     crate::store::record(item)
+}
+
+/// A page of a `Query` of run items, each read with [`exact_record`].
+fn exact_page<T: serde::de::DeserializeOwned>(
+    items: Option<Vec<Item>>,
+    next: Option<cursor::Key>,
+) -> anyhow::Result<Page<T>> {
+    Ok(Page {
+        items: items
+            .unwrap_or_default()
+            .into_iter()
+            .map(exact_record)
+            .collect::<anyhow::Result<_>>()?,
+        next,
+    })
 }
 
 /// Writes an item's `usd_cost` as a DynamoDB number, so `ADD` can add to it.

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    exact_item, exact_record, idempotency_pk, project_runs, put, run_pk, status_gsi, status_list,
-    RunFilter, RUN_SK,
+    exact_item, exact_page, exact_record, idempotency_pk, project_runs, put, run_pk, status_gsi,
+    status_list, RunFilter, RUN_SK,
 };
 use crate::domain::ts;
 use crate::run::{IdempotencyRecord, LogLine, Move, Run, RunChange, RunStatus};
@@ -183,15 +183,7 @@ impl Store {
             .send()
             .await
             .context("Failed to list runs")?;
-        Ok(Page {
-            items: out
-                .items
-                .unwrap_or_default()
-                .into_iter()
-                .map(exact_record)
-                .collect::<anyhow::Result<_>>()?,
-            next: out.last_evaluated_key,
-        })
+        Ok(exact_page(out.items, out.last_evaluated_key)?)
     }
 
     /// Moves run `id` to `to` if its status is one it may leave for `to`, applying

@@ -10,7 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    exact_item, exact_record, put, run_pk, running_check, status_gsi, Claim, StepEnd, RUN_SK,
+    exact_item, exact_page, put, run_pk, running_check, status_gsi, Claim, StepEnd, RUN_SK,
 };
 use crate::domain::ts;
 use crate::run::{Run, RunStatus, StepRecord, StepStatus};
@@ -45,15 +45,7 @@ impl Store {
             .send()
             .await
             .context("Failed to list run steps")?;
-        Ok(Page {
-            items: out
-                .items
-                .unwrap_or_default()
-                .into_iter()
-                .map(exact_record)
-                .collect::<anyhow::Result<_>>()?,
-            next: out.last_evaluated_key,
-        })
+        Ok(exact_page(out.items, out.last_evaluated_key)?)
     }
 
     /// Creates a step record while the run is `running`.
