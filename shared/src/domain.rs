@@ -202,6 +202,54 @@ mod tests {
     }
 }
 
+/// Serde for values stored as JSON text: nesting DynamoDB could not store (over 32 levels)
+/// is the client's to choose.
+pub(crate) mod json_text {
+    use serde::de::DeserializeOwned;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// The same for optional values.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<T: Serialize, S: Serializer>(
+            value: &Option<T>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(value) => {
+                    let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
+                    serializer.serialize_some(&text)
+                }
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<T>, D::Error> {
+            Option::<String>::deserialize(deserializer)?
+                .map(|text| serde_json::from_str(&text).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
 /// Serde for timestamps as fixed-width RFC 3339 UTC with milliseconds
 /// (`2026-01-02T03:04:05.678Z`), so stored values sort and compare as strings.
 pub mod ts {

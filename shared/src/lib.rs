@@ -18,10 +18,12 @@ pub mod governance;
 pub mod health;
 pub mod manifest;
 pub mod outbound;
+pub mod run;
 pub mod state;
 pub mod store;
 pub mod tool_config;
 pub mod tool_template;
+pub mod usecase;
 pub mod workflow;
 
 pub use config::Config;

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use serde_json::{json, Value};
 use spark_ops::engine::run::Outcome;
 use spark_ops::engine::tool::ToolError;
-use spark_ops::store::runs::{StepRecord, StepStatus};
+use spark_ops::run::{StepRecord, StepStatus};
 use spark_ops_tests::{egress_allowing, localstack_url, spawn_app, NoHeartbeat, TestApp};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

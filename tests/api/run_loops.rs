@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 use spark_ops::engine::run::Outcome;
-use spark_ops::store::runs::{RunStatus, StepStatus};
+use spark_ops::run::{RunStatus, StepStatus};
 use spark_ops_tests::{spawn_app, NoHeartbeat, TestApp};
 use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -17,8 +17,8 @@ async fn run_loop(
     input: Value,
 ) -> (
     Outcome,
-    spark_ops::store::runs::Run,
-    Vec<spark_ops::store::runs::StepRecord>,
+    spark_ops::run::Run,
+    Vec<spark_ops::run::StepRecord>,
 ) {
     let owner = app.user("Owner").await;
     let project = app.project(&owner, "Loops").await;

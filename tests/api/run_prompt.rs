@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use secrecy::SecretString;
 use serde_json::json;
 use spark_ops::engine::run::{Engine, Outcome};
-use spark_ops::store::runs::{RunStatus, StepStatus};
+use spark_ops::run::{RunStatus, StepStatus};
 use spark_ops_tests::{allow_list, spawn_app_with, NoHeartbeat};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -68,8 +68,11 @@ async fn a_prompt_without_an_agent_endpoint_uses_the_deployment_default_and_its_
     assert_eq!(outcome, Outcome::Succeeded);
     let run = app.state.store.get_run(id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Succeeded);
-    assert_eq!((run.tokens_prompt, run.tokens_completion), (1000, 500));
-    assert_eq!(run.usd_cost.normalize().to_string(), "0.006");
+    assert_eq!(
+        (run.usage.tokens_prompt, run.usage.tokens_completion),
+        (1000, 500)
+    );
+    assert_eq!(run.usage.usd_cost.normalize().to_string(), "0.006");
     let steps = app.state.store.all_steps(id).await.unwrap();
     assert_eq!(steps[0].status, StepStatus::Succeeded);
     assert_eq!(

@@ -6,7 +6,7 @@ use chrono::Duration;
 use serde_json::json;
 use spark_ops::clock::Clock;
 use spark_ops::engine::run::Outcome;
-use spark_ops::store::runs::{Run, RunChange, RunStatus, StepRecord, StepStatus};
+use spark_ops::run::{Run, RunChange, RunStatus, StepRecord, StepStatus};
 use spark_ops_tests::{spawn_app, NoHeartbeat, TestApp};
 use uuid::Uuid;
 use wiremock::matchers::{method, path};
@@ -174,5 +174,5 @@ async fn a_step_under_a_live_lease_is_left_to_its_worker() {
     assert_eq!((record.status, record.attempts), (StepStatus::Running, 1));
     let run = app.state.store.get_run(run.id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Running);
-    assert_eq!(run.tokens_prompt, 0);
+    assert_eq!(run.usage.tokens_prompt, 0);
 }

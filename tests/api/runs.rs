@@ -16,9 +16,8 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 use spark_ops::engine::run::{Engine, Outcome};
 use spark_ops::engine::worker::{QueueMessage, Worker};
-use spark_ops::store::runs::{
-    step_sk, Claim, Run, RunChange, RunStatus, StepEnd, StepRecord, StepStatus,
-};
+use spark_ops::run::{step_sk, Run, RunChange, RunStatus, StepRecord, StepStatus, Usage};
+use spark_ops::store::runs::{Claim, StepEnd};
 use spark_ops_tests::{spawn_app, NoHeartbeat, Reply, TestApp};
 use uuid::Uuid;
 use wiremock::matchers::{method, path};
@@ -318,15 +317,17 @@ fn spent(at: DateTime<Utc>, tokens: (u64, u64), cost: &str) -> StepEnd {
         error_message: None,
         request: Some(json!({"prompt": "hi"})),
         response: Some(json!({"text": "hello"})),
-        tokens_prompt: tokens.0,
-        tokens_completion: tokens.1,
-        usd_cost: cost.parse().expect("a decimal"),
+        usage: Usage {
+            tokens_prompt: tokens.0,
+            tokens_completion: tokens.1,
+            usd_cost: cost.parse().expect("a decimal"),
+        },
     }
 }
 
 /// The exact decimal text of a stored run's cost.
 fn cost_text(run: &Run) -> String {
-    run.usd_cost.normalize().to_string()
+    run.usage.usd_cost.normalize().to_string()
 }
 
 /// Runs one `execute` slice of a run in-process, reaching the local fakes at `fakes`.
@@ -1608,9 +1609,12 @@ async fn a_stale_attempt_cannot_finish_a_step_nor_count_its_cost() {
         .expect("the step exists");
     assert_eq!(step.status, StepStatus::Running);
     assert_eq!(step.attempts, 2);
-    assert_eq!(step.tokens_prompt, 0);
+    assert_eq!(step.usage.tokens_prompt, 0);
     let run = stored_run(app, &id).await;
-    assert_eq!((run.tokens_prompt, run.tokens_completion), (0, 0));
+    assert_eq!(
+        (run.usage.tokens_prompt, run.usage.tokens_completion),
+        (0, 0)
+    );
     assert_eq!(cost_text(&run), "0");
 
     // WHEN worker B finishes, THEN its tokens and cost count, once
@@ -1619,7 +1623,10 @@ async fn a_stale_attempt_cannot_finish_a_step_nor_count_its_cost() {
     // A duplicate delivery finishing the same attempt again changes nothing.
     assert!(!store.finish_step(&by_b, &end).await.expect("finish"));
     let run = stored_run(app, &id).await;
-    assert_eq!((run.tokens_prompt, run.tokens_completion), (10, 5));
+    assert_eq!(
+        (run.usage.tokens_prompt, run.usage.tokens_completion),
+        (10, 5)
+    );
     assert_eq!(cost_text(&run), "0.0000405");
     let step = store
         .get_step(running.id, &step_sk(0, None))
@@ -1627,7 +1634,7 @@ async fn a_stale_attempt_cannot_finish_a_step_nor_count_its_cost() {
         .expect("read")
         .expect("the step exists");
     assert_eq!(step.status, StepStatus::Succeeded);
-    assert_eq!(step.usd_cost.normalize().to_string(), "0.0000405");
+    assert_eq!(step.usage.usd_cost.normalize().to_string(), "0.0000405");
     let view = get_run(app, &w.owner, &id).await;
     assert_eq!(view["usd_cost"], "0.0000405");
     assert_eq!(view["tokens_prompt"], 10);

@@ -21,7 +21,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use spark_ops::engine::lifecycle::execution_arn;
 use spark_ops::engine::worker::Worker;
-use spark_ops::store::runs::RunStatus;
+use spark_ops::run::RunStatus;
 use spark_ops::store::Store;
 use spark_ops_tests::{dynamodb_url, local_sdk_config, spawn_app, TestApp};
 use uuid::Uuid;

@@ -1,18 +1,9 @@
 //! `/api/v1/runs`: start runs and follow, cancel, retry, resume, approve or reject them.
 //!
-//! - `POST /runs` honours `Idempotency-Key` (per project, remembered 24 h): a replay with the
-//!   same body returns the first run (`Idempotent-Replayed: true`) and starts nothing; the
-//!   same key with another body is `422`. The run and its key are written in one
-//!   transaction; then the run's Step Functions execution (named by the run id) starts. If
-//!   it cannot start, the run ends `failed` with the reason and the caller gets `503`.
-//! - Status changes are conditional writes ([`RunStatus::can_become`]); a request that finds
-//!   the run in another status gets `409` and changes nothing.
-//! - Approve, resume and retry move the run first, then answer the lifecycle's parked task
-//!   (see [`crate::engine::worker`]); cancel and reject stop the execution.
-//! - Governance: a run uses a released version unless the request says `allow_draft` (and the
-//!   caller may release versions); whoever started a run cannot approve or reject it unless
-//!   the project's `settings.approvals.allow_self_approval` says so (a run started with an API
-//!   key counts as started by the key's creator too); and only people resume `human` steps.
+//! The handlers read the request and shape the response; what happens to a run, and the
+//! rules it follows (idempotency, governance, status changes), is the run use cases'
+//! ([`crate::usecase::runs`]). A `POST /runs` replayed with its `Idempotency-Key` answers the
+//! first run with `Idempotent-Replayed: true`.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
@@ -21,42 +12,31 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{parse_json, ApiJson, ApiQuery, PageQuery};
-use super::registry::{
-    authorize_record, check_json_object, not_found, record_id, required_project_id,
-};
+use super::registry::{check_json_object, record_id, required_project_id};
 use super::{created, with_etag, Page};
 use crate::auth::rbac::Action;
 use crate::auth::tokens::digest;
 use crate::auth::{authorize, Principal, ProjectAccess};
 use crate::domain::{ts, Env};
-use crate::engine::lifecycle;
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
-use crate::state::AppState;
-use crate::store::runs::{
-    Approval, IdempotencyRecord, LogLevel, LogLine, Run, RunChange, RunFilter, RunStatus,
-    StepRecord, StepStatus, StepsSummary, Trigger, IDEMPOTENCY_TTL,
+use crate::run::{
+    Approval, LogLevel, LogLine, Run, RunStatus, StepRecord, StepStatus, StepsSummary, Trigger,
 };
-use crate::store::workflows::VersionStatus;
-use crate::store::StoreError;
-use crate::workflow::{Definition, LoopConfig, LoopStep, StepKind};
-
-mod governance;
+use crate::state::AppState;
+use crate::store::runs::RunFilter;
+use crate::usecase::runs::{self, Idempotency, StartRun};
 
 /// What the errors call a run.
 const WHAT: &str = "run";
-/// Largest run input, as JSON.
-pub const MAX_INPUT_BYTES: usize = 128 * 1024;
 /// Longest `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
-/// Longest rejection reason or approval comment.
-const MAX_REASON_CHARS: usize = 1000;
 
 /// Header marking a replayed `POST /runs`.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -78,6 +58,9 @@ pub struct RunView {
     pub env: Env,
     /// What started it.
     pub trigger: Trigger,
+    /// Which schedule, webhook or event started it; absent for a manual run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// `queued`, `awaiting_approval`, `running`, `awaiting_input`, `succeeded`, `failed` or
     /// `cancelled`.
     pub status: RunStatus,
@@ -135,6 +118,7 @@ impl From<Run> for RunView {
             agent_id: run.agent_id,
             env: run.env,
             trigger: run.trigger,
+            origin: run.origin,
             status: run.status,
             input: run.input,
             metadata: run.metadata,
@@ -143,9 +127,9 @@ impl From<Run> for RunView {
             started_at: run.started_at.as_ref().map(ts::format),
             ended_at: run.ended_at.as_ref().map(ts::format),
             duration_ms: run.duration_ms,
-            tokens_prompt: run.tokens_prompt,
-            tokens_completion: run.tokens_completion,
-            usd_cost: decimal_text(run.usd_cost),
+            tokens_prompt: run.usage.tokens_prompt,
+            tokens_completion: run.usage.tokens_completion,
+            usd_cost: decimal_text(run.usage.usd_cost),
             retries: run.retries,
             has_human_in_loop: run.has_human_in_loop,
             region: run.region,
@@ -220,9 +204,9 @@ impl From<StepRecord> for StepView {
             error_message: step.error_message,
             request: step.request,
             response: step.response,
-            tokens_prompt: step.tokens_prompt,
-            tokens_completion: step.tokens_completion,
-            usd_cost: decimal_text(step.usd_cost),
+            tokens_prompt: step.usage.tokens_prompt,
+            tokens_completion: step.usage.tokens_completion,
+            usd_cost: decimal_text(step.usage.usd_cost),
             attempts: step.attempts,
         }
     }
@@ -333,7 +317,6 @@ pub struct ListRunsQuery {
     /// Cursor from the previous page.
     pub cursor: Option<String>,
 }
-
 /// Starts a run.
 #[utoipa::path(
     post, path = "/api/v1/runs", tag = "runs",
@@ -353,254 +336,54 @@ pub async fn create_run(
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateRun>,
 ) -> ApiResult<Response> {
-    let idempotency_key = idempotency_key(&headers)?;
-    let mut errors = Vec::new();
-    let workflow_id = parse_id("workflow_id", &body.workflow_id, &mut errors);
-    let agent_id = parse_id("agent_id", &body.agent_id, &mut errors);
+    let idempotency = idempotency_key(&headers)?.map(|key| Idempotency {
+        key,
+        request_digest: request_digest(&body),
+    });
+    let mut invalid = Vec::new();
+    let workflow_id = parse_id("workflow_id", &body.workflow_id, &mut invalid);
+    let agent_id = parse_id("agent_id", &body.agent_id, &mut invalid);
     let env = match body.env.as_str() {
         "dev" => Some(Env::Dev),
         "staging" => Some(Env::Staging),
         "prod" => Some(Env::Prod),
         _ => {
-            errors.push(FieldError::new("env", "must be one of dev, staging, prod"));
+            invalid.push(FieldError::new("env", "must be one of dev, staging, prod"));
             None
         }
     };
-    let input = object_field("input", body.input.clone(), &mut errors);
-    if serde_json::to_vec(&input).map_or(usize::MAX, |v| v.len()) > MAX_INPUT_BYTES {
-        errors.push(FieldError::new(
-            "input",
-            format!("must be at most {MAX_INPUT_BYTES} bytes of JSON"),
-        ));
-    }
-    let metadata = object_field("metadata", body.metadata.clone(), &mut errors);
+    let input = runs::read_input("input", body.input, &mut invalid);
+    let metadata = runs::read_object("metadata", body.metadata, &mut invalid);
     if let Value::Object(map) = &metadata {
-        check_json_object("metadata", map, &mut errors);
+        check_json_object("metadata", map, &mut invalid);
     }
     let Some(workflow_id) = workflow_id else {
-        return Err(ApiError::invalid_fields(errors));
+        return Err(ApiError::invalid_fields(invalid));
     };
-    // The workflow decides the project; one the caller cannot see is reported as missing.
-    let workflow = state
-        .store
-        .get_workflow(workflow_id)
-        .await?
-        .ok_or_else(|| ApiError::invalid("workflow_id", "no such workflow"))?;
-    let project_id = workflow.project_id;
-    let access = authorize(&state, &principal, project_id, Action::OperateRuns)
-        .await
-        .map_err(|err| match err {
-            ApiError::NotFound(_) => ApiError::invalid("workflow_id", "no such workflow"),
-            other => other,
-        })?;
-    if let Some(key) = &idempotency_key {
-        if let Some(replayed) = replay(&state, project_id, key, &body).await? {
-            return Ok(replayed);
-        }
-    }
-    let number = match body.version.or(workflow.current_version) {
-        Some(number) => Some(number),
-        None => {
-            errors.push(FieldError::new(
-                "version",
-                "the workflow has no released version; release one or pass `version`",
-            ));
-            None
-        }
-    };
-    let version = match number {
-        Some(number) => {
-            match state
-                .store
-                .get_workflow_version(workflow_id, number)
-                .await?
-            {
-                Some(v) if v.status == VersionStatus::Deprecated => {
-                    errors.push(FieldError::new("version", "is deprecated"));
-                    None
-                }
-                Some(v) if v.status == VersionStatus::Draft && body.allow_draft != Some(true) => {
-                    errors.push(FieldError::new(
-                        "version",
-                        format!(
-                            "version {} is a draft; runs use released versions (release it, \
-                             or pass `allow_draft: true` to run the draft)",
-                            v.number
-                        ),
-                    ));
-                    None
-                }
-                Some(v) if v.status == VersionStatus::Draft => {
-                    // Whoever may release the draft may run it; others run what was released.
-                    if !Action::WriteRegistry.allowed_for(access.role) {
-                        return Err(ApiError::Forbidden(format!(
-                            "`allow_draft` needs the `{}` role: only those who may release a \
-                             version may run it as a draft",
-                            Action::WriteRegistry.required_role()
-                        )));
-                    }
-                    Some(v)
-                }
-                Some(v) => Some(v),
-                None => {
-                    errors.push(FieldError::new(
-                        "version",
-                        "no such version of the workflow",
-                    ));
-                    None
-                }
-            }
-        }
-        None => None,
-    };
-    if let Some(agent_id) = agent_id {
-        match state.store.get_agent(agent_id).await? {
-            Some(agent) if agent.project_id == project_id => {}
-            _ => errors.push(FieldError::new(
-                "agent_id",
-                "no such agent in the workflow's project",
-            )),
-        }
-    }
-    let (Some(version), Some(agent_id), Some(env), true) =
-        (version, agent_id, env, errors.is_empty())
-    else {
-        return Err(ApiError::invalid_fields(errors));
-    };
-    let now = state.clock.now();
-    let require_approval = body.require_approval.unwrap_or(false);
-    let run = Run {
-        id: Uuid::now_v7(),
-        project_id,
+    let request = StartRun {
         workflow_id,
-        workflow_version: version.number,
+        version: body.version,
+        allow_draft: body.allow_draft == Some(true),
         agent_id,
         env,
-        trigger: Trigger::Manual,
-        status: if require_approval {
-            RunStatus::AwaitingApproval
-        } else {
-            RunStatus::Queued
-        },
         input,
         metadata,
-        require_approval,
-        started_at: None,
-        ended_at: None,
-        duration_ms: None,
-        tokens_prompt: 0,
-        tokens_completion: 0,
-        usd_cost: Decimal::ZERO,
-        retries: 0,
-        has_human_in_loop: has_human_step(&version.definition),
-        steps_total: u32::try_from(version.definition.steps.len()).unwrap_or(u32::MAX),
-        region: state.config.region.clone(),
-        error_message: None,
-        approval: None,
-        task_token: None,
-        waiting_step: None,
-        created_by: principal.actor_id(),
-        created_at: now,
-        updated_at: now,
-        version: 1,
+        require_approval: body.require_approval.unwrap_or(false),
+        trigger: Trigger::Manual,
+        origin: None,
+        idempotency,
+        invalid,
     };
-    let idempotency = idempotency_key.as_ref().map(|key| IdempotencyRecord {
-        project_id,
-        key_digest: digest(key),
-        request_digest: request_digest(&body),
-        run_id: run.id,
-        created_at: now,
-        ttl: (now + IDEMPOTENCY_TTL).timestamp(),
-    });
-    match state.store.create_run(&run, idempotency.as_ref()).await {
-        Ok(()) => {}
-        Err(err) if matches!(err, StoreError::ConditionFailed) || err.is_conflict() => {
-            // A concurrent request with the same key won the race.
-            let key = idempotency_key.as_deref().unwrap_or_default();
-            return match replay(&state, project_id, key, &body).await? {
-                Some(replayed) => Ok(replayed),
-                None => Err(ApiError::Conflict(
-                    "a request with this Idempotency-Key is in progress; retry shortly".into(),
-                )),
-            };
-        }
-        Err(err) => return Err(err.into()),
+    let started = runs::start(&state, &principal, request).await?;
+    let location = format!("/api/v1/runs/{}", started.run.id);
+    let version = started.run.version;
+    let mut response = created(&location, version, RunView::from(started.run));
+    if started.replayed {
+        response
+            .headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     }
-    tracing::info!(run_id = %run.id, %project_id, %workflow_id, "run created");
-    let run = start_lifecycle(&state, run).await?;
-    let location = format!("/api/v1/runs/{}", run.id);
-    let version = run.version;
-    Ok(created(&location, version, RunView::from(run)))
-}
-
-/// Starts a stored run's execution; if that fails, the run ends `failed` and the caller gets
-/// `503`.
-async fn start_lifecycle(state: &AppState, run: Run) -> ApiResult<Run> {
-    let Err(error) = lifecycle::start(state, &run).await else {
-        return Ok(run);
-    };
-    tracing::error!(run_id = %run.id, error = ?error, "the run's lifecycle did not start");
-    let now = state.clock.now();
-    let change = RunChange {
-        from: vec![run.status],
-        ended: Some((now, 0)),
-        error_message: Some(Some(
-            "the run's lifecycle could not be started; start a new run".into(),
-        )),
-        ..RunChange::default()
-    };
-    if let Err(err) = state
-        .store
-        .transition_run(&run, RunStatus::Failed, now, change)
-        .await
-    {
-        tracing::error!(run_id = %run.id, error = ?err, "could not record the failed start");
-    }
-    Err(ApiError::Unavailable(
-        "the run could not be started; it is recorded as failed".into(),
-    ))
-}
-
-/// The first response to a request with this key, or `None` if the key is new.
-async fn replay(
-    state: &AppState,
-    project_id: Uuid,
-    key: &str,
-    body: &CreateRun,
-) -> ApiResult<Option<Response>> {
-    let now = state.clock.now();
-    let Some(record) = state
-        .store
-        .get_idempotency(project_id, &digest(key), now)
-        .await?
-    else {
-        return Ok(None);
-    };
-    if record.request_digest != request_digest(body) {
-        return Err(ApiError::invalid(
-            "Idempotency-Key",
-            "was used with a different request body; use a new key for a new run",
-        ));
-    }
-    let run = state
-        .store
-        .get_run(record.run_id)
-        .await?
-        .ok_or_else(|| not_found(WHAT))?;
-    let run = if run.status == RunStatus::Queued || run.status == RunStatus::AwaitingApproval {
-        // The first request may have died before starting the lifecycle; starting is
-        // idempotent, so make sure it has.
-        start_lifecycle(state, run).await?
-    } else {
-        run
-    };
-    let location = format!("/api/v1/runs/{}", run.id);
-    let version = run.version;
-    let mut response = created(&location, version, RunView::from(run));
-    response
-        .headers_mut()
-        .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-    Ok(Some(response))
+    Ok(response)
 }
 
 /// Lists a project's runs, newest first.
@@ -704,7 +487,7 @@ pub async fn get_run(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let run = visible_run(&state, &principal, &id, Action::ReadRuns).await?;
+    let (run, _) = visible_run(&state, &principal, &id, Action::ReadRuns).await?;
     let steps = state.store.all_steps(run.id).await?;
     let version = run.version;
     let summary = StepsSummary::of(run.steps_total, &steps);
@@ -714,6 +497,7 @@ pub async fn get_run(
 }
 
 /// Cancels a run that has not ended: its execution stops, and a worker mid-run stops at
+/// the next step boundary./// Cancels a run that has not ended: its execution stops, and a worker mid-run stops at
 /// the next step boundary.
 #[utoipa::path(
     patch, path = "/api/v1/runs/{id}/cancel", tag = "runs",
@@ -731,20 +515,8 @@ pub async fn cancel_run(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunView>> {
-    let run = visible_run(&state, &principal, &id, Action::OperateRuns).await?;
-    let at = state.clock.now();
-    let change = RunChange {
-        ended: Some((at, elapsed_ms(run.started_at.unwrap_or(run.created_at), at))),
-        ..RunChange::default()
-    };
-    let run = move_run(&state, &run, RunStatus::Cancelled, change).await?;
-    stop_lifecycle(&state, &run, "cancelled").await;
-    note(
-        &state,
-        &run,
-        format!("cancelled by {}", principal.actor_id()),
-    )
-    .await;
+    let (run, _) = visible_run(&state, &principal, &id, Action::OperateRuns).await?;
+    let run = runs::cancel(&state, &principal, &run).await?;
     Ok(Json(RunView::from(run)))
 }
 
@@ -765,33 +537,8 @@ pub async fn retry_run(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunView>> {
-    let run = visible_run(&state, &principal, &id, Action::OperateRuns).await?;
-    if run.status != RunStatus::Failed {
-        return Err(not_in(&run, RunStatus::Failed));
-    }
-    // A failed run waits for a retry in its execution for seven days; one whose lifecycle
-    // broke or expired cannot be re-driven.
-    if !lifecycle::is_running(&state, run.id)
-        .await
-        .map_err(ApiError::Internal)?
-    {
-        return Err(ApiError::Conflict(
-            "the run's lifecycle has ended, so it cannot be retried; start a new run".into(),
-        ));
-    }
-    let change = RunChange {
-        from: vec![RunStatus::Failed],
-        retried: true,
-        ..RunChange::default()
-    };
-    let run = move_run(&state, &run, RunStatus::Queued, change).await?;
-    note(
-        &state,
-        &run,
-        format!("retry {} by {}", run.retries, principal.actor_id()),
-    )
-    .await;
-    release(&state, &run, json!({"retried": true})).await?;
+    let (run, _) = visible_run(&state, &principal, &id, Action::OperateRuns).await?;
+    let run = runs::retry(&state, &principal, &run).await?;
     Ok(Json(RunView::from(run)))
 }
 
@@ -815,51 +562,8 @@ pub async fn resume_run(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ResumeRun>,
 ) -> ApiResult<Json<RunView>> {
-    let run = visible_run(&state, &principal, &id, Action::OperateRuns).await?;
-    governance::person_resumes(&principal)?;
-    let mut errors = Vec::new();
-    let input = object_field("input", Some(body.input), &mut errors);
-    if serde_json::to_vec(&input).map_or(usize::MAX, |v| v.len()) > MAX_INPUT_BYTES {
-        errors.push(FieldError::new(
-            "input",
-            format!("must be at most {MAX_INPUT_BYTES} bytes of JSON"),
-        ));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::invalid_fields(errors));
-    }
-    let (RunStatus::AwaitingInput, Some(step_sk)) = (run.status, run.waiting_step.clone()) else {
-        return Err(ApiError::Conflict(format!(
-            "the run is {}, not awaiting_input",
-            run.status.as_str()
-        )));
-    };
-    let now = state.clock.now();
-    let waited = state
-        .store
-        .get_step(run.id, &step_sk)
-        .await?
-        .map_or(0, |step| elapsed_ms(step.started_at, now));
-    match state
-        .store
-        .resume_human_step(&run, &step_sk, &input, now, waited)
-        .await
-    {
-        Ok(()) => {}
-        Err(StoreError::ConditionFailed) => {
-            return Err(ApiError::Conflict(
-                "the run stopped waiting for input meanwhile".into(),
-            ))
-        }
-        Err(err) => return Err(err.into()),
-    }
-    let run = state
-        .store
-        .get_run(run.id)
-        .await?
-        .ok_or_else(|| not_found(WHAT))?;
-    note(&state, &run, format!("resumed by {}", principal.actor_id())).await;
-    release(&state, &run, json!({"resumed": true})).await?;
+    let (run, _) = visible_run(&state, &principal, &id, Action::OperateRuns).await?;
+    let run = runs::resume(&state, &principal, &run, body.input).await?;
     Ok(Json(RunView::from(run)))
 }
 
@@ -882,42 +586,14 @@ pub async fn approve_run(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<RunView>> {
-    let (run, access) =
-        visible_run_with_access(&state, &principal, &id, Action::ApproveRuns).await?;
+    let (run, access) = visible_run(&state, &principal, &id, Action::ApproveRuns).await?;
     // The body is optional.
     let comment = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
         parse_json::<ApproveRun>(&body)?.comment
     };
-    if comment
-        .as_ref()
-        .is_some_and(|c| c.chars().count() > MAX_REASON_CHARS)
-    {
-        return Err(ApiError::invalid(
-            "comment",
-            format!("must be at most {MAX_REASON_CHARS} characters"),
-        ));
-    }
-    governance::check_not_own_run(&state, &access, &principal, &run).await?;
-    let change = RunChange {
-        from: vec![RunStatus::AwaitingApproval],
-        approval: Some(Approval {
-            decision: "approved".into(),
-            decided_by: principal.actor_id(),
-            decided_at: state.clock.now(),
-            comment,
-        }),
-        ..RunChange::default()
-    };
-    let run = move_run(&state, &run, RunStatus::Queued, change).await?;
-    note(
-        &state,
-        &run,
-        format!("approved by {}", principal.actor_id()),
-    )
-    .await;
-    release(&state, &run, json!({"decision": "approved"})).await?;
+    let run = runs::approve(&state, &principal, &access, &run, comment).await?;
     Ok(Json(RunView::from(run)))
 }
 
@@ -941,37 +617,8 @@ pub async fn reject_run(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RejectRun>,
 ) -> ApiResult<Json<RunView>> {
-    let (run, access) =
-        visible_run_with_access(&state, &principal, &id, Action::ApproveRuns).await?;
-    let reason = body.reason.trim().to_owned();
-    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
-        return Err(ApiError::invalid(
-            "reason",
-            format!("must be 1 to {MAX_REASON_CHARS} characters"),
-        ));
-    }
-    governance::check_not_own_run(&state, &access, &principal, &run).await?;
-    let at = state.clock.now();
-    let change = RunChange {
-        from: vec![RunStatus::AwaitingApproval],
-        ended: Some((at, elapsed_ms(run.created_at, at))),
-        error_message: Some(Some(format!("rejected: {reason}"))),
-        approval: Some(Approval {
-            decision: "rejected".into(),
-            decided_by: principal.actor_id(),
-            decided_at: at,
-            comment: Some(reason),
-        }),
-        ..RunChange::default()
-    };
-    let run = move_run(&state, &run, RunStatus::Cancelled, change).await?;
-    stop_lifecycle(&state, &run, "rejected").await;
-    note(
-        &state,
-        &run,
-        format!("rejected by {}", principal.actor_id()),
-    )
-    .await;
+    let (run, access) = visible_run(&state, &principal, &id, Action::ApproveRuns).await?;
+    let run = runs::reject(&state, &principal, &access, &run, &body.reason).await?;
     Ok(Json(RunView::from(run)))
 }
 
@@ -992,7 +639,7 @@ pub async fn list_steps(
     Path(id): Path<String>,
     ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Page<StepView>>> {
-    let run = visible_run(&state, &principal, &id, Action::ReadRuns).await?;
+    let (run, _) = visible_run(&state, &principal, &id, Action::ReadRuns).await?;
     let request = page.resolve(&state, format!("runs:{}:steps", run.id))?;
     let page = state
         .store
@@ -1018,7 +665,7 @@ pub async fn list_logs(
     Path(id): Path<String>,
     ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Page<LogView>>> {
-    let run = visible_run(&state, &principal, &id, Action::ReadRuns).await?;
+    let (run, _) = visible_run(&state, &principal, &id, Action::ReadRuns).await?;
     let request = page.resolve(&state, format!("runs:{}:logs", run.id))?;
     let page = state
         .store
@@ -1041,123 +688,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_logs))
 }
 
-/// The run with id `raw`, if the principal may do `action` on its project.
+/// The run with id `raw`, if the principal may do `action` on its project, with that access.
 async fn visible_run(
     state: &AppState,
     principal: &Principal,
     raw: &str,
     action: Action,
-) -> ApiResult<Run> {
-    Ok(visible_run_with_access(state, principal, raw, action)
-        .await?
-        .0)
-}
-
-/// [`visible_run`], with the principal's access to the run's project.
-async fn visible_run_with_access(
-    state: &AppState,
-    principal: &Principal,
-    raw: &str,
-    action: Action,
 ) -> ApiResult<(Run, ProjectAccess)> {
-    let id = record_id(raw, WHAT)?;
-    let run = state
-        .store
-        .get_run(id)
-        .await?
-        .ok_or_else(|| not_found(WHAT))?;
-    let access = authorize_record(state, principal, run.project_id, action, WHAT).await?;
-    Ok((run, access))
-}
-
-/// Moves a run to `to` with a conditional write (only from `change.from`, when given);
-/// `409` naming what the operation needs if the run is elsewhere.
-async fn move_run(state: &AppState, run: &Run, to: RunStatus, change: RunChange) -> ApiResult<Run> {
-    let from = change.from.clone();
-    let allowed = |status: RunStatus| {
-        status.can_become(to) && status != to && (from.is_empty() || from.contains(&status))
-    };
-    if !allowed(run.status) {
-        return Err(conflict_for(run, to, &from));
-    }
-    match state
-        .store
-        .transition_run(run, to, state.clock.now(), change)
-        .await
-    {
-        Ok(run) => Ok(run),
-        Err(StoreError::ConditionFailed) => {
-            let current = state
-                .store
-                .get_run(run.id)
-                .await?
-                .ok_or_else(|| not_found(WHAT))?;
-            Err(conflict_for(&current, to, &from))
-        }
-        Err(err) => Err(err.into()),
-    }
-}
-
-fn conflict_for(run: &Run, to: RunStatus, from: &[RunStatus]) -> ApiError {
-    match from {
-        [expected] => not_in(run, *expected),
-        _ if to == RunStatus::Cancelled && run.status.is_terminal() => ApiError::Conflict(format!(
-            "the run has already ended ({})",
-            run.status.as_str()
-        )),
-        _ => ApiError::Conflict(format!(
-            "the run is {} and cannot become {}",
-            run.status.as_str(),
-            to.as_str()
-        )),
-    }
-}
-
-fn not_in(run: &Run, expected: RunStatus) -> ApiError {
-    ApiError::Conflict(format!(
-        "the run is {}, not {}",
-        run.status.as_str(),
-        expected.as_str()
-    ))
-}
-
-/// Answers the lifecycle's parked task, if a worker has parked it; otherwise the worker
-/// answers when it parks and finds the run moved on.
-async fn release(state: &AppState, run: &Run, output: Value) -> ApiResult<()> {
-    if let Some(token) = &run.task_token {
-        lifecycle::answer(state, token, output)
-            .await
-            .map_err(ApiError::Internal)?;
-    }
-    Ok(())
-}
-
-/// Ends a cancelled run's execution: fails the task parked on the run, if any (the state
-/// machine routes that to its `Cancelled` end; a worker that parks a token later finds the
-/// run cancelled and fails it itself), and stops the execution. The run's status already
-/// says it ended, so a failure here is logged, not returned.
-async fn stop_lifecycle(state: &AppState, run: &Run, cause: &str) {
-    if let Some(token) = &run.task_token {
-        if let Err(error) = lifecycle::fail(state, token, lifecycle::CANCELLED_ERROR, cause).await {
-            tracing::error!(run_id = %run.id, error = ?error, "could not end the run's waiting task");
-        }
-    }
-    if let Err(error) = lifecycle::stop(state, run.id, cause).await {
-        tracing::error!(run_id = %run.id, error = ?error, "could not stop the run's execution");
-    }
-}
-
-/// Adds a run-level log line; best effort.
-async fn note(state: &AppState, run: &Run, message: String) {
-    let line = LogLine {
-        at: state.clock.now(),
-        level: LogLevel::Info,
-        step_id: None,
-        message,
-    };
-    if let Err(error) = state.store.append_logs(run.id, &[line]).await {
-        tracing::warn!(run_id = %run.id, error = %error, "could not store a run log line");
-    }
+    runs::visible(state, principal, record_id(raw, WHAT)?, action).await
 }
 
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
@@ -1209,36 +747,7 @@ fn query_time(field: &str, raw: Option<&str>) -> ApiResult<Option<DateTime<Utc>>
     .transpose()
 }
 
-/// An optional object field: `{}` when absent, an error when not an object.
-fn object_field(field: &str, value: Option<Value>, errors: &mut Vec<FieldError>) -> Value {
-    match value {
-        None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(Value::Object(map)) => Value::Object(map),
-        Some(_) => {
-            errors.push(FieldError::new(field, "must be a JSON object"));
-            Value::Object(Map::new())
-        }
-    }
-}
-
-fn has_human_step(definition: &Definition) -> bool {
-    definition.steps.iter().any(|step| {
-        matches!(
-            step.kind,
-            StepKind::Human(_)
-                | StepKind::Loop(LoopConfig {
-                    step: LoopStep::Human(_),
-                    ..
-                })
-        )
-    })
-}
-
 /// A decimal as plain text, without trailing zeros: `0.0000375`, `0`.
 fn decimal_text(value: Decimal) -> String {
     value.normalize().to_string()
-}
-
-fn elapsed_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
-    u64::try_from((to - from).num_milliseconds()).unwrap_or(0)
 }

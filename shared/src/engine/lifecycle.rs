@@ -9,8 +9,8 @@ use aws_sdk_sfn::error::ProvideErrorMetadata;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::run::{Run, RunStatus};
 use crate::state::AppState;
-use crate::store::runs::{Run, RunStatus};
 
 /// The state machine's ARN, from the configuration.
 fn state_machine_arn(state: &AppState) -> anyhow::Result<&str> {

@@ -13,40 +13,39 @@
 //!    over only if the step is safe to run twice ([`Engine::safe_to_repeat`]); otherwise the
 //!    step fails as interrupted, and a person decides with `retry`. A record whose lease is
 //!    still held belongs to another worker: the slice stops ([`Outcome::Busy`]);
-//! 4. the step executes; long steps renew their lease and send the task heartbeat;
+//! 4. the step executes, in the executor of its type (`engine::steps`, one module each);
+//!    long steps renew their lease and send the task heartbeat;
 //! 5. the attempt ends in one transaction that checks the claim is still ours and adds its
 //!    tokens and cost to the run, so nothing is counted twice.
 //!
 //! A failed step fails the run; `retry` re-drives it: failed records of an earlier round
 //! are taken over again, succeeded ones are kept.
+//!
+//! The run itself moves (started, waiting for input, ended) through [`Move`]s applied by
+//! [`crate::store::Store::move_run`], as the API's moves are.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
-use secrecy::SecretString;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::cost::PriceTable;
-use super::llm::{self, ChatClient, Endpoint, PromptParams, ToolCaller, ToolSpec};
+use super::llm::ChatClient;
+use super::steps::{self, clip, StepResult};
 use super::tool::{self, ToolExecutor};
-use super::webhook::{Delivery, SecretHeader, WebhookSender};
-use crate::outbound::{self, Egress};
+use super::webhook::WebhookSender;
+use crate::outbound::Egress;
+use crate::run::{
+    elapsed_ms, execution_order, step_sk, LogLevel, LogLine, Move, Run, RunStatus, StepRecord,
+    StepStatus,
+};
 use crate::state::AppState;
-use crate::store::agents::Agent;
-use crate::store::runs::{
-    Claim, LogLevel, LogLine, Run, RunChange, RunStatus, StepEnd, StepRecord, StepStatus,
-};
-use crate::store::tools::Tool;
-use crate::workflow::{
-    Definition, HumanConfig, Iteration, LoopConfig, LoopStep, PromptConfig, Scope, Step, StepKind,
-    ToolConfig, WebhookConfig, WebhookCredentials,
-};
+use crate::store::runs::{Claim, StepEnd};
+use crate::workflow::{Definition, Scope, Step, StepKind};
 
 /// How long a worker keeps starting steps before handing the run back to the lifecycle.
 pub const SLICE: Duration = Duration::from_secs(60);
@@ -56,15 +55,6 @@ pub const STEP_LEASE: Duration = Duration::from_secs(300);
 
 /// How often a long step renews its lease and heartbeats the task.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
-
-/// Default `max_iterations` of a prompt step.
-const DEFAULT_PROMPT_ITERATIONS: u32 = 10;
-
-/// Retries of a webhook step after a retryable failure.
-const WEBHOOK_RETRIES: u32 = 2;
-
-/// Longest error message stored on a run or step.
-const MAX_ERROR_CHARS: usize = 2000;
 
 /// How an `execute` slice ended: what the lifecycle does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,93 +106,27 @@ pub trait Heartbeat: Send + Sync {
     async fn beat(&self);
 }
 
-/// The order steps execute in: dependencies first, otherwise the definition's order.
-pub fn execution_order(definition: &Definition) -> Vec<usize> {
-    let index: HashMap<&str, usize> = definition
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.id.as_str(), i))
-        .collect();
-    let mut done = vec![false; definition.steps.len()];
-    let mut order = Vec::with_capacity(definition.steps.len());
-    while order.len() < definition.steps.len() {
-        let next = definition.steps.iter().enumerate().find(|(i, step)| {
-            !done[*i]
-                && step
-                    .depends_on
-                    .iter()
-                    .all(|d| index.get(d.as_str()).is_none_or(|&j| done[j]))
-        });
-        // A saved definition has no cycles; should one slip through, run the rest as listed.
-        let i = next.map_or_else(|| done.iter().position(|d| !d).unwrap_or(0), |(i, _)| i);
-        done[i] = true;
-        order.push(i);
-    }
-    order
-}
-
 /// Runs steps; one per process, shared by every message it handles.
 pub struct Engine {
-    state: AppState,
-    tools: ToolExecutor,
-    webhooks: WebhookSender,
-    chat: ChatClient,
+    pub(super) state: AppState,
+    pub(super) tools: ToolExecutor,
+    pub(super) webhooks: WebhookSender,
+    pub(super) chat: ChatClient,
     definitions: Mutex<HashMap<(Uuid, u64), Arc<Definition>>>,
 }
 
-/// What one step attempt produced.
-struct StepResult {
-    status: StepStatus,
-    request: Option<Value>,
-    response: Option<Value>,
-    error: Option<String>,
-    tokens_prompt: u64,
-    tokens_completion: u64,
-    usd_cost: Decimal,
-    logs: Vec<(LogLevel, String)>,
-}
-
-impl StepResult {
-    fn succeeded(request: Value, response: Value) -> Self {
-        Self {
-            status: StepStatus::Succeeded,
-            request: Some(request),
-            response: Some(response),
-            error: None,
-            tokens_prompt: 0,
-            tokens_completion: 0,
-            usd_cost: Decimal::ZERO,
-            logs: Vec::new(),
-        }
-    }
-
-    fn failed(request: Option<Value>, error: impl Into<String>) -> Self {
-        Self {
-            status: StepStatus::Failed,
-            request,
-            response: None,
-            error: Some(clip(error.into())),
-            tokens_prompt: 0,
-            tokens_completion: 0,
-            usd_cost: Decimal::ZERO,
-            logs: Vec::new(),
-        }
-    }
-}
-
 /// Everything one slice reads, loaded once.
-struct Slice<'a> {
-    run: Run,
-    definition: Arc<Definition>,
-    records: HashMap<String, StepRecord>,
-    outputs: Map<String, Value>,
-    run_view: Value,
-    heartbeat: &'a dyn Heartbeat,
-    started: Instant,
+pub(super) struct Slice<'a> {
+    pub(super) run: Run,
+    pub(super) definition: Arc<Definition>,
+    pub(super) records: HashMap<String, StepRecord>,
+    pub(super) outputs: Map<String, Value>,
+    pub(super) run_view: Value,
+    pub(super) heartbeat: &'a dyn Heartbeat,
+    pub(super) started: Instant,
 }
 
-enum StepFlow {
+pub(super) enum StepFlow {
     /// Go on with the next step.
     Next,
     /// End the slice.
@@ -231,7 +155,7 @@ impl Engine {
         })
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    pub(super) fn now(&self) -> DateTime<Utc> {
         self.state.clock.now()
     }
 
@@ -240,22 +164,9 @@ impl Engine {
     pub async fn execute(&self, run: Run, heartbeat: &dyn Heartbeat) -> anyhow::Result<Outcome> {
         let run = match run.status {
             RunStatus::Queued => {
-                let change = RunChange {
-                    from: vec![RunStatus::Queued],
-                    started_at: Some(self.now()),
-                    ..RunChange::default()
-                };
-                match self
-                    .state
-                    .store
-                    .transition_run(&run, RunStatus::Running, self.now(), change)
-                    .await
-                {
-                    Ok(run) => {
-                        self.log(run.id, None, LogLevel::Info, "run started".into())
-                            .await;
-                        run
-                    }
+                let now = self.now();
+                match self.state.store.move_run(&run, Move::start(now), now).await {
+                    Ok(run) => run,
                     Err(crate::store::StoreError::ConditionFailed) => {
                         return match self.state.store.get_run(run.id).await? {
                             Some(current) if current.status == RunStatus::Running => {
@@ -329,7 +240,7 @@ impl Engine {
 
     /// Handles one top-level step.
     async fn step(&self, slice: &mut Slice<'_>, idx: u32, step: &Step) -> anyhow::Result<StepFlow> {
-        let sk = crate::store::runs::step_sk(idx, None);
+        let sk = step_sk(idx, None);
         if let Some(existing) = slice.records.get(&sk).cloned() {
             match existing.status {
                 StepStatus::Succeeded | StepStatus::Skipped => return Ok(StepFlow::Next),
@@ -383,7 +294,7 @@ impl Engine {
 
     /// Claims a new record, or takes over an existing one when allowed. `Err(flow)` ends
     /// the step's handling with that flow.
-    async fn acquire(
+    pub(super) async fn acquire(
         &self,
         slice: &mut Slice<'_>,
         record: StepRecord,
@@ -509,7 +420,7 @@ impl Engine {
         None
     }
 
-    fn new_record(
+    pub(super) fn new_record(
         &self,
         slice: &Slice<'_>,
         idx: u32,
@@ -531,7 +442,7 @@ impl Engine {
     }
 
     /// Records the end of an attempt and decides what happens next.
-    async fn conclude(
+    pub(super) async fn conclude(
         &self,
         slice: &mut Slice<'_>,
         step_id: &str,
@@ -546,9 +457,7 @@ impl Engine {
             error_message: result.error.clone(),
             request: result.request.clone(),
             response: result.response.clone(),
-            tokens_prompt: result.tokens_prompt,
-            tokens_completion: result.tokens_completion,
-            usd_cost: result.usd_cost,
+            usage: result.usage,
         };
         if !self.state.store.finish_step(&record, &end).await? {
             tracing::warn!(step = %record.name, "another worker took the step over; its result is dropped");
@@ -583,7 +492,7 @@ impl Engine {
                 ),
             },
         });
-        self.append_logs(slice.run.id, &lines).await;
+        self.state.store.note(slice.run.id, &lines).await;
         let finished = StepRecord {
             status: result.status,
             ended_at: Some(at),
@@ -622,15 +531,10 @@ impl Engine {
 
     /// Moves a running run to `awaiting_input` on `step`; returns the run's status after.
     async fn pause_for_input(&self, run: &Run, step: &StepRecord) -> anyhow::Result<RunStatus> {
-        let change = RunChange {
-            from: vec![RunStatus::Running],
-            waiting_step: Some(Some(step.sk())),
-            ..RunChange::default()
-        };
         match self
             .state
             .store
-            .transition_run(run, RunStatus::AwaitingInput, self.now(), change)
+            .move_run(run, Move::await_input(step.sk()), self.now())
             .await
         {
             Ok(run) => Ok(run.status),
@@ -653,27 +557,9 @@ impl Engine {
         error: Option<String>,
     ) -> anyhow::Result<Outcome> {
         let at = self.now();
-        let started = run.started_at.unwrap_or(run.created_at);
-        let change = RunChange {
-            from: vec![RunStatus::Running],
-            ended: Some((at, elapsed_ms(started, at))),
-            error_message: Some(error.clone()),
-            ..RunChange::default()
-        };
-        match self
-            .state
-            .store
-            .transition_run(run, status, at, change)
-            .await
-        {
-            Ok(_) => {
-                let (level, message) = match &error {
-                    Some(error) => (LogLevel::Error, format!("run {}: {error}", status.as_str())),
-                    None => (LogLevel::Info, format!("run {}", status.as_str())),
-                };
-                self.log(run.id, None, level, message).await;
-                Ok(Outcome::of(status))
-            }
+        let step = Move::finish(run, status, error, at);
+        match self.state.store.move_run(run, step, at).await {
+            Ok(_) => Ok(Outcome::of(status)),
             Err(crate::store::StoreError::ConditionFailed) => self.stopped(run).await,
             Err(err) => Err(err.into()),
         }
@@ -688,161 +574,8 @@ impl Engine {
         }
     }
 
-    /// Runs a loop's iterations, each with its own record.
-    async fn run_loop(
-        &self,
-        slice: &mut Slice<'_>,
-        idx: u32,
-        step: &Step,
-        config: &LoopConfig,
-        record: StepRecord,
-    ) -> anyhow::Result<StepFlow> {
-        let step_id = step.id.as_str();
-        let items = match &config.iteration {
-            Iteration::Over(expression) => match expression.evaluate_list(&slice.scope(None, None))
-            {
-                Ok(items) if items.len() > config.max_iterations as usize => {
-                    let error = format!(
-                        "`over` gave {} items, more than max_iterations ({})",
-                        items.len(),
-                        config.max_iterations
-                    );
-                    return self
-                        .conclude(slice, step_id, record, StepResult::failed(None, error))
-                        .await;
-                }
-                Ok(items) => Some(items),
-                Err(error) => {
-                    let error = format!("`over` could not be evaluated: {error}");
-                    return self
-                        .conclude(slice, step_id, record, StepResult::failed(None, error))
-                        .await;
-                }
-            },
-            Iteration::While(_) => None,
-        };
-        let kind = loop_kind(&config.step);
-        let mut outputs = Vec::new();
-        let mut round: u32 = 0;
-        loop {
-            let item = match (&items, &config.iteration) {
-                (Some(items), _) => match items.get(round as usize) {
-                    Some(item) => item.clone(),
-                    None => break,
-                },
-                (None, Iteration::While(condition)) => {
-                    match condition.evaluate_bool(&slice.scope(None, Some(u64::from(round)))) {
-                        Ok(false) => break,
-                        Ok(true) if round >= config.max_iterations => {
-                            let error = format!(
-                                "`while` still held after max_iterations ({})",
-                                config.max_iterations
-                            );
-                            return self
-                                .conclude(slice, step_id, record, StepResult::failed(None, error))
-                                .await;
-                        }
-                        Ok(true) => json!(round),
-                        Err(error) => {
-                            let error = format!("`while` could not be evaluated: {error}");
-                            return self
-                                .conclude(slice, step_id, record, StepResult::failed(None, error))
-                                .await;
-                        }
-                    }
-                }
-                (None, Iteration::Over(_)) => break,
-            };
-            let sk = crate::store::runs::step_sk(idx, Some(round));
-            let done = slice
-                .records
-                .get(&sk)
-                .filter(|r| r.status == StepStatus::Succeeded)
-                .cloned();
-            let output = match done {
-                Some(done) => done.response.unwrap_or(Value::Null),
-                None => {
-                    if slice.started.elapsed() >= SLICE {
-                        return Ok(StepFlow::Stop(Outcome::Continue));
-                    }
-                    let iteration =
-                        self.new_record(slice, idx, Some(round), step_id, kind.type_name());
-                    let iteration = match self.acquire(slice, iteration, &kind).await? {
-                        Ok(iteration) => iteration,
-                        Err(StepFlow::Next) => {
-                            // Another attempt finished it meanwhile.
-                            match slice.records.get(&sk) {
-                                Some(r) if r.status == StepStatus::Succeeded => {
-                                    outputs.push(r.response.clone().unwrap_or(Value::Null));
-                                    round += 1;
-                                    continue;
-                                }
-                                _ => return Ok(StepFlow::Stop(Outcome::Busy)),
-                            }
-                        }
-                        Err(flow) => return Ok(flow),
-                    };
-                    let result = self
-                        .with_heartbeat(
-                            slice.heartbeat,
-                            &iteration,
-                            self.execute_kind(slice, step_id, &kind, Some(&item), &iteration),
-                        )
-                        .await;
-                    let status = result.status;
-                    let response = result.response.clone();
-                    match self.conclude(slice, step_id, iteration, result).await? {
-                        StepFlow::Next if status == StepStatus::Succeeded => {
-                            response.unwrap_or(Value::Null)
-                        }
-                        StepFlow::Next => return Ok(StepFlow::Stop(Outcome::Busy)),
-                        stop => {
-                            if status == StepStatus::Failed {
-                                // The loop fails with its iteration.
-                                let error = format!("iteration {round} failed");
-                                let _ = self
-                                    .state
-                                    .store
-                                    .finish_step(
-                                        &record,
-                                        &StepEnd {
-                                            status: StepStatus::Failed,
-                                            at: self.now(),
-                                            duration_ms: elapsed_ms(record.started_at, self.now()),
-                                            error_message: Some(error),
-                                            request: None,
-                                            response: None,
-                                            tokens_prompt: 0,
-                                            tokens_completion: 0,
-                                            usd_cost: Decimal::ZERO,
-                                        },
-                                    )
-                                    .await?;
-                            }
-                            return Ok(stop);
-                        }
-                    }
-                }
-            };
-            outputs.push(output);
-            round += 1;
-        }
-        let request = match &items {
-            Some(items) => json!({"over": items}),
-            None => json!({"while": true}),
-        };
-        let response = json!({"iterations": round, "outputs": outputs});
-        self.conclude(
-            slice,
-            step_id,
-            record,
-            StepResult::succeeded(request, response),
-        )
-        .await
-    }
-
     /// Runs `future` while renewing the step's lease and heartbeating the task.
-    async fn with_heartbeat(
+    pub(super) async fn with_heartbeat(
         &self,
         heartbeat: &dyn Heartbeat,
         record: &StepRecord,
@@ -866,7 +599,7 @@ impl Engine {
     }
 
     /// Executes one step (or iteration) of `kind`.
-    async fn execute_kind(
+    pub(super) async fn execute_kind(
         &self,
         slice: &Slice<'_>,
         step_id: &str,
@@ -876,338 +609,15 @@ impl Engine {
     ) -> StepResult {
         let scope = slice.scope(item, None);
         match kind {
-            StepKind::Decision(decision) => match decision.condition.evaluate_bool(&scope) {
-                Ok(result) => StepResult::succeeded(
-                    json!({"condition": decision.condition.as_str()}),
-                    json!({"result": result, "branch": if result { "then" } else { "else" }}),
-                ),
-                Err(error) => StepResult::failed(
-                    Some(json!({"condition": decision.condition.as_str()})),
-                    format!("the condition could not be evaluated: {error}"),
-                ),
-            },
+            StepKind::Decision(decision) => steps::decision::decide(decision, &scope),
             StepKind::Tool(config) => self.tool_step(slice, config, &scope, record).await,
             StepKind::Prompt(config) => self.prompt_step(slice, config, &scope, record).await,
             StepKind::Webhook(config) => self.webhook_step(slice, config, &scope, record).await,
-            StepKind::Human(config) => human_step(config, &scope),
+            StepKind::Human(config) => steps::human::human_step(config, &scope),
             // Loops run through `run_loop`; a loop's own step is never a loop.
             StepKind::Loop(_) => {
                 StepResult::failed(None, format!("step `{step_id}`: a loop cannot nest"))
             }
-        }
-    }
-
-    async fn tool_step(
-        &self,
-        slice: &Slice<'_>,
-        config: &ToolConfig,
-        scope: &Scope<'_>,
-        record: &StepRecord,
-    ) -> StepResult {
-        let input = match config.input.render(scope) {
-            Ok(input) => input,
-            Err(error) => {
-                return StepResult::failed(
-                    None,
-                    format!("the input could not be rendered: {error}"),
-                )
-            }
-        };
-        let tool = match self
-            .project_tool(slice.run.project_id, config.tool_id)
-            .await
-        {
-            Ok(tool) => tool,
-            Err(error) => return StepResult::failed(Some(input), error),
-        };
-        let key = idempotency_key(record);
-        match self
-            .tools
-            .call_with_key(&tool, input.clone(), Some(&key))
-            .await
-        {
-            Ok(outcome) => {
-                let mut result = StepResult::succeeded(outcome.request.clone(), outcome.output);
-                result.logs.push((
-                    LogLevel::Info,
-                    format!(
-                        "tool `{}` answered HTTP {} after {} attempt(s)",
-                        tool.name, outcome.status, outcome.attempts
-                    ),
-                ));
-                result
-            }
-            Err(error) => StepResult::failed(
-                Some(json!({"tool_id": tool.id, "input": input})),
-                format!("tool `{}`: {error}", tool.name),
-            ),
-        }
-    }
-
-    async fn webhook_step(
-        &self,
-        slice: &Slice<'_>,
-        config: &WebhookConfig,
-        scope: &Scope<'_>,
-        record: &StepRecord,
-    ) -> StepResult {
-        let body = match config.body.render(scope) {
-            Ok(body) => body,
-            Err(error) => {
-                return StepResult::failed(None, format!("the body could not be rendered: {error}"))
-            }
-        };
-        let mut headers = BTreeMap::new();
-        for (name, template) in &config.headers {
-            match template.render_text(scope) {
-                Ok(value) => {
-                    headers.insert(name.clone(), value);
-                }
-                Err(error) => {
-                    return StepResult::failed(
-                        None,
-                        format!("header `{name}` could not be rendered: {error}"),
-                    )
-                }
-            }
-        }
-        let mut names: Vec<&str> = headers.keys().map(String::as_str).collect();
-        names.extend(config.credentials.as_ref().map(|c| c.header.as_str()));
-        let mut request = json!({"url": config.url.as_str(), "body": body, "headers": names});
-        let secret = match &config.credentials {
-            None => None,
-            Some(credentials) => {
-                request["credentials"] = json!(credentials.id);
-                match self.webhook_secret(slice, config, credentials).await {
-                    Ok(secret) => Some(secret),
-                    Err(error) => return StepResult::failed(Some(request), error),
-                }
-            }
-        };
-        let id = idempotency_key(record);
-        let delivery =
-            Delivery {
-                project_id: slice.run.project_id,
-                url: config.url.as_str(),
-                body: &body,
-                headers: &headers,
-                retries: WEBHOOK_RETRIES,
-                id: Some(&id),
-                secret_header: config.credentials.as_ref().zip(secret.as_ref()).map(
-                    |(c, value)| SecretHeader {
-                        name: &c.header,
-                        scheme: c.scheme.as_deref(),
-                        value,
-                    },
-                ),
-            };
-        match self.webhooks.deliver(&delivery).await {
-            Ok(outcome) => StepResult::succeeded(
-                request,
-                json!({"status": outcome.status, "delivery_id": outcome.delivery_id, "response": outcome.response}),
-            ),
-            Err(error) => StepResult::failed(Some(request), error.to_string()),
-        }
-    }
-
-    /// The value of a webhook step's credential, once it is found in the run's project, still
-    /// bound to the webhook's origin.
-    async fn webhook_secret(
-        &self,
-        slice: &Slice<'_>,
-        config: &WebhookConfig,
-        credentials: &WebhookCredentials,
-    ) -> Result<SecretString, String> {
-        let gone = || format!("credential `{}` no longer exists", credentials.id);
-        let credential = self
-            .state
-            .store
-            .get_credential(credentials.id)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = ?e, "failed to read a webhook credential");
-                "the webhook's credential could not be read".to_owned()
-            })?
-            .filter(|c| c.project_id == slice.run.project_id)
-            .ok_or_else(gone)?;
-        if !outbound::same_origin(&credential.origin, config.url.as_str()) {
-            return Err(format!(
-                "credential `{}` is bound to {}, not to this webhook's origin",
-                credential.id, credential.origin
-            ));
-        }
-        let value = self
-            .state
-            .secrets
-            .get(&credential.secret_path())
-            .await
-            .map_err(|e| {
-                tracing::error!(error = ?e, "failed to read a webhook credential's value");
-                "the webhook's credential could not be read".to_owned()
-            })?
-            .ok_or_else(gone)?;
-        Ok(value)
-    }
-
-    async fn prompt_step(
-        &self,
-        slice: &Slice<'_>,
-        config: &PromptConfig,
-        scope: &Scope<'_>,
-        record: &StepRecord,
-    ) -> StepResult {
-        let prompt = match config.prompt.render_text(scope) {
-            Ok(prompt) => prompt,
-            Err(error) => {
-                return StepResult::failed(
-                    None,
-                    format!("the prompt could not be rendered: {error}"),
-                )
-            }
-        };
-        let request = json!({"prompt": prompt, "tools": config.tools});
-        let agent = match self.state.store.get_agent(slice.run.agent_id).await {
-            Ok(Some(agent)) if agent.project_id == slice.run.project_id => agent,
-            Ok(_) => return StepResult::failed(Some(request), "the run's agent no longer exists"),
-            Err(error) => {
-                return StepResult::failed(
-                    Some(request),
-                    format!("the agent could not be read: {error}"),
-                )
-            }
-        };
-        let endpoint = match self.endpoint(&agent).await {
-            Ok(endpoint) => endpoint,
-            Err(error) => return StepResult::failed(Some(request), error),
-        };
-        let prices = match self.prices(slice.run.project_id).await {
-            Ok(prices) => prices,
-            Err(error) => return StepResult::failed(Some(request), error),
-        };
-        let mut tools = Vec::new();
-        for id in &config.tools {
-            match self.project_tool(slice.run.project_id, *id).await {
-                Ok(tool) => tools.push(tool),
-                Err(error) => return StepResult::failed(Some(request), error),
-            }
-        }
-        let names = llm::function_names(tools.iter().map(|t| t.name.as_str()));
-        let specs = tools
-            .iter()
-            .zip(&names)
-            .map(|(tool, name)| {
-                ToolSpec::new(
-                    name.clone(),
-                    tool.description.clone(),
-                    tool.http_config()
-                        .and_then(|c| c.inputs_schema)
-                        .map(Value::Object),
-                )
-            })
-            .collect();
-        let params = PromptParams {
-            model: agent.model.clone(),
-            system_prompt: agent.system_prompt.clone(),
-            temperature: agent.temperature.as_deref().and_then(|t| t.parse().ok()),
-            max_tokens: agent.max_tokens,
-            prompt,
-            tools: specs,
-            max_iterations: config.max_iterations.unwrap_or(DEFAULT_PROMPT_ITERATIONS),
-        };
-        let caller = PromptTools {
-            engine: self,
-            tools: names.into_iter().zip(tools).collect(),
-            key: idempotency_key(record),
-        };
-        let (outcome, error) = match llm::run_prompt(&self.chat, &endpoint, &params, &caller).await
-        {
-            Ok(outcome) => (outcome, None),
-            Err(error) => (error.partial().clone(), Some(error.to_string())),
-        };
-        let mut result = match error {
-            None => StepResult::succeeded(request, outcome.output()),
-            Some(error) => {
-                let mut failed = StepResult::failed(Some(request), error);
-                failed.response = Some(outcome.output());
-                failed
-            }
-        };
-        result.tokens_prompt = outcome.tokens_prompt;
-        result.tokens_completion = outcome.tokens_completion;
-        match prices.cost(&agent.model, outcome.tokens_prompt, outcome.tokens_completion) {
-            Ok(cost) => result.usd_cost = cost,
-            Err(error) => result.logs.push((
-                LogLevel::Warn,
-                format!("cost not counted: {error}; add the model to the project's settings.model_prices"),
-            )),
-        }
-        result.logs.push((
-            LogLevel::Info,
-            format!(
-                "model `{}`: {} call(s), {} prompt + {} completion tokens, {} tool call(s)",
-                agent.model,
-                outcome.model_calls,
-                outcome.tokens_prompt,
-                outcome.tokens_completion,
-                outcome.tool_calls.len()
-            ),
-        ));
-        result
-    }
-
-    /// The chat endpoint of an agent: its own, or the deployment's default.
-    async fn endpoint(&self, agent: &Agent) -> Result<Endpoint, String> {
-        let secrets = &self.state.secrets;
-        let (base_url, key) = match &agent.llm {
-            Some(llm) => {
-                let key = if llm.has_api_key {
-                    secrets
-                        .get(&crate::store::secrets::path::agent_llm_key(agent.id))
-                        .await
-                        .map_err(|e| {
-                            tracing::error!(error = ?e, "could not read an agent's LLM key");
-                            "the agent's LLM API key could not be read".to_owned()
-                        })?
-                } else {
-                    None
-                };
-                (llm.base_url.clone(), key)
-            }
-            None => {
-                let base_url = self.state.config.llm_base_url.clone().ok_or_else(|| {
-                    "the agent has no llm.base_url and the deployment sets no LLM_BASE_URL"
-                        .to_owned()
-                })?;
-                let key = secrets.get("llm-api-key").await.map_err(|e| {
-                    tracing::error!(error = ?e, "could not read the default LLM key");
-                    "the default LLM API key could not be read".to_owned()
-                })?;
-                (base_url, key)
-            }
-        };
-        Ok(Endpoint {
-            base_url,
-            api_key: key.map(|k: SecretString| k),
-        })
-    }
-
-    async fn prices(&self, project_id: Uuid) -> Result<PriceTable, String> {
-        let project = self
-            .state
-            .store
-            .get_project(project_id)
-            .await
-            .map_err(|e| format!("the project could not be read: {e}"))?
-            .ok_or_else(|| "the run's project no longer exists".to_owned())?;
-        PriceTable::with_overrides(&project.settings)
-            .map_err(|e| format!("the project's settings.model_prices are invalid: {e}"))
-    }
-
-    async fn project_tool(&self, project_id: Uuid, id: Uuid) -> Result<Tool, String> {
-        match self.state.store.get_tool(id).await {
-            Ok(Some(tool)) if tool.project_id == project_id => Ok(tool),
-            Ok(_) => Err(format!("tool {id} no longer exists")),
-            Err(error) => Err(format!("tool {id} could not be read: {error}")),
         }
     }
 
@@ -1277,72 +687,16 @@ impl Engine {
             step_id: step_id.map(str::to_owned),
             message,
         };
-        self.append_logs(run_id, &[line]).await;
-    }
-
-    /// Log lines are best effort: losing one must not fail a step that did its work.
-    async fn append_logs(&self, run_id: Uuid, lines: &[LogLine]) {
-        if let Err(error) = self.state.store.append_logs(run_id, lines).await {
-            tracing::warn!(%run_id, error = %error, "could not store run log lines");
-        }
-    }
-}
-
-/// The tools a prompt step offers, called through the tool executor.
-struct PromptTools<'a> {
-    engine: &'a Engine,
-    tools: HashMap<String, Tool>,
-    key: String,
-}
-
-#[async_trait]
-impl ToolCaller for PromptTools<'_> {
-    async fn call(&self, name: &str, arguments: Value) -> Result<Value, String> {
-        let tool = self
-            .tools
-            .get(name)
-            .ok_or_else(|| format!("no tool is called `{name}`"))?;
-        // One key per call, stable across a re-run of the same prompt attempt.
-        let key = format!("{}:{name}:{}", self.key, digest(&arguments));
-        self.engine
-            .tools
-            .call_with_key(tool, arguments, Some(&key))
-            .await
-            .map(|outcome| outcome.output)
-            .map_err(|error| error.to_string())
-    }
-}
-
-fn loop_kind(step: &LoopStep) -> StepKind {
-    match step {
-        LoopStep::Prompt(c) => StepKind::Prompt(c.clone()),
-        LoopStep::Tool(c) => StepKind::Tool(c.clone()),
-        LoopStep::Webhook(c) => StepKind::Webhook(c.clone()),
-        LoopStep::Human(c) => StepKind::Human(c.clone()),
-    }
-}
-
-fn human_step(config: &HumanConfig, scope: &Scope<'_>) -> StepResult {
-    match config.instructions.render_text(scope) {
-        Ok(instructions) => StepResult {
-            status: StepStatus::Waiting,
-            request: Some(json!({"instructions": instructions})),
-            response: None,
-            error: None,
-            tokens_prompt: 0,
-            tokens_completion: 0,
-            usd_cost: Decimal::ZERO,
-            logs: vec![(LogLevel::Info, format!("waiting for input: {instructions}"))],
-        },
-        Err(error) => StepResult::failed(
-            None,
-            format!("the instructions could not be rendered: {error}"),
-        ),
+        self.state.store.note(run_id, &[line]).await;
     }
 }
 
 impl Slice<'_> {
-    fn scope<'s>(&'s self, item: Option<&'s Value>, iteration: Option<u64>) -> Scope<'s> {
+    pub(super) fn scope<'s>(
+        &'s self,
+        item: Option<&'s Value>,
+        iteration: Option<u64>,
+    ) -> Scope<'s> {
         Scope {
             input: &self.run.input,
             steps: &self.outputs,
@@ -1353,19 +707,6 @@ impl Slice<'_> {
     }
 }
 
-/// The key sent with a step's calls: stable across workers re-running the same attempt
-/// round, new for each `retry` of the run.
-fn idempotency_key(record: &StepRecord) -> String {
-    format!("{}:{}:{}", record.run_id, record.name, record.round)
-}
-
-/// A short, stable fingerprint of a tool call's arguments.
-fn digest(value: &Value) -> String {
-    let mut hex = crate::auth::tokens::digest(&value.to_string());
-    hex.truncate(16);
-    hex
-}
-
 fn step_failure(name: &str, error: Option<&str>) -> String {
     clip(format!(
         "step `{name}` failed: {}",
@@ -1373,47 +714,9 @@ fn step_failure(name: &str, error: Option<&str>) -> String {
     ))
 }
 
-fn clip(mut text: String) -> String {
-    if text.chars().count() > MAX_ERROR_CHARS {
-        text = text.chars().take(MAX_ERROR_CHARS).collect::<String>() + "…";
-    }
-    text
-}
-
-fn elapsed_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
-    u64::try_from((to - from).num_milliseconds()).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
-    use serde_json::json;
-
     use super::*;
-
-    fn definition(steps: serde_json::Value) -> Definition {
-        crate::workflow::parse(&json!({ "steps": steps }), &HashSet::new()).unwrap()
-    }
-
-    fn human(id: &str, depends_on: &[&str]) -> serde_json::Value {
-        json!({"id": id, "type": "human", "depends_on": depends_on, "config": {"instructions": "ok"}})
-    }
-
-    #[test]
-    fn dependencies_run_first_and_independent_steps_keep_the_authors_order() {
-        let d = definition(json!([
-            human("c", &["b"]),
-            human("a", &[]),
-            human("b", &["a"]),
-            human("z", &[]),
-        ]));
-        let ids: Vec<&str> = execution_order(&d)
-            .into_iter()
-            .map(|i| d.steps[i].id.as_str())
-            .collect();
-        assert_eq!(ids, ["a", "b", "c", "z"]);
-    }
 
     #[test]
     fn the_lifecycle_routes_on_the_outcome_and_busy_answers_nothing() {

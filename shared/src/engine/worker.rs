@@ -36,8 +36,8 @@ use uuid::Uuid;
 
 use super::lifecycle;
 use super::run::{Engine, Heartbeat, STEP_LEASE};
+use crate::run::{Move, Run, RunStatus};
 use crate::state::AppState;
-use crate::store::runs::{LogLevel, LogLine, Run, RunChange, RunStatus};
 use crate::store::StoreError;
 
 /// A message as the queue delivered it.
@@ -252,53 +252,13 @@ impl Worker {
 
     /// Ends a run whose lifecycle broke, unless it already ended.
     async fn finalize(&self, run: Run, error: &Value) -> anyhow::Result<()> {
-        let cause = [error.get("Error"), error.get("Cause")]
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(": ");
-        let message = format!(
-            "the run lifecycle stopped it: {}",
-            if cause.is_empty() {
-                "unknown error"
-            } else {
-                &cause
-            }
-        );
-        let to = match run.status {
-            RunStatus::Running => RunStatus::Failed,
-            RunStatus::Queued | RunStatus::AwaitingApproval | RunStatus::AwaitingInput => {
-                RunStatus::Cancelled
-            }
-            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled => return Ok(()),
-        };
         let at = self.state.clock.now();
-        let started = run.started_at.unwrap_or(run.created_at);
-        let change = RunChange {
-            from: vec![run.status],
-            ended: Some((
-                at,
-                u64::try_from((at - started).num_milliseconds()).unwrap_or(0),
-            )),
-            error_message: Some(Some(message.clone())),
-            ..RunChange::default()
+        let Some(step) = Move::lifecycle_broke(&run, error, at) else {
+            return Ok(());
         };
-        match self.state.store.transition_run(&run, to, at, change).await {
-            Ok(_) => {
-                let line = LogLine {
-                    at,
-                    level: LogLevel::Error,
-                    step_id: None,
-                    message,
-                };
-                if let Err(error) = self.state.store.append_logs(run.id, &[line]).await {
-                    tracing::warn!(error = %error, "could not store a run log line");
-                }
-                Ok(())
-            }
+        match self.state.store.move_run(&run, step, at).await {
             // Someone else moved it meanwhile; the lifecycle has ended either way.
-            Err(StoreError::ConditionFailed) => Ok(()),
+            Ok(_) | Err(StoreError::ConditionFailed) => Ok(()),
             Err(err) => Err(err.into()),
         }
     }

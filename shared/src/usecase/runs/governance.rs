@@ -6,8 +6,8 @@ use uuid::Uuid;
 use crate::auth::{Principal, ProjectAccess};
 use crate::error::{ApiError, ApiResult};
 use crate::governance::{self, SELF_APPROVAL_FIELD};
+use crate::run::{Run, RunStatus};
 use crate::state::AppState;
-use crate::store::runs::{Run, RunStatus};
 
 /// How many API keys back (a key created by a key created by …) a principal is traced.
 const MAX_KEY_CHAIN: usize = 3;

@@ -1,0 +1,20 @@
+//! The `decision` step: evaluates its condition and names the branch taken.
+
+use serde_json::json;
+
+use super::StepResult;
+use crate::workflow::{DecisionConfig, Scope};
+
+/// Evaluates `decision`'s condition in `scope`: `{result, branch}` with `then` or `else`.
+pub(in crate::engine) fn decide(decision: &DecisionConfig, scope: &Scope<'_>) -> StepResult {
+    match decision.condition.evaluate_bool(scope) {
+        Ok(result) => StepResult::succeeded(
+            json!({"condition": decision.condition.as_str()}),
+            json!({"result": result, "branch": if result { "then" } else { "else" }}),
+        ),
+        Err(error) => StepResult::failed(
+            Some(json!({"condition": decision.condition.as_str()})),
+            format!("the condition could not be evaluated: {error}"),
+        ),
+    }
+}
