@@ -2,8 +2,9 @@
 //! LiteLLM) and the tool-calling loop.
 //!
 //! [`ChatClient`] sends one `POST {base_url}/chat/completions`, retrying what is worth retrying
-//! (timeouts, connection failures, `408`, `429`, `5xx`) with jittered backoff; a model call has
-//! no side effect but its cost, so repeating one is safe. [`run_prompt`] loops: it offers the
+//! under the one outbound policy ([`crate::outbound::send`]: timeouts, connection failures,
+//! `408`, `429`, `5xx`, with jittered backoff); a model call has no side effect but its cost,
+//! so repeating one is safe. [`run_prompt`] loops: it offers the
 //! step's tools as functions, runs each call the model makes through a [`ToolCaller`], sends
 //! the results back, and stops when the model answers — or fails after `max_iterations` model
 //! calls. Tool calls run one at a time, in the order the model listed them.
@@ -15,12 +16,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rand::Rng;
-use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
+use crate::outbound::send::{
+    retryable_status, send_with_retries, Backoff, Failure, MAX_RESPONSE_BYTES,
+};
 use crate::outbound::{scrub, Egress, Refused};
 
 /// How long one model call may take, connection to last byte, unless configured otherwise.
@@ -29,14 +32,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many times a retryable failure of one model call is retried, unless configured otherwise.
 pub const DEFAULT_RETRIES: u32 = 2;
 
-/// The first retry's delay, doubled for each further one (then jittered).
+/// The ceiling of the first retry's delay, doubled for each further one (then jittered).
 pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
 
-/// The longest wait before a retry, whatever the endpoint's `Retry-After` asks.
+/// The longest wait before a retry, and the longest `Retry-After` waited out.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(20);
-
-/// The largest response body read; a bigger one is malformed.
-const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// How much of an endpoint's error message an error keeps.
 const MAX_ERROR_MESSAGE_CHARS: usize = 500;
@@ -120,7 +120,7 @@ impl LlmError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Timeout(_) | Self::Unreachable(_) => true,
-            Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Self::Status { status, .. } => retryable_status(*status),
             Self::Malformed(_) | Self::Invalid(_) | Self::Egress(_) => false,
         }
     }
@@ -360,7 +360,7 @@ pub struct ChatClient {
     egress: Egress,
     timeout: Duration,
     retries: u32,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 impl ChatClient {
@@ -370,7 +370,10 @@ impl ChatClient {
             egress,
             timeout: DEFAULT_TIMEOUT,
             retries: DEFAULT_RETRIES,
-            backoff: DEFAULT_BACKOFF,
+            backoff: Backoff {
+                base: DEFAULT_BACKOFF,
+                cap: MAX_RETRY_DELAY,
+            },
         }
     }
 
@@ -384,7 +387,7 @@ impl ChatClient {
     /// `backoff`.
     pub fn with_retries(mut self, retries: u32, backoff: Duration) -> Self {
         self.retries = retries;
-        self.backoff = backoff;
+        self.backoff.base = backoff;
         self
     }
 
@@ -396,70 +399,54 @@ impl ChatClient {
     ) -> Result<ChatResponse, LlmError> {
         let url = endpoint.completions_url()?;
         let authorization = endpoint.authorization()?;
-        let mut attempt = 0;
-        loop {
-            let result = self
-                .send(endpoint, url.clone(), authorization.clone(), request)
-                .await;
-            match result {
-                Err(error) if error.is_retryable() && attempt < self.retries => {
-                    let delay = self.delay(attempt, &error);
-                    tracing::warn!(
-                        attempt = attempt + 1,
-                        delay_ms = delay.as_millis() as u64,
-                        error = %error,
-                        "LLM call failed; retrying"
-                    );
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// One attempt.
-    async fn send(
-        &self,
-        endpoint: &Endpoint,
-        url: reqwest::Url,
-        authorization: Option<HeaderValue>,
-        request: &ChatRequest,
-    ) -> Result<ChatResponse, LlmError> {
-        let mut builder = self
+        let body = bytes::Bytes::from(
+            serde_json::to_vec(&WireRequest::from(request))
+                .map_err(|e| LlmError::Invalid(format!("the request cannot be encoded: {e}")))?,
+        );
+        let client = self
             .egress
-            .request(reqwest::Method::POST, url, authorization.is_some())
-            .map_err(LlmError::Egress)?
-            .timeout(self.timeout)
-            .json(&WireRequest::from(request));
-        if let Some(value) = authorization {
-            builder = builder.header(AUTHORIZATION, value);
+            .client_for(&url, authorization.is_some())
+            .map_err(LlmError::Egress)?;
+        let sent = send_with_retries(
+            || {
+                let builder = client
+                    .post(url.clone())
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+                match &authorization {
+                    Some(value) => builder.header(AUTHORIZATION, value.clone()),
+                    None => builder,
+                }
+            },
+            self.retries,
+            self.backoff,
+            self.timeout,
+        )
+        .await;
+        if sent.attempts > 1 {
+            tracing::info!(attempts = sent.attempts, "LLM call retried");
         }
-        let mut response = builder.send().await.map_err(|e| self.transport(e))?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(e))? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+        let reply = match sent.result {
+            Ok(reply) => reply,
+            Err(Failure::Timeout) => return Err(LlmError::Timeout(self.timeout)),
+            Err(Failure::Unreachable(reason)) => {
+                return Err(LlmError::Unreachable(endpoint.scrub(reason)))
+            }
+            Err(Failure::TooLarge(_)) => {
                 return Err(LlmError::Malformed(format!(
                     "the response is larger than {MAX_RESPONSE_BYTES} bytes"
-                )));
+                )))
             }
-            body.extend_from_slice(&chunk);
-        }
-        if !status.is_success() {
+            Err(Failure::Refused(refused)) => return Err(LlmError::Egress(refused)),
+        };
+        if !reply.status.is_success() {
             return Err(LlmError::Status {
-                status: status.as_u16(),
-                message: endpoint.scrub(error_message(&body)),
-                retry_after,
+                status: reply.status.as_u16(),
+                message: endpoint.scrub(error_message(&reply.body)),
+                retry_after: sent.retry_after_secs.map(Duration::from_secs),
             });
         }
-        let wire: WireResponse = serde_json::from_slice(&body)
+        let wire: WireResponse = serde_json::from_slice(&reply.body)
             .map_err(|e| LlmError::Malformed(endpoint.scrub(e.to_string())))?;
         let choice = wire
             .choices
@@ -471,45 +458,6 @@ impl ChatClient {
             tool_calls: choice.message.tool_calls.unwrap_or_default(),
             usage: wire.usage.unwrap_or_default(),
         })
-    }
-
-    /// Classifies a transport failure; its text leaves the URL out.
-    fn transport(&self, error: reqwest::Error) -> LlmError {
-        if let Some(refused) = Refused::in_error(&error) {
-            return LlmError::Egress(refused.clone());
-        }
-        if error.is_timeout() {
-            return LlmError::Timeout(self.timeout);
-        }
-        let builder = error.is_builder();
-        let error = error.without_url();
-        let mut text = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        if builder {
-            LlmError::Invalid(text)
-        } else {
-            LlmError::Unreachable(text)
-        }
-    }
-
-    /// The wait before retry number `attempt + 1`: exponential with jitter, at least what the
-    /// endpoint asked for, at most [`MAX_RETRY_DELAY`].
-    fn delay(&self, attempt: u32, error: &LlmError) -> Duration {
-        let exponential = self
-            .backoff
-            .saturating_mul(2_u32.saturating_pow(attempt))
-            .min(MAX_RETRY_DELAY);
-        let jittered = exponential.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
-        let asked = match error {
-            LlmError::Status { retry_after, .. } => retry_after.unwrap_or_default(),
-            _ => Duration::ZERO,
-        };
-        jittered.max(asked).min(MAX_RETRY_DELAY)
     }
 }
 
@@ -1541,21 +1489,16 @@ mod tests {
     #[test]
     fn retry_delays_grow_with_jitter_and_honour_retry_after_within_a_cap() {
         let client = client_allowing(&[]).with_retries(3, Duration::from_millis(100));
-        let plain = LlmError::Timeout(Duration::from_secs(1));
         for attempt in 0..3 {
-            let delay = client.delay(attempt, &plain);
+            let delay = client.backoff.wait(attempt, None);
             let full = Duration::from_millis(100 * 2_u64.pow(attempt));
             assert!(delay >= full / 2 && delay <= full, "{attempt}: {delay:?}");
         }
-        let asked = |secs| LlmError::Status {
-            status: 429,
-            message: String::new(),
-            retry_after: Some(Duration::from_secs(secs)),
-        };
-        assert_eq!(client.delay(0, &asked(3)), Duration::from_secs(3));
-        assert_eq!(client.delay(0, &asked(3600)), MAX_RETRY_DELAY);
+        let asked = |secs| Some(Duration::from_secs(secs));
+        assert_eq!(client.backoff.wait(0, asked(3)), Duration::from_secs(3));
+        assert_eq!(client.backoff.wait(0, asked(3600)), MAX_RETRY_DELAY);
         let huge = client.with_retries(100, Duration::from_secs(u64::MAX / 4));
-        assert!(huge.delay(99, &plain) <= MAX_RETRY_DELAY);
+        assert!(huge.backoff.wait(99, None) <= MAX_RETRY_DELAY);
     }
 
     #[test]

@@ -12,13 +12,13 @@
 //! 4. `rate_limit_per_min`, shared by every worker, admits the call or refuses it with
 //!    [`ToolError::RateLimited`]; then, if the breaker is half-open, the call claims the
 //!    single probe or fails fast.
-//! 5. Attempts: `retry_attempts` more after a 5xx, a 429, a timeout or a connection failure,
-//!    with full-jitter exponential [`Backoff`]. A 429 or 503 with `Retry-After: <seconds>` is
-//!    waited out when that is at most the backoff cap; a longer wait ends the retries (the
-//!    error carries it, see [`ToolError::retry_after`]). Any other status is final.
+//! 5. Attempts: up to `retry_attempts` more, under the one outbound retry policy of
+//!    [`crate::outbound::send`]: a 408, a 429, a 5xx, a timeout or a connection failure is
+//!    retried with jittered backoff, and a `Retry-After` longer than the backoff cap ends the
+//!    retries (the error carries it, see [`ToolError::retry_after`]). Any other status is final.
 //! 6. The response must be JSON valid against `outputs_schema`; it becomes the output.
-//! 7. The breaker learns whether the tool answered: a timeout, a connection failure, a 5xx
-//!    or a 429 counts as a failed call; any other answer (even a 4xx or an invalid output)
+//! 7. The breaker learns whether the tool answered: a timeout, a connection failure or a
+//!    retryable status counts as a failed call; any other answer (even a 4xx or an invalid output)
 //!    proves the tool is up and resets the count. A failed call also sets `last_error_at`.
 //!
 //! ## Templates
@@ -49,8 +49,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -58,6 +57,10 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::clock::Clock;
+use crate::outbound::send::{
+    clip, retryable_status, send_once, send_with_retries, Backoff, Failure, Reply,
+    MAX_RESPONSE_BYTES,
+};
 use crate::outbound::{headers, scrub, Egress, Refused};
 use crate::store::secrets::SecretStore;
 use crate::store::tool_runtime::Admission;
@@ -65,9 +68,6 @@ use crate::store::tools::Tool;
 use crate::store::{Store, StoreError};
 use crate::tool_config::{Credentials, HttpConfig, HttpMethod, OAuthCredentials, ToolKind};
 use crate::tool_template::{self, parse_template, CredentialField, Piece};
-
-/// Largest response body read from a tool, a token endpoint or a webhook receiver.
-pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long the circuit breaker stays open by default.
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
@@ -80,39 +80,6 @@ pub use crate::outbound::scrub::REDACTED;
 
 /// Most characters of a failed answer quoted in an error.
 const MAX_DETAIL_CHARS: usize = 200;
-
-/// Full-jitter exponential backoff: the wait before retry `k` (from 0) is uniform in
-/// `[0, min(cap, base × 2^k)]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    /// The ceiling of the first wait.
-    pub base: Duration,
-    /// The largest ceiling; also the longest `Retry-After` honoured.
-    pub cap: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(5),
-        }
-    }
-}
-
-impl Backoff {
-    /// The longest wait before retry `retry` (0 for the first retry).
-    pub fn ceiling(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// A random wait before retry `retry`, between zero and [`Backoff::ceiling`].
-    pub fn delay(&self, retry: u32) -> Duration {
-        let ceiling = u64::try_from(self.ceiling(retry).as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling))
-    }
-}
 
 /// A successful call.
 #[derive(Clone, Debug, Serialize)]
@@ -302,10 +269,6 @@ impl ToolError {
     }
 }
 
-fn retryable_status(status: u16) -> bool {
-    status == 429 || (500..600).contains(&status)
-}
-
 /// Calls http tools; build one per process and share it.
 pub struct ToolExecutor {
     egress: Egress,
@@ -488,21 +451,21 @@ impl ToolExecutor {
                     detail: secrets.scrub(&detail(&reply.body)),
                 })
             }
-            Err(AttemptFailure::Timeout) => Err(ToolError::Timeout {
+            Err(Failure::Timeout) => Err(ToolError::Timeout {
                 timeout_ms: config.timeout_ms,
                 attempts,
             }),
-            Err(AttemptFailure::Unreachable(reason)) => Err(ToolError::Unreachable {
+            Err(Failure::Unreachable(reason)) => Err(ToolError::Unreachable {
                 reason: secrets.scrub(&reason),
                 attempts,
             }),
-            Err(AttemptFailure::TooLarge(status)) => Err(ToolError::InvalidOutput {
+            Err(Failure::TooLarge(status)) => Err(ToolError::InvalidOutput {
                 pointer: String::new(),
                 message: format!("the response is larger than {MAX_RESPONSE_BYTES} bytes"),
                 status,
                 attempts,
             }),
-            Err(AttemptFailure::Refused(refused)) => Err(ToolError::Egress(refused)),
+            Err(Failure::Refused(refused)) => Err(ToolError::Egress(refused)),
         };
         // A tool that echoes its credentials must not get them stored in the step.
         let result = result.map(|(output, status)| (secrets.scrub_value(&output), status));
@@ -741,7 +704,7 @@ impl ToolExecutor {
             .timeout(Duration::from_millis(config.timeout_ms));
         let reply = match send_once(request).await {
             Ok(reply) => reply,
-            Err(AttemptFailure::Refused(refused)) => return Err(ToolError::Egress(refused)),
+            Err(Failure::Refused(refused)) => return Err(ToolError::Egress(refused)),
             Err(failure) => {
                 return Err(ToolError::Credentials {
                     message: format!(
@@ -845,7 +808,7 @@ fn check_against(
 
 /// Parses a 2xx answer into the output and checks it against `outputs_schema`.
 fn read_output(
-    reply: &HttpReply,
+    reply: &Reply,
     schema: Option<&Map<String, Value>>,
     attempts: u32,
 ) -> Result<(Value, u16), ToolError> {
@@ -871,16 +834,7 @@ fn read_output(
 
 /// The start of a body, as one line of text.
 fn detail(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut out: String = text
-        .chars()
-        .take(MAX_DETAIL_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().count() > MAX_DETAIL_CHARS {
-        out.push('…');
-    }
-    out.trim().to_owned()
+    clip(&String::from_utf8_lossy(body), MAX_DETAIL_CHARS)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1234,199 +1188,9 @@ impl Prepared {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// HTTP attempts, shared with the webhook sender
-
-/// A response read whole (up to [`MAX_RESPONSE_BYTES`]).
-pub(crate) struct HttpReply {
-    /// Status.
-    pub status: StatusCode,
-    /// Headers.
-    pub headers: HeaderMap,
-    /// Body.
-    pub body: Bytes,
-}
-
-/// Why an attempt got no usable response.
-pub(crate) enum AttemptFailure {
-    /// No complete answer within the timeout.
-    Timeout,
-    /// The connection failed or broke; why.
-    Unreachable(String),
-    /// The body (of an answer with this status) exceeds [`MAX_RESPONSE_BYTES`].
-    TooLarge(u16),
-    /// The egress policy refused the destination when its name was resolved.
-    Refused(Refused),
-}
-
-impl AttemptFailure {
-    /// A short description.
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Self::Timeout => "it did not answer in time".to_owned(),
-            Self::Unreachable(reason) => reason.clone(),
-            Self::TooLarge(status) => {
-                format!("its answer (HTTP {status}) exceeds {MAX_RESPONSE_BYTES} bytes")
-            }
-            Self::Refused(refused) => refused.to_string(),
-        }
-    }
-}
-
-/// The last attempt's result and how many attempts were made.
-pub(crate) struct Attempts {
-    /// The final response or failure.
-    pub result: Result<HttpReply, AttemptFailure>,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The final response's `Retry-After`, in seconds.
-    pub retry_after_secs: Option<u64>,
-}
-
-/// Sends the request `build` makes, retrying up to `retries` times after a 5xx, a 429, a
-/// timeout or a connection failure. A `Retry-After` (429 or 503) longer than the backoff cap
-/// ends the retries: waiting less would only be refused again.
-pub(crate) async fn send_with_retries(
-    mut build: impl FnMut() -> reqwest::RequestBuilder,
-    retries: u32,
-    backoff: Backoff,
-    timeout: Duration,
-) -> Attempts {
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let result = send_once(build().timeout(timeout)).await;
-        let retry_after_secs = result
-            .as_ref()
-            .ok()
-            .and_then(|reply| retry_after(&reply.headers));
-        let wait = match &result {
-            Ok(reply)
-                if reply.status == StatusCode::TOO_MANY_REQUESTS
-                    || reply.status == StatusCode::SERVICE_UNAVAILABLE =>
-            {
-                match retry_after_secs.map(Duration::from_secs) {
-                    Some(asked) if asked > backoff.cap => None,
-                    Some(asked) => Some(asked),
-                    None => Some(backoff.delay(attempts - 1)),
-                }
-            }
-            Ok(reply) if reply.status.is_server_error() => Some(backoff.delay(attempts - 1)),
-            Ok(_) | Err(AttemptFailure::TooLarge(_) | AttemptFailure::Refused(_)) => None,
-            Err(AttemptFailure::Timeout | AttemptFailure::Unreachable(_)) => {
-                Some(backoff.delay(attempts - 1))
-            }
-        };
-        match wait {
-            Some(wait) if attempts <= retries => {
-                tracing::debug!(
-                    attempt = attempts,
-                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    "retrying"
-                );
-                tokio::time::sleep(wait).await;
-            }
-            _ => {
-                return Attempts {
-                    result,
-                    attempts,
-                    retry_after_secs,
-                }
-            }
-        }
-    }
-}
-
-/// One attempt, reading at most [`MAX_RESPONSE_BYTES`] of the body.
-pub(crate) async fn send_once(
-    request: reqwest::RequestBuilder,
-) -> Result<HttpReply, AttemptFailure> {
-    let mut response = request.send().await.map_err(attempt_failure)?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let too_large = AttemptFailure::TooLarge(status.as_u16());
-    if response
-        .content_length()
-        .is_some_and(|length| length > MAX_RESPONSE_BYTES as u64)
-    {
-        return Err(too_large);
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(attempt_failure)? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(too_large);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(HttpReply {
-        status,
-        headers,
-        body: Bytes::from(body),
-    })
-}
-
-/// Classifies a transport error; the description never holds the URL.
-fn attempt_failure(err: reqwest::Error) -> AttemptFailure {
-    if let Some(refused) = Refused::in_error(&err) {
-        return AttemptFailure::Refused(refused.clone());
-    }
-    if err.is_timeout() {
-        return AttemptFailure::Timeout;
-    }
-    let what = if err.is_connect() {
-        "the connection failed"
-    } else if err.is_body() || err.is_decode() {
-        "its answer broke off"
-    } else {
-        "the request failed"
-    };
-    let mut root = None;
-    let mut cause = std::error::Error::source(&err);
-    while let Some(source) = cause {
-        root = Some(source);
-        cause = source.source();
-    }
-    AttemptFailure::Unreachable(match root {
-        Some(root) => format!("{what}: {root}"),
-        None => what.to_owned(),
-    })
-}
-
-/// `Retry-After` in whole seconds (the HTTP-date form is ignored).
-fn retry_after(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_ceilings_double_up_to_the_cap() {
-        let backoff = Backoff::default();
-        assert_eq!(backoff.ceiling(0), Duration::from_millis(100));
-        assert_eq!(backoff.ceiling(1), Duration::from_millis(200));
-        assert_eq!(backoff.ceiling(5), Duration::from_millis(3200));
-        assert_eq!(backoff.ceiling(6), Duration::from_secs(5));
-        assert_eq!(backoff.ceiling(40), Duration::from_secs(5));
-    }
-
-    #[test]
-    fn backoff_delays_stay_within_their_ceiling_and_vary() {
-        let backoff = Backoff::default();
-        for retry in 0..12 {
-            let delays: Vec<Duration> = (0..200).map(|_| backoff.delay(retry)).collect();
-            assert!(delays.iter().all(|d| *d <= backoff.ceiling(retry)));
-            let distinct: BTreeSet<Duration> = delays.into_iter().collect();
-            assert!(distinct.len() > 10, "full jitter spreads the waits");
-        }
-    }
 
     fn http_config(value: Value) -> HttpConfig {
         serde_json::from_value(value).unwrap()
