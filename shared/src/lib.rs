@@ -20,8 +20,7 @@ pub mod manifest;
 pub mod outbound;
 pub mod state;
 pub mod store;
-pub mod tool_config;
-pub mod tool_template;
+pub mod tool;
 pub mod workflow;
 
 pub use config::Config;

@@ -14,8 +14,8 @@ use super::{ToolError, ToolExecutor};
 use crate::outbound::scrub;
 use crate::outbound::send::{retryable_status, send_once, Failure};
 use crate::store::tools::Tool;
-use crate::tool_config::{Credentials, HttpConfig, OAuthCredentials};
-use crate::tool_template::CredentialField;
+use crate::tool::template::CredentialField;
+use crate::tool::{Credentials, HttpConfig, OAuthCredentials};
 
 /// Credentials of one tool version, with the OAuth access token once fetched.
 pub(super) struct CachedCredentials {

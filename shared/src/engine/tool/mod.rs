@@ -23,7 +23,7 @@
 //!
 //! ## Templates
 //!
-//! `config.url` and `config.headers` values are templates of [`crate::tool_template`],
+//! `config.url` and `config.headers` values are templates of [`crate::tool::template`],
 //! checked again before each call. Input values go in as they are (other JSON values as
 //! JSON); in the URL they are percent-encoded, and a missing field is
 //! [`ToolError::InvalidInput`]. `{{ credentials.<field> }}` is filled from the stored
@@ -70,7 +70,7 @@ use crate::store::secrets::SecretStore;
 use crate::store::tool_runtime::Admission;
 use crate::store::tools::Tool;
 use crate::store::{Store, StoreError};
-use crate::tool_config::{HttpConfig, HttpMethod, ToolKind};
+use crate::tool::{HttpConfig, HttpMethod, ToolKind};
 
 /// How long the circuit breaker stays open by default.
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);

@@ -12,8 +12,8 @@ use serde_json::{json, Map, Value};
 use super::credentials::Resolved;
 use super::{ToolError, REDACTED};
 use crate::outbound::headers;
-use crate::tool_config::{HttpConfig, HttpMethod};
-use crate::tool_template::{self, parse_template, CredentialField, Piece};
+use crate::tool::template::{self as tool_template, parse_template, CredentialField, Piece};
+use crate::tool::{HttpConfig, HttpMethod};
 
 /// The value at `path` inside `input`: object members by name, list items by index.
 fn lookup<'a>(input: &'a Value, path: &[String]) -> Option<&'a Value> {

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::credentials::Resolved;
 use super::plan::Plan;
 use super::*;
-use crate::tool_template::CredentialField;
+use crate::tool::template::CredentialField;
 
 fn http_config(value: Value) -> HttpConfig {
     serde_json::from_value(value).unwrap()

@@ -22,7 +22,6 @@
 use url::Url;
 
 use crate::outbound::headers;
-use crate::tool_config::HttpConfig;
 
 /// A credential a header template may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -172,40 +171,6 @@ pub fn origin(template: &str) -> Option<String> {
 pub fn uses_credentials(template: &str) -> bool {
     parse_template(template)
         .is_ok_and(|pieces| pieces.iter().any(|p| matches!(p, Piece::Credential(_))))
-}
-
-/// Why changing an http tool's config from `before` to `after` would send its stored
-/// credentials somewhere new, if it would: another origin (scheme, host or port), or a header
-/// that newly carries them; the message asks for the credentials again.
-pub fn credentials_rebound(before: Option<&HttpConfig>, after: &HttpConfig) -> Option<String> {
-    rebound(before, after).map(|why| {
-        format!(
-            "{why}: send `credentials` again, so the stored secret never goes where it was \
-             not meant to"
-        )
-    })
-}
-
-fn rebound(before: Option<&HttpConfig>, after: &HttpConfig) -> Option<String> {
-    let old_origin = before.and_then(|c| origin(&c.url));
-    let new_origin = origin(&after.url);
-    if old_origin != new_origin {
-        return Some(format!(
-            "the tool's origin changes from {} to {}",
-            old_origin.as_deref().unwrap_or("none"),
-            new_origin.as_deref().unwrap_or("none")
-        ));
-    }
-    after
-        .headers
-        .iter()
-        .find(|(name, template)| {
-            uses_credentials(template)
-                && before
-                    .and_then(|c| c.headers.get(*name))
-                    .is_none_or(|old| old != *template)
-        })
-        .map(|(name, _)| format!("header `{name}` now carries the credentials"))
 }
 
 /// The template with every placeholder replaced by `x`: what its literal parts must parse as.
