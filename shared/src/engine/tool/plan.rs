@@ -12,24 +12,11 @@ use serde_json::{json, Map, Value};
 use super::credentials::Resolved;
 use super::{ToolError, REDACTED};
 use crate::outbound::headers;
-use crate::tool::template::{self as tool_template, parse_template, CredentialField, Piece};
+use crate::tool::template::{
+    self as tool_template, lookup, parse_template, pointer, CredentialField, Piece,
+};
 use crate::tool::{HttpConfig, HttpMethod};
-
-/// The value at `path` inside `input`: object members by name, list items by index.
-fn lookup<'a>(input: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(input, |at, field| match at {
-        Value::Object(members) => members.get(field),
-        Value::Array(items) => field.parse::<usize>().ok().and_then(|i| items.get(i)),
-        _ => None,
-    })
-}
-
-/// The JSON Pointer of `path`.
-fn pointer(path: &[String]) -> String {
-    path.iter()
-        .map(|f| format!("/{}", f.replace('~', "~0").replace('/', "~1")))
-        .collect()
-}
+use crate::workflow::template::Segment;
 
 /// A value as template text: strings as they are, anything else as JSON.
 fn text_of(value: &Value) -> String {
@@ -299,7 +286,7 @@ fn query_parameters(input: &Value) -> Result<Vec<(String, String)>, ToolError> {
                         Some(text) => pairs.push((name.clone(), text)),
                         None => {
                             return Err(ToolError::InvalidInput {
-                                pointer: pointer(std::slice::from_ref(name)),
+                                pointer: pointer(&[Segment::Field(name.clone())]),
                                 message: "must list only strings, numbers or booleans: a GET \
                                           tool sends its input as query parameters"
                                     .to_owned(),
@@ -312,7 +299,7 @@ fn query_parameters(input: &Value) -> Result<Vec<(String, String)>, ToolError> {
                 Some(text) => pairs.push((name.clone(), text)),
                 None => {
                     return Err(ToolError::InvalidInput {
-                        pointer: pointer(std::slice::from_ref(name)),
+                        pointer: pointer(&[Segment::Field(name.clone())]),
                         message: "must be a string, number, boolean or a list of those: a GET \
                                   tool sends its input as query parameters"
                             .to_owned(),
