@@ -34,7 +34,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::clock::Clock;
-use crate::outbound::send::{clip, retryable_status, send_with_retries, Backoff, Failure};
+use crate::outbound::send::{clip, detail, retryable_status, send_with_retries, Backoff, Failure};
 use crate::outbound::{headers, scrub, Egress, Refused};
 use crate::store::secrets::SecretStore;
 
@@ -58,9 +58,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a project's secret is reused before it is read again.
 const SECRET_TTL: Duration = Duration::from_secs(300);
-
-/// Most characters of a failed answer kept in the outcome or an error.
-const MAX_DETAIL_CHARS: usize = 200;
 
 /// Most characters of a non-JSON answer kept in the outcome.
 const MAX_TEXT_RESPONSE_CHARS: usize = 2048;
@@ -471,10 +468,7 @@ impl WebhookSender {
             Ok(reply) => Err(WebhookError::Status {
                 status: reply.status.as_u16(),
                 attempts,
-                detail: scrub::text(
-                    &clip(&String::from_utf8_lossy(&reply.body), MAX_DETAIL_CHARS),
-                    &secrets,
-                ),
+                detail: scrub::text(&detail(&reply.body), &secrets),
             }),
             Err(Failure::Refused(refused)) => Err(WebhookError::Egress(refused)),
             Err(Failure::Timeout) => Err(WebhookError::Timeout {

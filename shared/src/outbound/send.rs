@@ -24,6 +24,9 @@ use super::Refused;
 /// Largest response body read from any outbound call.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Most characters of a failed answer quoted in an error.
+const MAX_DETAIL_CHARS: usize = 200;
+
 /// Jittered exponential backoff: the wait before retry `k` (from 0) is uniform in
 /// `[c / 2, c]` where `c = min(cap, base × 2^k)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,7 +232,12 @@ fn retry_after(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The first `max` characters of an answer's text on one line, to quote in an error.
+/// The start of a failed answer's body, as one line of text to quote in an error.
+pub fn detail(body: &[u8]) -> String {
+    clip(&String::from_utf8_lossy(body), MAX_DETAIL_CHARS)
+}
+
+/// The first `max` characters of an answer's text on one line.
 pub fn clip(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
@@ -280,8 +288,8 @@ mod tests {
     }
 
     #[test]
-    fn clipped_text_is_one_line_with_a_mark_when_cut() {
-        assert_eq!(clip("{\"error\":\n\"nope\"}", 200), "{\"error\": \"nope\"}");
-        assert_eq!(clip(&"é".repeat(300), 200).chars().count(), 201);
+    fn details_are_one_clipped_line() {
+        assert_eq!(detail(b"{\"error\":\n\"nope\"}"), "{\"error\": \"nope\"}");
+        assert_eq!(detail("é".repeat(300).as_bytes()).chars().count(), 201);
     }
 }

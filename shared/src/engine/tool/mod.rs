@@ -64,7 +64,9 @@ pub use self::error::ToolError;
 use self::plan::Plan;
 pub use self::plan::IDEMPOTENCY_HEADER;
 use crate::clock::Clock;
-use crate::outbound::send::{clip, send_with_retries, Backoff, Failure, Reply, MAX_RESPONSE_BYTES};
+use crate::outbound::send::{
+    detail, send_with_retries, Backoff, Failure, Reply, MAX_RESPONSE_BYTES,
+};
 use crate::outbound::Egress;
 use crate::store::secrets::SecretStore;
 use crate::store::tool_runtime::Admission;
@@ -80,9 +82,6 @@ pub const DEFAULT_CREDENTIALS_TTL: Duration = Duration::from_secs(300);
 
 /// What a redacted value is recorded as.
 pub use crate::outbound::scrub::REDACTED;
-
-/// Most characters of a failed answer quoted in an error.
-const MAX_DETAIL_CHARS: usize = 200;
 
 /// A successful call.
 #[derive(Clone, Debug, Serialize)]
@@ -443,9 +442,4 @@ fn read_output(
             .map_err(|(pointer, message)| invalid(pointer, message))?;
     }
     Ok((output, status))
-}
-
-/// The start of a body, as one line of text.
-fn detail(body: &[u8]) -> String {
-    clip(&String::from_utf8_lossy(body), MAX_DETAIL_CHARS)
 }

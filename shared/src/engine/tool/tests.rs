@@ -119,12 +119,6 @@ fn errors_say_whether_to_retry() {
 }
 
 #[test]
-fn details_are_one_clipped_line() {
-    assert_eq!(detail(b"{\"error\":\n\"nope\"}"), "{\"error\": \"nope\"}");
-    assert_eq!(detail("é".repeat(300).as_bytes()).chars().count(), 201);
-}
-
-#[test]
 fn seconds_until_rounds_up() {
     let now = Utc::now();
     assert_eq!(
