@@ -21,8 +21,7 @@ pub mod outbound;
 pub mod run;
 pub mod state;
 pub mod store;
-pub mod tool_config;
-pub mod tool_template;
+pub mod tool;
 pub mod usecase;
 pub mod workflow;
 

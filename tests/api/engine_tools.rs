@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use spark_ops::clock::Clock;
-use spark_ops::engine::tool::{Backoff, ToolError, ToolExecutor, REDACTED};
+use spark_ops::engine::tool::{ToolError, ToolExecutor, REDACTED};
 use spark_ops::engine::webhook::{
     self, project_secret, verify, Delivery, WebhookError, WebhookSender, DELIVERY_HEADER,
     SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
+use spark_ops::outbound::send::Backoff;
 use spark_ops::store::tools::Tool;
 use spark_ops_tests::{capture_logs, egress_allowing, spawn_app, TestApp};
 use uuid::Uuid;

@@ -318,6 +318,47 @@ async fn bad_enums_and_settings_are_each_named_and_nothing_is_stored() {
 }
 
 #[tokio::test]
+async fn templates_are_parsed_when_the_tool_is_saved_with_the_workflow_path_syntax() {
+    // GIVEN a project
+    let app = spawn_app().await;
+    let owner = app.user("Owner").await;
+    let project = app.project(&owner, "Tools").await;
+
+    // WHEN a tool indexes its input with `[n]` in its URL and a header
+    let mut indexed = crm_tool(&project);
+    indexed["config"]["url"] = json!("https://crm.example.com/orders/{{ input.orders[0].id }}");
+    indexed["config"]["headers"]["X-Tag"] = json!("{{ input.tags[1] }}");
+    let saved = create(&app, &owner, indexed).await;
+
+    // THEN it is saved as written
+    assert_eq!(
+        saved.body["config"]["url"],
+        "https://crm.example.com/orders/{{ input.orders[0].id }}"
+    );
+
+    // WHEN a template's path is malformed or names an unknown root
+    let mut broken = crm_tool(&project);
+    broken["name"] = json!("broken");
+    broken["config"]["url"] = json!("https://crm.example.com/orders/{{ input.orders[x] }}");
+    broken["config"]["headers"]["X-Tag"] = json!("{{ steps.a.output }}");
+    let reply = app.post("/api/v1/tools", Some(&owner), broken).await;
+
+    // THEN one 422 names each field, and nothing more is stored
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        reply.error_fields(),
+        vec!["config.url", "config.headers.X-Tag"]
+    );
+    let listed = app.get(&list_path(&project), &owner).await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn an_invalid_json_schema_gets_422_at_its_path_and_nothing_is_stored() {
     // GIVEN a project
     let app = spawn_app().await;

@@ -28,11 +28,11 @@ use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::state::AppState;
 use crate::store::tools::Tool;
 use crate::store::StoreError;
-use crate::tool_config::{
+use crate::tool::http::credentials_rebound;
+use crate::tool::{
     parse_config, parse_release, parse_string_list, AuthType, Credentials, CredentialsInput,
     SecretJson, ToolKind, DEFAULT_RELEASE,
 };
-use crate::tool_template;
 
 const WHAT: &str = "tool";
 /// Longest accepted short text (`provider`, `owner`, `category`).
@@ -691,9 +691,7 @@ pub async fn update_tool(
     if current.has_credentials() && credentials_change.is_none() {
         let before = current.http_config();
         let after = updated.http_config();
-        if let Some(why) =
-            after.and_then(|a| tool_template::credentials_rebound(before.as_ref(), &a))
-        {
+        if let Some(why) = after.and_then(|a| credentials_rebound(before.as_ref(), &a)) {
             errors.push(FieldError::new("credentials", why));
         }
     }

@@ -16,10 +16,9 @@
 //!
 //! ## Delivery
 //!
-//! A 2xx answer delivers the webhook. A 5xx, a 429, a timeout or a connection failure is
-//! retried (up to `retries` times, jittered exponential backoff, see
-//! [`Backoff`](super::tool::Backoff)); any other answer, or the last failure, fails the step
-//! with the status in the message.
+//! A 2xx answer delivers the webhook. A 5xx, a 408, a 429, a timeout or a connection failure
+//! is retried up to `retries` times under the one outbound policy ([`crate::outbound::send`]);
+//! any other answer, or the last failure, fails the step with the status in the message.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -34,8 +33,8 @@ use serde_json::Value;
 use sha2::Sha256;
 use uuid::Uuid;
 
-use super::tool::{send_with_retries, AttemptFailure, Backoff};
 use crate::clock::Clock;
+use crate::outbound::send::{clip, detail, retryable_status, send_with_retries, Backoff, Failure};
 use crate::outbound::{headers, scrub, Egress, Refused};
 use crate::store::secrets::SecretStore;
 
@@ -59,9 +58,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a project's secret is reused before it is read again.
 const SECRET_TTL: Duration = Duration::from_secs(300);
-
-/// Most characters of a failed answer kept in the outcome or an error.
-const MAX_DETAIL_CHARS: usize = 200;
 
 /// Most characters of a non-JSON answer kept in the outcome.
 const MAX_TEXT_RESPONSE_CHARS: usize = 2048;
@@ -252,14 +248,14 @@ fn show_detail(detail: &str) -> String {
 }
 
 impl WebhookError {
-    /// Whether sending again later may succeed: availability problems (5xx, 429, timeouts,
-    /// connection failures, secret access) yes; bad URLs, headers and 4xx no.
+    /// Whether sending again later may succeed: availability problems (5xx, 408, 429,
+    /// timeouts, connection failures, secret access) yes; bad URLs, headers and other 4xx no.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::InvalidUrl | Self::InvalidHeader(..) | Self::InvalidBody | Self::Egress(_) => {
                 false
             }
-            Self::Status { status, .. } => *status == 429 || (500..600).contains(status),
+            Self::Status { status, .. } => retryable_status(*status),
             Self::Timeout { .. } | Self::Unreachable { .. } | Self::Secret(_) => true,
         }
     }
@@ -472,13 +468,10 @@ impl WebhookSender {
             Ok(reply) => Err(WebhookError::Status {
                 status: reply.status.as_u16(),
                 attempts,
-                detail: scrub::text(
-                    &clip(&String::from_utf8_lossy(&reply.body), MAX_DETAIL_CHARS),
-                    &secrets,
-                ),
+                detail: scrub::text(&detail(&reply.body), &secrets),
             }),
-            Err(AttemptFailure::Refused(refused)) => Err(WebhookError::Egress(refused)),
-            Err(AttemptFailure::Timeout) => Err(WebhookError::Timeout {
+            Err(Failure::Refused(refused)) => Err(WebhookError::Egress(refused)),
+            Err(Failure::Timeout) => Err(WebhookError::Timeout {
                 timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
                 attempts,
             }),
@@ -518,19 +511,6 @@ fn response_value(body: &[u8]) -> Value {
             MAX_TEXT_RESPONSE_CHARS,
         ))
     })
-}
-
-/// The first `max` characters of `text` on one line.
-fn clip(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .take(max)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().count() > max {
-        out.push('…');
-    }
-    out.trim().to_owned()
 }
 
 #[cfg(test)]

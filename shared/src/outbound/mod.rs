@@ -20,10 +20,14 @@
 //! send a request, or its credentials, somewhere else) and uses no proxy from the environment.
 //! A refusal is an [`Refused`] error, never a hang; callers fail the step with its text, e.g.
 //! `egress refused: 127.0.0.1 is a loopback address`.
+//!
+//! Requests go out through [`send`]: one retry, backoff and `Retry-After` policy and one
+//! response-size cap for every caller.
 
 pub mod address;
 pub mod headers;
 pub mod scrub;
+pub mod send;
 
 use std::collections::BTreeSet;
 use std::fmt;

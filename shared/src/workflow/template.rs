@@ -1,4 +1,7 @@
-//! Templates: text with `{{ path }}` placeholders that a run fills in.
+//! Templates: text with `{{ path }}` placeholders that a run fills in. This is the one template
+//! syntax of the product: workflow steps use it with the roots below, and a tool's URL and
+//! header templates ([`crate::tool::template`]) use the same [`split`] and [`parse_path`] with
+//! their own roots (`input`, `credentials`).
 //!
 //! A placeholder holds one path, whitespace around it ignored:
 //!
@@ -74,22 +77,13 @@ impl Template {
         if source.len() > MAX_TEMPLATE_BYTES {
             return Err(format!("must be at most {MAX_TEMPLATE_BYTES} bytes"));
         }
-        let mut parts = Vec::new();
-        let mut rest = source;
-        while let Some(open) = rest.find("{{") {
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_owned()));
-            }
-            let after = &rest[open + 2..];
-            let close = after
-                .find("}}")
-                .ok_or_else(|| "has a `{{` without a closing `}}`".to_owned())?;
-            parts.push(Part::Placeholder(parse_reference(after[..close].trim())?));
-            rest = &after[close + 2..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
-        }
+        let parts = split(source)?
+            .into_iter()
+            .map(|chunk| match chunk {
+                Chunk::Text(text) => Ok(Part::Text(text.to_owned())),
+                Chunk::Placeholder(path) => parse_reference(path).map(Part::Placeholder),
+            })
+            .collect::<Result<_, String>>()?;
         Ok(Self {
             source: source.to_owned(),
             parts,
@@ -113,6 +107,36 @@ impl Template {
             Part::Text(_) => None,
         })
     }
+}
+
+/// A piece of template source, before its placeholders are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunk<'a> {
+    /// Text copied as is.
+    Text(&'a str),
+    /// The path inside `{{ … }}`, whitespace around it trimmed.
+    Placeholder(&'a str),
+}
+
+/// Splits template source into text and placeholders: the one `{{ … }}` syntax.
+pub fn split(source: &str) -> Result<Vec<Chunk<'_>>, String> {
+    let mut chunks = Vec::new();
+    let mut rest = source;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            chunks.push(Chunk::Text(&rest[..open]));
+        }
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .ok_or_else(|| "has a `{{` without a closing `}}`".to_owned())?;
+        chunks.push(Chunk::Placeholder(after[..close].trim()));
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        chunks.push(Chunk::Text(rest));
+    }
+    Ok(chunks)
 }
 
 impl fmt::Debug for Template {
@@ -321,7 +345,7 @@ fn parse_reference(path: &str) -> Result<Reference, String> {
     if path.is_empty() {
         return Err("has an empty placeholder `{{ }}`".to_owned());
     }
-    let segments = split_path(path).ok_or_else(|| {
+    let segments = parse_path(path).ok_or_else(|| {
         placeholder_error(
             path,
             "is not a path like `input.field`, `steps.<id>.output.field` or `item`",
@@ -365,8 +389,9 @@ fn parse_reference(path: &str) -> Result<Reference, String> {
     }
 }
 
-/// Splits `a.b[0].c` into segments; `None` if it is not such a path.
-fn split_path(path: &str) -> Option<Vec<Segment>> {
+/// Parses a path such as `a.b[0].c` into segments: the one path syntax, `.<field>` (letters,
+/// digits, `_`, `-`) or `[<index>]` after a first name; `None` if it is not such a path.
+pub fn parse_path(path: &str) -> Option<Vec<Segment>> {
     let bytes = path.as_bytes();
     let mut segments = Vec::new();
     let mut i = 0;

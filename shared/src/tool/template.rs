@@ -1,7 +1,13 @@
-//! The template language of an http tool's `url` and `headers`, parsed when the tool is saved
-//! and again when it is called (so a record saved under older rules cannot slip through).
+//! The templates of an http tool's `url` and `headers`, parsed when the tool is saved and again
+//! when it is called (so a record saved under older rules cannot slip through).
 //!
-//! - `{{ input.<field>… }}`: a field of the call's input (`.<n>` indexes a list).
+//! They use the one template syntax of the product ([`crate::workflow::template`]): `{{ path }}`
+//! placeholders, a path being `.<field>` or `[<index>]` steps after its root. A tool's
+//! templates have two roots:
+//!
+//! - `{{ input }}`, `{{ input.<field>… }}`: the call's input, e.g. `{{ input.items[0].id }}`.
+//!   Records saved before the syntax was shared may index a list as `.0`; that still reads
+//!   the item, but `[0]` is the syntax to write.
 //! - `{{ credentials.<field> }}`, in headers only: `api_key`, `access_token`, `client_id`,
 //!   `client_secret`.
 //!
@@ -19,10 +25,11 @@
 //! auth scheme word (`Bearer {{ credentials.api_key }}`): no literal secret is ever stored in
 //! a config, and no input is ever mixed into a credential.
 
+use serde_json::Value;
 use url::Url;
 
 use crate::outbound::headers;
-use crate::tool_config::HttpConfig;
+use crate::workflow::template::{parse_path, split, Chunk, Segment};
 
 /// A credential a header template may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -58,71 +65,74 @@ impl CredentialField {
 pub enum Piece {
     /// Text copied as is.
     Text(String),
-    /// `{{ input.a.b }}`: the path after `input`.
-    Input(Vec<String>),
+    /// `{{ input.a[0] }}`: the path after `input`.
+    Input(Vec<Segment>),
     /// `{{ credentials.<field> }}`.
     Credential(CredentialField),
 }
 
 /// Splits a template into pieces; the error says what is wrong with it.
 pub fn parse_template(source: &str) -> Result<Vec<Piece>, String> {
-    let mut pieces = Vec::new();
-    let mut rest = source;
-    while let Some(open) = rest.find("{{") {
-        if open > 0 {
-            pieces.push(Piece::Text(rest[..open].to_owned()));
-        }
-        let after = &rest[open + 2..];
-        let close = after
-            .find("}}")
-            .ok_or_else(|| "has a `{{` without a closing `}}`".to_owned())?;
-        pieces.push(parse_placeholder(after[..close].trim())?);
-        rest = &after[close + 2..];
-    }
-    if !rest.is_empty() {
-        pieces.push(Piece::Text(rest.to_owned()));
-    }
-    Ok(pieces)
+    split(source)?
+        .into_iter()
+        .map(|chunk| match chunk {
+            Chunk::Text(text) => Ok(Piece::Text(text.to_owned())),
+            Chunk::Placeholder(path) => parse_placeholder(path),
+        })
+        .collect()
 }
 
 fn parse_placeholder(path: &str) -> Result<Piece, String> {
-    let mut parts = path.split('.');
-    let valid = |part: &str| {
-        !part.is_empty()
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    };
     let unknown = || {
         format!(
             "has a placeholder `{{{{ {path} }}}}` the engine cannot fill; use \
              `{{{{ input.<field> }}}}` or `{{{{ credentials.<field> }}}}`"
         )
     };
-    match parts.next() {
-        Some("input") => {
-            let fields: Vec<String> = parts.map(str::to_owned).collect();
-            if fields.iter().all(|f| valid(f)) {
-                Ok(Piece::Input(fields))
-            } else {
-                Err(unknown())
-            }
-        }
-        Some("credentials") => {
-            let field = parts.next().unwrap_or_default();
-            match CredentialField::ALL.into_iter().find(|f| f.name() == field) {
-                Some(found) if parts.next().is_none() => Ok(Piece::Credential(found)),
-                _ => {
-                    let names: Vec<&str> = CredentialField::ALL.iter().map(|f| f.name()).collect();
-                    Err(format!(
-                        "has a placeholder `{{{{ {path} }}}}`; credentials offer {}",
-                        names.join(", ")
-                    ))
+    let mut segments = parse_path(path).ok_or_else(unknown)?.into_iter();
+    match segments.next() {
+        Some(Segment::Field(root)) if root == "input" => Ok(Piece::Input(segments.collect())),
+        Some(Segment::Field(root)) if root == "credentials" => {
+            let found = match (segments.next(), segments.next()) {
+                (Some(Segment::Field(field)), None) => {
+                    CredentialField::ALL.into_iter().find(|f| f.name() == field)
                 }
-            }
+                _ => None,
+            };
+            found.map(Piece::Credential).ok_or_else(|| {
+                let names: Vec<&str> = CredentialField::ALL.iter().map(|f| f.name()).collect();
+                format!(
+                    "has a placeholder `{{{{ {path} }}}}`; credentials offer {}",
+                    names.join(", ")
+                )
+            })
         }
         _ => Err(unknown()),
     }
+}
+
+/// The value at `path` inside a call's input: object members by name, list items by index
+/// (or, in records saved before the syntax was shared, by a field that is all digits).
+pub fn lookup<'a>(input: &'a Value, path: &[Segment]) -> Option<&'a Value> {
+    path.iter()
+        .try_fold(input, |at, segment| match (segment, at) {
+            (Segment::Field(name), Value::Object(members)) => members.get(name),
+            (Segment::Index(index), Value::Array(items)) => items.get(*index),
+            (Segment::Field(legacy), Value::Array(items)) => {
+                legacy.parse::<usize>().ok().and_then(|i| items.get(i))
+            }
+            _ => None,
+        })
+}
+
+/// The JSON Pointer of `path`, to name a missing or bad input value.
+pub fn pointer(path: &[Segment]) -> String {
+    path.iter()
+        .map(|segment| match segment {
+            Segment::Field(name) => format!("/{}", name.replace('~', "~0").replace('/', "~1")),
+            Segment::Index(index) => format!("/{index}"),
+        })
+        .collect()
 }
 
 /// Checks a URL template: an absolute `http(s)` URL without user info whose scheme, host and
@@ -172,40 +182,6 @@ pub fn origin(template: &str) -> Option<String> {
 pub fn uses_credentials(template: &str) -> bool {
     parse_template(template)
         .is_ok_and(|pieces| pieces.iter().any(|p| matches!(p, Piece::Credential(_))))
-}
-
-/// Why changing an http tool's config from `before` to `after` would send its stored
-/// credentials somewhere new, if it would: another origin (scheme, host or port), or a header
-/// that newly carries them; the message asks for the credentials again.
-pub fn credentials_rebound(before: Option<&HttpConfig>, after: &HttpConfig) -> Option<String> {
-    rebound(before, after).map(|why| {
-        format!(
-            "{why}: send `credentials` again, so the stored secret never goes where it was \
-             not meant to"
-        )
-    })
-}
-
-fn rebound(before: Option<&HttpConfig>, after: &HttpConfig) -> Option<String> {
-    let old_origin = before.and_then(|c| origin(&c.url));
-    let new_origin = origin(&after.url);
-    if old_origin != new_origin {
-        return Some(format!(
-            "the tool's origin changes from {} to {}",
-            old_origin.as_deref().unwrap_or("none"),
-            new_origin.as_deref().unwrap_or("none")
-        ));
-    }
-    after
-        .headers
-        .iter()
-        .find(|(name, template)| {
-            uses_credentials(template)
-                && before
-                    .and_then(|c| c.headers.get(*name))
-                    .is_none_or(|old| old != *template)
-        })
-        .map(|(name, _)| format!("header `{name}` now carries the credentials"))
 }
 
 /// The template with every placeholder replaced by `x`: what its literal parts must parse as.
@@ -271,6 +247,8 @@ pub fn check_header(name: &str, template: &str) -> Result<Vec<Piece>, String> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -285,7 +263,10 @@ mod tests {
         assert_eq!(
             parse_template("{{input.customer.id}}/x").unwrap(),
             vec![
-                Piece::Input(vec!["customer".into(), "id".into()]),
+                Piece::Input(vec![
+                    Segment::Field("customer".into()),
+                    Segment::Field("id".into())
+                ]),
                 Piece::Text("/x".into())
             ]
         );
@@ -293,6 +274,31 @@ mod tests {
             parse_template("plain } text").unwrap(),
             vec![Piece::Text("plain } text".into())]
         );
+    }
+
+    #[test]
+    fn input_paths_use_the_one_path_syntax_and_old_dot_indexes_still_read() {
+        let input = json!({"items": [{"id": "a"}, {"id": "b/c"}]});
+        let pieces = parse_template("https://x.example.com/{{ input.items[1].id }}").unwrap();
+        let Piece::Input(path) = &pieces[1] else {
+            panic!("expected an input placeholder, got {pieces:?}");
+        };
+        assert_eq!(lookup(&input, path), Some(&json!("b/c")));
+        assert_eq!(pointer(path), "/items/1/id");
+        let legacy = parse_template("{{ input.items.1.id }}").unwrap();
+        let Piece::Input(legacy) = &legacy[0] else {
+            panic!("expected an input placeholder, got {legacy:?}");
+        };
+        assert_eq!(lookup(&input, legacy), Some(&json!("b/c")));
+        assert_eq!(lookup(&input, &path[..1]).map(Value::is_array), Some(true));
+        assert!(parse_template("{{ input[0] }}").is_ok());
+        for bad in [
+            "{{ input.items[x] }}",
+            "{{ input.items[0 }}",
+            "{{ input.items[] }}",
+        ] {
+            assert!(parse_template(bad).is_err(), "{bad} should be refused");
+        }
     }
 
     #[test]

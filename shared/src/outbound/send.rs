@@ -1,0 +1,295 @@
+//! Sending: the one retry, backoff and `Retry-After` policy and the one response-size cap
+//! for every outbound call (tools, OAuth token endpoints, webhooks, LLM endpoints).
+//!
+//! [`send_with_retries`] makes up to `1 + retries` attempts:
+//!
+//! 1. Each attempt reads at most [`MAX_RESPONSE_BYTES`] of the body; a bigger answer is
+//!    [`Failure::TooLarge`] and is not retried.
+//! 2. A timeout, a connection failure or a [`retryable_status`] (`408`, `429`, `5xx`) is
+//!    retried after a jittered exponential wait ([`Backoff`]). Anything else is final, and
+//!    so is an egress refusal.
+//! 3. A `429` or `503` with `Retry-After: <seconds>` is waited out when that is at most the
+//!    backoff cap. A longer wait ends the retries: waiting less would only be refused again,
+//!    and the caller passes the wait on ([`Attempts::retry_after_secs`]).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+
+use super::Refused;
+
+/// Largest response body read from any outbound call.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most characters of a failed answer quoted in an error.
+const MAX_DETAIL_CHARS: usize = 200;
+
+/// Jittered exponential backoff: the wait before retry `k` (from 0) is uniform in
+/// `[c / 2, c]` where `c = min(cap, base × 2^k)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The ceiling of the first wait.
+    pub base: Duration,
+    /// The largest ceiling; also the longest `Retry-After` honoured.
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Backoff {
+    /// The longest wait before retry `retry` (0 for the first retry).
+    pub fn ceiling(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// A random wait before retry `retry`, between half of [`Backoff::ceiling`] and all of it.
+    pub fn delay(&self, retry: u32) -> Duration {
+        let ceiling = u64::try_from(self.ceiling(retry).as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::thread_rng().gen_range(ceiling / 2..=ceiling))
+    }
+
+    /// The wait before retry `retry` when the answer asked for `asked`: at least that, at
+    /// most the cap.
+    pub fn wait(&self, retry: u32, asked: Option<Duration>) -> Duration {
+        self.delay(retry)
+            .max(asked.unwrap_or_default())
+            .min(self.cap)
+    }
+}
+
+/// Whether an answer with this status may succeed if sent again: `408`, `429` and `5xx`.
+pub fn retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
+/// A response read whole (up to [`MAX_RESPONSE_BYTES`]).
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Why an attempt got no usable response.
+pub enum Failure {
+    /// No complete answer within the timeout.
+    Timeout,
+    /// The connection failed or broke; why, without the URL.
+    Unreachable(String),
+    /// The body (of an answer with this status) exceeds [`MAX_RESPONSE_BYTES`].
+    TooLarge(u16),
+    /// The egress policy refused the destination when its name was resolved.
+    Refused(Refused),
+}
+
+impl Failure {
+    /// A short description.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Timeout => "it did not answer in time".to_owned(),
+            Self::Unreachable(reason) => reason.clone(),
+            Self::TooLarge(status) => {
+                format!("its answer (HTTP {status}) exceeds {MAX_RESPONSE_BYTES} bytes")
+            }
+            Self::Refused(refused) => refused.to_string(),
+        }
+    }
+}
+
+/// The last attempt's result and how many attempts were made.
+pub struct Attempts {
+    /// The final response or failure.
+    pub result: Result<Reply, Failure>,
+    pub attempts: u32,
+    /// The final response's `Retry-After`, in seconds.
+    pub retry_after_secs: Option<u64>,
+}
+
+/// Sends the request `build` makes under the policy of this module (see its doc), each
+/// attempt bounded by `timeout`.
+pub async fn send_with_retries(
+    mut build: impl FnMut() -> reqwest::RequestBuilder,
+    retries: u32,
+    backoff: Backoff,
+    timeout: Duration,
+) -> Attempts {
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let result = send_once(build().timeout(timeout)).await;
+        let retry_after_secs = result
+            .as_ref()
+            .ok()
+            .and_then(|reply| retry_after(&reply.headers));
+        let wait = match &result {
+            Ok(reply) if retryable_status(reply.status.as_u16()) => {
+                let asked = matches!(
+                    reply.status,
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                )
+                .then_some(retry_after_secs)
+                .flatten()
+                .map(Duration::from_secs);
+                match asked {
+                    Some(asked) if asked > backoff.cap => None,
+                    asked => Some(backoff.wait(attempts - 1, asked)),
+                }
+            }
+            Ok(_) | Err(Failure::TooLarge(_) | Failure::Refused(_)) => None,
+            Err(Failure::Timeout | Failure::Unreachable(_)) => Some(backoff.delay(attempts - 1)),
+        };
+        match wait {
+            Some(wait) if attempts <= retries => {
+                tracing::debug!(
+                    attempt = attempts,
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "retrying"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            _ => {
+                return Attempts {
+                    result,
+                    attempts,
+                    retry_after_secs,
+                }
+            }
+        }
+    }
+}
+
+/// One attempt, reading at most [`MAX_RESPONSE_BYTES`] of the body.
+pub async fn send_once(request: reqwest::RequestBuilder) -> Result<Reply, Failure> {
+    let mut response = request.send().await.map_err(failure)?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let too_large = Failure::TooLarge(status.as_u16());
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(too_large);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(failure)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Reply {
+        status,
+        headers,
+        body: Bytes::from(body),
+    })
+}
+
+/// Classifies a transport error; the description never holds the URL.
+fn failure(err: reqwest::Error) -> Failure {
+    if let Some(refused) = Refused::in_error(&err) {
+        return Failure::Refused(refused.clone());
+    }
+    if err.is_timeout() {
+        return Failure::Timeout;
+    }
+    let what = if err.is_connect() {
+        "the connection failed"
+    } else if err.is_body() || err.is_decode() {
+        "its answer broke off"
+    } else {
+        "the request failed"
+    };
+    let mut root = None;
+    let mut cause = std::error::Error::source(&err);
+    while let Some(source) = cause {
+        root = Some(source);
+        cause = source.source();
+    }
+    Failure::Unreachable(match root {
+        Some(root) => format!("{what}: {root}"),
+        None => what.to_owned(),
+    })
+}
+
+/// `Retry-After` in whole seconds (the HTTP-date form is ignored).
+fn retry_after(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+}
+
+/// The start of a failed answer's body, as one line of text to quote in an error.
+pub fn detail(body: &[u8]) -> String {
+    clip(&String::from_utf8_lossy(body), MAX_DETAIL_CHARS)
+}
+
+/// The first `max` characters of an answer's text on one line.
+pub fn clip(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn backoff_ceilings_double_up_to_the_cap() {
+        let backoff = Backoff::default();
+        assert_eq!(backoff.ceiling(0), Duration::from_millis(100));
+        assert_eq!(backoff.ceiling(1), Duration::from_millis(200));
+        assert_eq!(backoff.ceiling(5), Duration::from_millis(3200));
+        assert_eq!(backoff.ceiling(6), Duration::from_secs(5));
+        assert_eq!(backoff.ceiling(40), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn backoff_delays_stay_within_their_ceiling_and_vary() {
+        let backoff = Backoff::default();
+        for retry in 0..12 {
+            let delays: Vec<Duration> = (0..200).map(|_| backoff.delay(retry)).collect();
+            assert!(delays.iter().all(|d| *d <= backoff.ceiling(retry)));
+            let distinct: BTreeSet<Duration> = delays.into_iter().collect();
+            assert!(distinct.len() > 10, "the jitter spreads the waits");
+        }
+    }
+
+    #[test]
+    fn only_timeouts_throttling_and_server_errors_are_worth_retrying() {
+        for retryable in [408, 429, 500, 502, 503, 504] {
+            assert!(retryable_status(retryable), "{retryable}");
+        }
+        for not in [200, 301, 400, 401, 403, 404, 410, 413, 422] {
+            assert!(!retryable_status(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn details_are_one_clipped_line() {
+        assert_eq!(detail(b"{\"error\":\n\"nope\"}"), "{\"error\": \"nope\"}");
+        assert_eq!(detail("é".repeat(300).as_bytes()).chars().count(), 201);
+    }
+}
