@@ -258,8 +258,9 @@ pub mod ts {
     }
 }
 
-/// A deployment environment of an agent, a tool or a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+/// A deployment environment of an agent, a tool or a run. Its JSON form parses with
+/// [`Env::parse`], so every request names a bad one with the same message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Env {
     /// Development.
@@ -271,6 +272,14 @@ pub enum Env {
 }
 
 impl Env {
+    /// Parses an environment's name: `dev`, `staging` or `prod`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        [Self::Dev, Self::Staging, Self::Prod]
+            .into_iter()
+            .find(|env| env.as_str() == raw)
+            .ok_or_else(|| "must be one of dev, staging, prod".to_owned())
+    }
+
     /// The environment's name as used in the API and in index keys.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -284,5 +293,12 @@ impl Env {
 impl fmt::Display for Env {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Env {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
     }
 }

@@ -22,6 +22,8 @@ pub mod state;
 pub mod store;
 pub mod tool_config;
 pub mod tool_template;
+pub mod usecase;
+pub mod validate;
 pub mod workflow;
 
 pub use config::Config;

@@ -542,16 +542,6 @@ fn clip(message: &str) -> String {
     clipped
 }
 
-/// Parses a tool's `release`: a semantic version such as `1.2.0`; returns it normalised.
-pub fn parse_release(raw: &str) -> Result<String, String> {
-    semver::Version::parse(raw.trim())
-        .map(|v| v.to_string())
-        .map_err(|_| "must be a semantic version such as 1.2.0".to_owned())
-}
-
-/// The release a tool gets when none is given.
-pub const DEFAULT_RELEASE: &str = "1.0.0";
-
 /// A JSON value that may hold secrets (a request's `credentials`). Its `Debug` never prints
 /// the value, and reading it can never fail, so no error message ever quotes it.
 #[derive(Clone, Deserialize)]
@@ -1053,13 +1043,5 @@ mod tests {
             ]
         );
         assert!(errors.iter().all(|e| !e.message.contains("sk-bare-secret")));
-    }
-
-    #[test]
-    fn releases_are_semantic_versions() {
-        assert_eq!(parse_release(" 1.2.0 ").unwrap(), "1.2.0");
-        assert_eq!(parse_release("2.0.0-rc.1").unwrap(), "2.0.0-rc.1");
-        assert!(parse_release("1.2").is_err());
-        assert!(parse_release("latest").is_err());
     }
 }

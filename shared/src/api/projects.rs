@@ -11,8 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::extract::{check_version, expected_version, ApiJson, ApiQuery, PageQuery};
-use super::registry::check_json_object;
+use super::extract::{expected_version, ApiJson, ApiQuery, PageQuery};
 use super::{created, with_etag, Page};
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
@@ -21,6 +20,8 @@ use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::governance::Governance;
 use crate::state::AppState;
 use crate::store::projects::{Membership, Project};
+use crate::usecase::access::check_version;
+use crate::validate::check_json_object;
 
 /// Largest accepted description.
 const MAX_DESCRIPTION_CHARS: usize = 2000;

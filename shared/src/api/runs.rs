@@ -28,9 +28,6 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{parse_json, ApiJson, ApiQuery, PageQuery};
-use super::registry::{
-    authorize_record, check_json_object, not_found, record_id, required_project_id,
-};
 use super::{created, with_etag, Page};
 use crate::auth::rbac::Action;
 use crate::auth::tokens::digest;
@@ -45,6 +42,8 @@ use crate::store::runs::{
 };
 use crate::store::workflows::VersionStatus;
 use crate::store::StoreError;
+use crate::usecase::access::{authorize_record, not_found, record_id};
+use crate::validate::{check_json_object, required_project_id};
 use crate::workflow::{Definition, LoopConfig, LoopStep, StepKind};
 
 mod governance;

@@ -33,8 +33,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::extract::{check_version, expected_version, ApiJson, ApiQuery, PageQuery};
-use super::registry::{authorize_record, not_found, record_id, required_project_id};
+use super::extract::{expected_version, ApiJson, ApiQuery, PageQuery};
 use super::{created, with_etag, Page};
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
@@ -43,6 +42,8 @@ use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::state::AppState;
 use crate::store::workflows::{VersionStatus, Workflow, WorkflowVersion};
 use crate::store::StoreError;
+use crate::usecase::access::{authorize_record, check_version, not_found, record_id};
+use crate::validate::required_project_id;
 use crate::workflow::{self, Definition};
 
 /// What the errors call a workflow.
