@@ -11,7 +11,6 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{ApiJson, ApiQuery, PageQuery};
-use super::projects::project_id;
 use super::Page;
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, tokens, Principal};
@@ -19,6 +18,7 @@ use crate::domain::{ts, Name, Role};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::state::AppState;
 use crate::store::api_keys::{ApiKey, ApiKeyKind};
+use crate::usecase::projects::project_id;
 
 /// An API key as the API lists it: never the key itself.
 #[derive(Debug, Serialize, ToSchema)]

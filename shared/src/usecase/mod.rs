@@ -5,4 +5,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod credentials;
+pub mod projects;
 pub mod tools;
+pub mod workflows;
