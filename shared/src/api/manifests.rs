@@ -36,6 +36,7 @@ use crate::store::agents::Agent;
 use crate::store::tools::Tool;
 use crate::usecase::{agents, tools};
 use crate::validate::required_project_id;
+use crate::validate::FieldErrors;
 
 /// Media type of exported manifests.
 const YAML: &str = "application/yaml";
@@ -574,23 +575,14 @@ async fn resolve_tool_names(
     for (i, name) in names.iter().enumerate() {
         let field = format!("metadata.tools[{i}]");
         match name.as_str().map(|n| by_name.get(n).map(Vec::as_slice)) {
-            None => errors.push(crate::error::FieldError::new(field, "must be a tool name")),
-            Some(None | Some([])) => errors.push(crate::error::FieldError::new(
-                field,
-                "no tool of this name in the project",
-            )),
+            None => errors.fail(field, "must be a tool name"),
+            Some(None | Some([])) => errors.fail(field, "no tool of this name in the project"),
             Some(Some([id])) => ids.push(*id),
-            Some(Some(_)) => errors.push(crate::error::FieldError::new(
-                field,
-                "several tools of the project have this name",
-            )),
+            Some(Some(_)) => errors.fail(field, "several tools of the project have this name"),
         }
     }
-    if errors.is_empty() {
-        Ok(ids)
-    } else {
-        Err(ApiError::invalid_fields(errors))
-    }
+    errors.finish()?;
+    Ok(ids)
 }
 
 /// Imports a tool manifest (YAML or JSON). A present checksum must match and a present

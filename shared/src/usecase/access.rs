@@ -10,6 +10,10 @@ use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal, ProjectAccess};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use crate::store::agents::Agent;
+use crate::store::credentials::Credential;
+use crate::store::tools::Tool;
+use crate::store::workflows::Workflow;
 
 /// Authorises `action` on a record of `project_id`, answering a project the caller cannot see
 /// with the record's own `404`.
@@ -26,6 +30,38 @@ pub async fn authorize_record(
             ApiError::NotFound(_) => not_found(what),
             other => other,
         })
+}
+
+/// A record that belongs to one project.
+pub trait ProjectScoped {
+    /// The project it belongs to.
+    fn project_id(&self) -> Uuid;
+}
+
+macro_rules! project_scoped {
+    ($($record:ty),*) => {$(
+        impl ProjectScoped for $record {
+            fn project_id(&self) -> Uuid {
+                self.project_id
+            }
+        }
+    )*};
+}
+
+project_scoped!(Agent, Credential, Tool, Workflow);
+
+/// The record `found` by id, if it exists and the caller may do `action` on its project;
+/// otherwise the record's `404`.
+pub async fn visible<T: ProjectScoped>(
+    state: &AppState,
+    principal: &Principal,
+    found: Option<T>,
+    action: Action,
+    what: &str,
+) -> ApiResult<T> {
+    let record = found.ok_or_else(|| not_found(what))?;
+    authorize_record(state, principal, record.project_id(), action, what).await?;
+    Ok(record)
 }
 
 /// `404` for a record of kind `what`.

@@ -23,7 +23,7 @@ mod input;
 pub use input::{capability, CreateAgent, HeartbeatReport, LlmInput, UpdateAgent};
 use input::{check_tools_exist, validate};
 
-use super::access::{authorize_record, check_version, not_found, record_id};
+use super::access::{check_version, not_found, record_id, visible};
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::error::{ApiError, ApiResult};
@@ -56,14 +56,8 @@ pub async fn visible_agent(
     id: &str,
     action: Action,
 ) -> ApiResult<Agent> {
-    let id = record_id(id, WHAT)?;
-    let agent = state
-        .store
-        .get_agent(id)
-        .await?
-        .ok_or_else(|| not_found(WHAT))?;
-    authorize_record(state, principal, agent.project_id, action, WHAT).await?;
-    Ok(agent)
+    let found = state.store.get_agent(record_id(id, WHAT)?).await?;
+    visible(state, principal, found, action, WHAT).await
 }
 
 /// Whether a write lost a race it may retry after reading the agent again.

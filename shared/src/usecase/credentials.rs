@@ -13,7 +13,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::access::{authorize_record, check_version, not_found, record_id};
+use super::access::{check_version, record_id, visible};
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::Name;
@@ -150,14 +150,8 @@ pub async fn visible_credential(
     raw_id: &str,
     action: Action,
 ) -> ApiResult<Credential> {
-    let id = record_id(raw_id, WHAT)?;
-    let credential = state
-        .store
-        .get_credential(id)
-        .await?
-        .ok_or_else(|| not_found(WHAT))?;
-    authorize_record(state, principal, credential.project_id, action, WHAT).await?;
-    Ok(credential)
+    let found = state.store.get_credential(record_id(raw_id, WHAT)?).await?;
+    visible(state, principal, found, action, WHAT).await
 }
 
 /// Renames the credential `id`, replaces its value, or moves it to another origin (with its

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::access::{authorize_record, check_version, not_found, record_id};
+use super::access::{check_version, record_id, visible};
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::{Env, Name};
@@ -300,14 +300,8 @@ pub async fn visible_tool(
     raw_id: &str,
     action: Action,
 ) -> ApiResult<Tool> {
-    let id = record_id(raw_id, WHAT)?;
-    let tool = state
-        .store
-        .get_tool(id)
-        .await?
-        .ok_or_else(|| not_found(WHAT))?;
-    authorize_record(state, principal, tool.project_id, action, WHAT).await?;
-    Ok(tool)
+    let found = state.store.get_tool(record_id(raw_id, WHAT)?).await?;
+    visible(state, principal, found, action, WHAT).await
 }
 
 /// Changes the tool `id`, if it is still at `expected` (when given). New credentials replace

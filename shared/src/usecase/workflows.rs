@@ -25,7 +25,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::access::{authorize_record, check_version, not_found, record_id};
+use super::access::{check_version, not_found, record_id, visible};
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::Name;
@@ -179,14 +179,8 @@ pub async fn visible_workflow(
     id: &str,
     action: Action,
 ) -> ApiResult<Workflow> {
-    let id = record_id(id, WHAT)?;
-    let workflow = state
-        .store
-        .get_workflow(id)
-        .await?
-        .ok_or_else(|| not_found(WHAT))?;
-    authorize_record(state, principal, workflow.project_id, action, WHAT).await?;
-    Ok(workflow)
+    let found = state.store.get_workflow(record_id(id, WHAT)?).await?;
+    visible(state, principal, found, action, WHAT).await
 }
 
 /// Reads the workflow again after a lost race; `404` if it is gone.
