@@ -43,17 +43,9 @@ pub struct Name(String);
 impl Name {
     /// Parses a display name.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err("must not be empty".into());
-        }
-        if trimmed.chars().count() > 255 {
-            return Err("must be at most 255 characters".into());
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err("must not contain control characters".into());
-        }
-        Ok(Self(trimmed.to_owned()))
+        crate::validate::line(raw, 255)?
+            .map(Self)
+            .ok_or_else(|| "must not be empty".into())
     }
 
     /// The name as text.

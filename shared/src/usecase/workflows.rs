@@ -33,7 +33,7 @@ use crate::error::{ApiError, ApiResult, FieldError};
 use crate::state::AppState;
 use crate::store::workflows::{VersionStatus, Workflow, WorkflowVersion};
 use crate::store::StoreError;
-use crate::validate::FieldErrors;
+use crate::validate::{self, FieldErrors};
 use crate::workflow::{self, Definition};
 
 /// What the errors call a workflow.
@@ -104,13 +104,7 @@ pub struct UpdateWorkflowVersion {
 
 /// A tag: 1–64 characters without control characters.
 pub fn parse_tag(raw: &str) -> Result<String, String> {
-    let tag = raw.trim();
-    if tag.is_empty() || tag.chars().count() > MAX_TAG_CHARS || tag.chars().any(char::is_control) {
-        return Err(format!(
-            "must be 1-{MAX_TAG_CHARS} characters without control characters"
-        ));
-    }
-    Ok(tag.to_owned())
+    validate::line(raw, MAX_TAG_CHARS)?.ok_or_else(|| "must not be empty".to_owned())
 }
 
 fn check_tags(raw: Vec<String>, errors: &mut Vec<FieldError>) -> Vec<String> {

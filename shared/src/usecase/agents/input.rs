@@ -258,6 +258,7 @@ impl Changes {
     }
 }
 
+/// A name or a model name: the display-name rule of [`Name`].
 fn name(raw: &str) -> Result<String, String> {
     Name::parse(raw).map(Name::into_inner)
 }
@@ -271,10 +272,6 @@ fn runtime(raw: &str) -> Result<String, String> {
     } else {
         Err("must be 1-32 characters of [a-z0-9._-] starting with a letter, e.g. `python` or `node`".into())
     }
-}
-
-fn model(raw: &str) -> Result<String, String> {
-    validate::line(raw, 255)?.ok_or_else(|| "must not be empty".to_owned())
 }
 
 fn temperature(raw: &serde_json::Number) -> Result<String, String> {
@@ -494,7 +491,7 @@ pub(super) fn validate(body: UpdateAgent, c: &mut Vec<FieldError>) -> Changes {
     Changes {
         name: body.name.and_then(|v| c.check("name", name(&v))),
         runtime: body.runtime.and_then(|v| c.check("runtime", runtime(&v))),
-        model: body.model.and_then(|v| c.check("model", model(&v))),
+        model: body.model.and_then(|v| c.check("model", name(&v))),
         tools: body.tools.and_then(|ids| tool_ids(&ids, c)),
         env: body.env,
         concurrency: body
