@@ -43,17 +43,9 @@ pub struct Name(String);
 impl Name {
     /// Parses a display name.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err("must not be empty".into());
-        }
-        if trimmed.chars().count() > 255 {
-            return Err("must be at most 255 characters".into());
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err("must not contain control characters".into());
-        }
-        Ok(Self(trimmed.to_owned()))
+        crate::validate::line(raw, 255)?
+            .map(Self)
+            .ok_or_else(|| "must not be empty".into())
     }
 
     /// The name as text.
@@ -306,8 +298,9 @@ pub mod ts {
     }
 }
 
-/// A deployment environment of an agent, a tool or a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+/// A deployment environment of an agent, a tool or a run. Its JSON form parses with
+/// [`Env::parse`], so every request names a bad one with the same message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Env {
     /// Development.
@@ -319,6 +312,14 @@ pub enum Env {
 }
 
 impl Env {
+    /// Parses an environment's name: `dev`, `staging` or `prod`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        [Self::Dev, Self::Staging, Self::Prod]
+            .into_iter()
+            .find(|env| env.as_str() == raw)
+            .ok_or_else(|| "must be one of dev, staging, prod".to_owned())
+    }
+
     /// The environment's name as used in the API and in index keys.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -332,5 +333,12 @@ impl Env {
 impl fmt::Display for Env {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Env {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
     }
 }

@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::store::StoreError;
+
 /// One invalid field of a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
@@ -208,7 +210,19 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Result of an API handler.
+impl From<StoreError> for ApiError {
+    /// A lost condition or transaction the caller did not handle itself is a concurrent change.
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unexpected(cause) => Self::Internal(cause),
+            StoreError::ConditionFailed | StoreError::Cancelled(_) => Self::Conflict(
+                "the record was changed concurrently; read it again and retry".to_owned(),
+            ),
+        }
+    }
+}
+
+/// Result of an API handler or a use case.
 pub type ApiResult<T> = Result<T, ApiError>;
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod state;
 pub mod store;
 pub mod tool;
 pub mod usecase;
+pub mod validate;
 pub mod workflow;
 
 pub use config::Config;

@@ -11,7 +11,6 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{ApiJson, ApiQuery, PageQuery};
-use super::projects::project_id;
 use super::Page;
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, tokens, Principal};
@@ -19,6 +18,8 @@ use crate::domain::{ts, Name, Role};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::state::AppState;
 use crate::store::api_keys::{ApiKey, ApiKeyKind};
+use crate::usecase::projects::project_id;
+use crate::validate::FieldErrors;
 
 /// An API key as the API lists it: never the key itself.
 #[derive(Debug, Serialize, ToSchema)]
@@ -115,21 +116,18 @@ async fn scope(
     match body.kind {
         ApiKeyKind::Project => {
             if body.agent_ids.is_some() {
-                errors.push(FieldError::new(
-                    "agent_ids",
-                    "only `agent_runtime` keys name agents",
-                ));
+                errors.fail("agent_ids", "only `agent_runtime` keys name agents");
             }
             match body.role {
                 None => {
-                    errors.push(FieldError::new("role", "is required for a `project` key"));
+                    errors.fail("role", "is required for a `project` key");
                     Ok(None)
                 }
                 Some(Role::Owner) => {
-                    errors.push(FieldError::new(
+                    errors.fail(
                         "role",
                         "an API key cannot be an owner; use admin, developer or viewer",
-                    ));
+                    );
                     Ok(None)
                 }
                 Some(role) => Ok(Some(Scope {
@@ -140,35 +138,34 @@ async fn scope(
         }
         ApiKeyKind::AgentRuntime => {
             if body.role.is_some() {
-                errors.push(FieldError::new(
+                errors.fail(
                     "role",
                     "an `agent_runtime` key has no role: it only reports heartbeats",
-                ));
+                );
             }
             let raw = body.agent_ids.as_deref().unwrap_or_default();
             if raw.is_empty() || raw.len() > MAX_RUNTIME_AGENTS {
-                errors.push(FieldError::new(
+                errors.fail(
                     "agent_ids",
                     format!("must name 1 to {MAX_RUNTIME_AGENTS} agents of this project"),
-                ));
+                );
                 return Ok(None);
             }
             let mut agent_ids: Vec<Uuid> = Vec::with_capacity(raw.len());
             let mut parsed = Vec::with_capacity(raw.len());
             for (index, id) in raw.iter().enumerate() {
                 match Uuid::try_parse(id) {
-                    Ok(id) if agent_ids.contains(&id) => errors.push(FieldError::new(
-                        format!("agent_ids[{index}]"),
-                        "is listed twice",
-                    )),
+                    Ok(id) if agent_ids.contains(&id) => {
+                        errors.fail(format!("agent_ids[{index}]"), "is listed twice")
+                    }
                     Ok(id) => {
                         agent_ids.push(id);
                         parsed.push((index, id));
                     }
-                    Err(_) => errors.push(FieldError::new(
+                    Err(_) => errors.fail(
                         format!("agent_ids[{index}]"),
                         "must be an agent id (a UUID)",
-                    )),
+                    ),
                 }
             }
             let found = state.store.get_agents(&agent_ids).await?;
@@ -177,10 +174,10 @@ async fn scope(
                     .iter()
                     .any(|agent| agent.id == id && agent.project_id == project_id)
                 {
-                    errors.push(FieldError::new(
+                    errors.fail(
                         format!("agent_ids[{index}]"),
                         "no agent of this project has this id",
-                    ));
+                    );
                 }
             }
             Ok(Some(Scope {
@@ -214,12 +211,10 @@ pub async fn create_api_key(
     let creator = principal.person("create API keys")?;
     let now = state.clock.now();
     let mut errors = Vec::new();
-    let name = Name::parse(&body.name)
-        .map_err(|m| errors.push(FieldError::new("name", m)))
-        .ok();
+    let name = errors.check("name", Name::parse(&body.name));
     let scope = scope(&state, access.project.id, &body, &mut errors).await?;
     if body.expires_at.is_some_and(|at| at <= now) {
-        errors.push(FieldError::new("expires_at", "must be in the future"));
+        errors.fail("expires_at", "must be in the future");
     }
     let (Some(name), Some(scope), true) = (name, scope, errors.is_empty()) else {
         return Err(ApiError::invalid_fields(errors));

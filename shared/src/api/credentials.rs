@@ -1,40 +1,28 @@
-//! `/api/v1/credentials`: a project's named secrets for webhook steps.
-//!
-//! A workflow version is immutable and readable by every viewer, so a secret header of a
-//! webhook step cannot live in it. It lives here instead: the value goes to Secrets Manager
-//! (`credentials/<id>`) and is never shown again; a webhook step names the credential
-//! (`config.credentials.id`). Each credential is bound to one **origin**
-//! (`scheme://host[:port]`): a webhook step may use it only when its URL has that origin,
-//! checked when the workflow is saved and again when the step runs, and moving it to another
-//! origin needs the secret sent again. Reading needs `viewer`; writing needs `developer`.
+//! `/api/v1/credentials` over HTTP: a project's named secrets for webhook steps, each bound to
+//! one origin. The rules live in [`crate::usecase::credentials`]; responses never show a
+//! secret.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::extract::{check_version, expected_version, ApiJson, ApiQuery, PageQuery};
-use super::registry::{authorize_record, not_found, record_id, required_project_id};
+use super::extract::{expected_version, ApiJson, ApiQuery, PageQuery};
 use super::{created, with_etag, Page};
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
-use crate::domain::{ts, Name};
-use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::domain::ts;
+use crate::error::{ApiResult, Problem};
 use crate::state::AppState;
 use crate::store::credentials::Credential;
-use crate::store::StoreError;
-
-const WHAT: &str = "credential";
-
-/// Longest accepted secret value.
-const MAX_SECRET_CHARS: usize = 8192;
+use crate::usecase::credentials::{self, CreateCredential, UpdateCredential};
+use crate::validate::required_project_id;
 
 /// A credential as the API shows it: never its secret.
 #[derive(Debug, Serialize, ToSchema)]
@@ -49,11 +37,11 @@ pub struct CredentialView {
     pub origin: String,
     /// Who created it.
     pub created_by: Uuid,
+    /// When it was created.
     #[serde(with = "ts")]
-    #[allow(missing_docs)]
     pub created_at: DateTime<Utc>,
+    /// When its name, origin or value last changed.
     #[serde(with = "ts")]
-    #[allow(missing_docs)]
     pub updated_at: DateTime<Utc>,
     /// Optimistic-concurrency version.
     pub version: u64,
@@ -74,37 +62,6 @@ impl From<Credential> for CredentialView {
     }
 }
 
-/// A new credential.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateCredential {
-    /// The project it belongs to.
-    pub project_id: Option<String>,
-    /// A name people recognise it by.
-    pub name: String,
-    /// The origin its secret may be sent to, e.g. `https://hooks.example.com` (a path is
-    /// ignored).
-    pub origin: String,
-    /// The secret, write-only: e.g. the token a webhook receiver expects.
-    #[schema(value_type = String, format = Password)]
-    pub value: SecretString,
-}
-
-/// A change to a credential; what is left out stays.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateCredential {
-    /// The version the change is based on (or send `If-Match`).
-    pub version: Option<u64>,
-    #[allow(missing_docs)]
-    pub name: Option<String>,
-    /// Another origin; the secret must then be sent again in `value`.
-    pub origin: Option<String>,
-    /// A new secret, replacing the stored one.
-    #[schema(value_type = Option<String>, format = Password)]
-    pub value: Option<SecretString>,
-}
-
 /// Query of `GET /credentials`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -116,51 +73,6 @@ pub struct ListCredentials {
     pub limit: Option<String>,
     /// Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,
-}
-
-/// Parses an origin: an absolute `http(s)` URL without user info, reduced to
-/// `scheme://host[:port]`.
-pub fn parse_origin(raw: &str) -> Result<String, String> {
-    let url = url::Url::parse(raw.trim())
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-        .filter(|_| raw.len() <= 2048)
-        .ok_or_else(|| {
-            "must be an absolute http or https URL such as https://hooks.example.com".to_owned()
-        })?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not hold user info".to_owned());
-    }
-    Ok(url.origin().ascii_serialization())
-}
-
-fn parse_value(value: &SecretString) -> Result<(), String> {
-    let text = value.expose_secret();
-    if text.trim().is_empty() || text.chars().count() > MAX_SECRET_CHARS {
-        return Err(format!(
-            "must be a non-empty string of at most {MAX_SECRET_CHARS} characters"
-        ));
-    }
-    if text.chars().any(char::is_control) {
-        return Err("must not hold control characters: it is sent in a header".to_owned());
-    }
-    Ok(())
-}
-
-fn conflict() -> ApiError {
-    ApiError::Conflict(
-        "the credential was changed or deleted concurrently; read it again and retry".to_owned(),
-    )
-}
-
-async fn discard_secret(state: &AppState, id: Uuid) {
-    if let Err(err) = state
-        .secrets
-        .schedule_deletion(&crate::store::secrets::path::credential(id))
-        .await
-    {
-        tracing::error!(credential_id = %id, error = ?err, "failed to schedule deletion of a credential's secret");
-    }
 }
 
 /// Creates a credential; its value goes to Secrets Manager before the record is written.
@@ -181,41 +93,7 @@ pub async fn create_credential(
     principal: Principal,
     ApiJson(body): ApiJson<CreateCredential>,
 ) -> ApiResult<Response> {
-    let project_id = required_project_id(body.project_id.as_deref())?;
-    let access = authorize(&state, &principal, project_id, Action::WriteRegistry).await?;
-    let mut errors = Vec::new();
-    let name = Name::parse(&body.name)
-        .map_err(|m| errors.push(FieldError::new("name", m)))
-        .ok();
-    let origin = parse_origin(&body.origin)
-        .map_err(|m| errors.push(FieldError::new("origin", m)))
-        .ok();
-    if let Err(m) = parse_value(&body.value) {
-        errors.push(FieldError::new("value", m));
-    }
-    let (Some(name), Some(origin), true) = (name, origin, errors.is_empty()) else {
-        return Err(ApiError::invalid_fields(errors));
-    };
-    let now = state.clock.now();
-    let credential = Credential {
-        id: Uuid::now_v7(),
-        project_id: access.project.id,
-        name: name.into_inner(),
-        origin,
-        created_by: principal.actor_id(),
-        created_at: now,
-        updated_at: now,
-        version: 1,
-    };
-    state
-        .secrets
-        .put(&credential.secret_path(), &body.value)
-        .await?;
-    if let Err(err) = state.store.put_credential(&credential, None).await {
-        discard_secret(&state, credential.id).await;
-        return Err(err.into());
-    }
-    tracing::info!(project_id = %credential.project_id, credential_id = %credential.id, "credential created");
+    let credential = credentials::create(&state, &principal, body).await?;
     Ok(created(
         &format!("/api/v1/credentials/{}", credential.id),
         credential.version,
@@ -253,23 +131,6 @@ pub async fn list_credentials(
     request.respond(&state, page)
 }
 
-/// The credential at `raw_id` if the caller may perform `action` on it; `404` otherwise.
-async fn visible_credential(
-    state: &AppState,
-    principal: &Principal,
-    raw_id: &str,
-    action: Action,
-) -> ApiResult<Credential> {
-    let id = record_id(raw_id, WHAT)?;
-    let credential = state
-        .store
-        .get_credential(id)
-        .await?
-        .ok_or_else(|| not_found(WHAT))?;
-    authorize_record(state, principal, credential.project_id, action, WHAT).await?;
-    Ok(credential)
-}
-
 /// Reads a credential (never its value).
 #[utoipa::path(
     get, path = "/api/v1/credentials/{id}", tag = "credentials",
@@ -285,7 +146,8 @@ pub async fn get_credential(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let credential = visible_credential(&state, &principal, &id, Action::ReadRegistry).await?;
+    let credential =
+        credentials::visible_credential(&state, &principal, &id, Action::ReadRegistry).await?;
     Ok(with_etag(
         credential.version,
         Json(CredentialView::from(credential)),
@@ -318,67 +180,7 @@ pub async fn update_credential(
     ApiJson(body): ApiJson<UpdateCredential>,
 ) -> ApiResult<Response> {
     let expected = expected_version(&headers, body.version)?;
-    let current = visible_credential(&state, &principal, &id, Action::WriteRegistry).await?;
-    check_version(expected, current.version)?;
-    let mut errors = Vec::new();
-    let mut updated = current.clone();
-    if let Some(name) = &body.name {
-        match Name::parse(name) {
-            Ok(name) => updated.name = name.into_inner(),
-            Err(m) => errors.push(FieldError::new("name", m)),
-        }
-    }
-    if let Some(origin) = &body.origin {
-        match parse_origin(origin) {
-            Ok(origin) => updated.origin = origin,
-            Err(m) => errors.push(FieldError::new("origin", m)),
-        }
-    }
-    if let Some(value) = &body.value {
-        if let Err(m) = parse_value(value) {
-            errors.push(FieldError::new("value", m));
-        }
-    }
-    if updated.origin != current.origin && body.value.is_none() {
-        errors.push(FieldError::new(
-            "value",
-            format!(
-                "the origin changes from {} to {}: send `value` again, so the stored secret \
-                 never goes where it was not meant to",
-                current.origin, updated.origin
-            ),
-        ));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::invalid_fields(errors));
-    }
-    updated.version = current.version + 1;
-    updated.updated_at = state.clock.now();
-    // The value is written first, the old one kept to put back should the record lose a race.
-    let previous = match &body.value {
-        Some(value) => {
-            let previous = state.secrets.get(&current.secret_path()).await?;
-            state.secrets.put(&current.secret_path(), value).await?;
-            previous
-        }
-        None => None,
-    };
-    if let Err(err) = state
-        .store
-        .put_credential(&updated, Some(current.version))
-        .await
-    {
-        if let Some(previous) = previous {
-            if let Err(restore) = state.secrets.put(&current.secret_path(), &previous).await {
-                tracing::error!(credential_id = %current.id, error = ?restore, "failed to restore a credential's value after a lost race");
-            }
-        }
-        return Err(match err {
-            StoreError::ConditionFailed => conflict(),
-            other => other.into(),
-        });
-    }
-    tracing::info!(credential_id = %updated.id, version = updated.version, "credential updated");
+    let updated = credentials::update(&state, &principal, &id, expected, body).await?;
     Ok(with_etag(
         updated.version,
         Json(CredentialView::from(updated)),
@@ -408,19 +210,7 @@ pub async fn delete_credential(
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     let expected = expected_version(&headers, None)?;
-    let credential = visible_credential(&state, &principal, &id, Action::WriteRegistry).await?;
-    check_version(expected, credential.version)?;
-    match state
-        .store
-        .delete_credential(credential.id, credential.version)
-        .await
-    {
-        Ok(()) => {}
-        Err(StoreError::ConditionFailed) => return Err(conflict()),
-        Err(err) => return Err(err.into()),
-    }
-    discard_secret(&state, credential.id).await;
-    tracing::info!(credential_id = %credential.id, "credential deleted");
+    credentials::delete(&state, &principal, &id, expected).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -433,24 +223,4 @@ pub fn routes() -> OpenApiRouter<AppState> {
             update_credential,
             delete_credential
         ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origins_are_reduced_to_scheme_host_and_port() {
-        assert_eq!(
-            parse_origin("https://Hooks.example.com/in?x=1").as_deref(),
-            Ok("https://hooks.example.com")
-        );
-        assert_eq!(
-            parse_origin("http://127.0.0.1:9000").as_deref(),
-            Ok("http://127.0.0.1:9000")
-        );
-        assert!(parse_origin("ftp://hooks.example.com").is_err());
-        assert!(parse_origin("https://u:p@hooks.example.com").is_err());
-        assert!(parse_origin("hooks.example.com").is_err());
-    }
 }

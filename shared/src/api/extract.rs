@@ -222,16 +222,6 @@ pub fn expected_version(
     }
 }
 
-/// Fails with `409` when the caller's expected version is not the current one.
-pub fn check_version(expected: Option<u64>, current: u64) -> ApiResult<()> {
-    match expected {
-        Some(expected) if expected != current => Err(ApiError::Conflict(format!(
-            "version {expected} is stale; the current version is {current}"
-        ))),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;

@@ -16,7 +16,6 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{ApiQuery, PageQuery};
-use super::projects::project_id;
 use super::Page;
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
@@ -26,6 +25,7 @@ use crate::state::AppState;
 use crate::store::invitations::{Accepted, Invitation};
 use crate::store::projects::Membership;
 use crate::store::users::User;
+use crate::usecase::projects::project_id;
 
 /// An invitation as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]

@@ -4,8 +4,8 @@
 //! publisher, and honours the project's `settings.trusted_publishers` (see
 //! [`crate::governance`]).
 //!
-//! Imports go through the same create handlers as `POST /agents` and `POST /tools`, so an
-//! imported asset is validated exactly like one created by hand.
+//! Imports go through the same use cases as `POST /agents` and `POST /tools`, so an imported
+//! asset is validated exactly like one created by hand.
 
 use std::collections::HashMap;
 
@@ -14,7 +14,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -22,9 +21,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::extract::{parse_json, ApiJson, ApiQuery, MAX_BODY_BYTES};
-use super::registry::required_project_id;
-use super::{agents, tools};
+use super::agents::AgentView;
+use super::extract::{parse_json, ApiQuery, MAX_BODY_BYTES};
+use super::registry::with_deprecation;
+use super::tools::ToolView;
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::ts;
@@ -34,6 +34,9 @@ use crate::manifest::{self, ManifestError, Publisher, Verified};
 use crate::state::AppState;
 use crate::store::agents::Agent;
 use crate::store::tools::Tool;
+use crate::usecase::{agents, tools};
+use crate::validate::required_project_id;
+use crate::validate::FieldErrors;
 
 /// Media type of exported manifests.
 const YAML: &str = "application/yaml";
@@ -61,16 +64,6 @@ const TOOL_FIELDS: [&str; 7] = [
     "scopes",
     "rate_limit_per_min",
 ];
-
-/// Marks a response as concerning a deprecated asset (RFC 9745 `Deprecation`).
-pub fn with_deprecation(deprecated: bool, mut response: Response) -> Response {
-    if deprecated {
-        response
-            .headers_mut()
-            .insert("deprecation", HeaderValue::from_static("true"));
-    }
-    response
-}
 
 fn put_opt(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
     if let Some(value) = value {
@@ -402,8 +395,8 @@ fn create_body(manifest: &Map<String, Value>, project_id: Uuid, env: &str) -> Ma
     body
 }
 
-/// Turns a create handler's response into the import result.
-async fn import_result(response: Response, import: &Import) -> ApiResult<Response> {
+/// The import result of the created `record`, found at `location`.
+fn import_result(record: impl Serialize, location: &str, import: &Import) -> ApiResult<Response> {
     let signed = import.verified.signed_by.is_some();
     let deprecated = import
         .manifest
@@ -411,17 +404,7 @@ async fn import_result(response: Response, import: &Import) -> ApiResult<Respons
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let checksum = import.verified.checksum.clone();
-    if response.status() != StatusCode::CREATED {
-        return Ok(response);
-    }
-    let location = response.headers().get(header::LOCATION).cloned();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("failed to read the created record: {e}"))?
-        .to_bytes();
-    let record: Value = serde_json::from_slice(&bytes).map_err(anyhow::Error::from)?;
+    let record = serde_json::to_value(record).map_err(anyhow::Error::from)?;
     let mut warnings = Vec::new();
     if deprecated {
         warnings.push(
@@ -453,7 +436,7 @@ async fn import_result(response: Response, import: &Import) -> ApiResult<Respons
         }),
     )
         .into_response();
-    if let Some(location) = location {
+    if let Ok(location) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(with_deprecation(deprecated, response))
@@ -551,8 +534,9 @@ pub async fn import_agent(
         json!(resolve_tool_names(&state, import.project_id, meta.get("tools")).await?),
     );
     let request = create_request::<agents::CreateAgent>(&create)?;
-    let response = agents::create_agent(State(state), principal, ApiJson(request)).await?;
-    import_result(response, &import).await
+    let agent = agents::create(&state, &principal, request).await?;
+    let location = format!("/api/v1/agents/{}", agent.id);
+    import_result(AgentView::new(agent, state.clock.now()), &location, &import)
 }
 
 /// Maps the tool names of an agent manifest to the ids of the project's tools.
@@ -591,23 +575,14 @@ async fn resolve_tool_names(
     for (i, name) in names.iter().enumerate() {
         let field = format!("metadata.tools[{i}]");
         match name.as_str().map(|n| by_name.get(n).map(Vec::as_slice)) {
-            None => errors.push(crate::error::FieldError::new(field, "must be a tool name")),
-            Some(None | Some([])) => errors.push(crate::error::FieldError::new(
-                field,
-                "no tool of this name in the project",
-            )),
+            None => errors.fail(field, "must be a tool name"),
+            Some(None | Some([])) => errors.fail(field, "no tool of this name in the project"),
             Some(Some([id])) => ids.push(*id),
-            Some(Some(_)) => errors.push(crate::error::FieldError::new(
-                field,
-                "several tools of the project have this name",
-            )),
+            Some(Some(_)) => errors.fail(field, "several tools of the project have this name"),
         }
     }
-    if errors.is_empty() {
-        Ok(ids)
-    } else {
-        Err(ApiError::invalid_fields(errors))
-    }
+    errors.finish()?;
+    Ok(ids)
 }
 
 /// Imports a tool manifest (YAML or JSON). A present checksum must match and a present
@@ -642,8 +617,9 @@ pub async fn import_tool(
     create.entry("auth_type").or_insert_with(|| json!("none"));
     create.insert("config".into(), Value::Object(config));
     let request = create_request::<tools::CreateTool>(&create)?;
-    let response = tools::create_tool(State(state), principal, ApiJson(request)).await?;
-    import_result(response, &import).await
+    let tool = tools::create(&state, &principal, request).await?;
+    let location = format!("/api/v1/tools/{}", tool.id);
+    import_result(ToolView::from(tool), &location, &import)
 }
 
 /// Manifest routes served by the agents function.

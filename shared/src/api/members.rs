@@ -11,9 +11,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::extract::{check_version, expected_version, ApiJson, ApiQuery, PageQuery};
+use super::extract::{expected_version, ApiJson, ApiQuery, PageQuery};
 use super::invitations::InvitationView;
-use super::projects::project_id;
 use super::{with_etag, Page};
 use crate::auth::rbac::{may_assign, Action};
 use crate::auth::{authorize, Principal, ProjectAccess};
@@ -23,6 +22,8 @@ use crate::state::AppState;
 use crate::store::invitations::{Invitation, INVITATION_TTL};
 use crate::store::projects::Membership;
 use crate::store::StoreError;
+use crate::usecase::access::check_version;
+use crate::usecase::projects::project_id;
 
 /// A member as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]

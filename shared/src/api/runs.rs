@@ -19,7 +19,6 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{parse_json, ApiJson, ApiQuery, PageQuery};
-use super::registry::{check_json_object, record_id, required_project_id};
 use super::{created, with_etag, Page};
 use crate::auth::rbac::Action;
 use crate::auth::tokens::digest;
@@ -31,7 +30,9 @@ use crate::run::{
 };
 use crate::state::AppState;
 use crate::store::runs::RunFilter;
+use crate::usecase::access::record_id;
 use crate::usecase::runs::{self, Idempotency, StartRun};
+use crate::validate::{check_json_object, required_project_id};
 
 /// What the errors call a run.
 const WHAT: &str = "run";

@@ -16,7 +16,8 @@ use uuid::Uuid;
 use super::schema::{GSI1, GSI2};
 use super::{cursor, item, key, n, s, Page, Store, StoreResult};
 use crate::domain::{ts, Env};
-use crate::tool::{AuthType, HttpConfig, ToolKind, DEFAULT_RELEASE};
+use crate::tool::{AuthType, HttpConfig, ToolKind};
+use crate::validate::DEFAULT_RELEASE;
 
 /// A registered tool.
 #[derive(Clone, Debug, Serialize, Deserialize)]

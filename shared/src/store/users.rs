@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::expr::{Apply, Changes};
-use super::{item, key, n, record, s, Store, StoreError, StoreResult};
+use super::{item, key, n, record, s, Store, StoreResult};
 use crate::domain::Email;
 
 /// A registered user.
@@ -243,16 +243,5 @@ impl Store {
             "delete a user",
         )
         .await
-    }
-}
-
-impl From<StoreError> for crate::error::ApiError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Unexpected(cause) => Self::Internal(cause),
-            StoreError::ConditionFailed | StoreError::Cancelled(_) => Self::Conflict(
-                "the record was changed concurrently; read it again and retry".to_owned(),
-            ),
-        }
     }
 }

@@ -221,16 +221,6 @@ pub fn parse_config(
     }
 }
 
-/// Parses a tool's `release`: a semantic version such as `1.2.0`; returns it normalised.
-pub fn parse_release(raw: &str) -> Result<String, String> {
-    semver::Version::parse(raw.trim())
-        .map(|v| v.to_string())
-        .map_err(|_| "must be a semantic version such as 1.2.0".to_owned())
-}
-
-/// The release a tool gets when none is given.
-pub const DEFAULT_RELEASE: &str = "1.0.0";
-
 /// Most entries of a list of scopes.
 pub const MAX_SCOPES: usize = 100;
 

@@ -1,5 +1,12 @@
-//! Use cases: what the product does, as plain async functions over the state that take typed
-//! input and a principal and return domain records or a typed error. HTTP handlers, and the
-//! schedules, webhooks and events that start runs, call these; they never call each other.
+//! Use cases: what the product does, as plain async functions over the state. Each takes typed
+//! input and the acting principal and returns a domain record or an
+//! [`ApiError`](crate::error::ApiError); none knows about HTTP. HTTP handlers, and the
+//! schedules, webhooks and events that start runs, call these; no use case calls a handler.
 
+pub mod access;
+pub mod agents;
+pub mod credentials;
+pub mod projects;
 pub mod runs;
+pub mod tools;
+pub mod workflows;
