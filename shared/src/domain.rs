@@ -43,7 +43,7 @@ pub struct Name(String);
 impl Name {
     /// Parses a display name.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        crate::validate::line(raw, 255)?
+        line(raw, 255)?
             .map(Self)
             .ok_or_else(|| "must not be empty".into())
     }
@@ -141,6 +141,34 @@ impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Optional single-line text: trimmed, at most `max_chars` characters, no control
+/// characters; empty means none.
+pub fn line(raw: &str, max_chars: usize) -> Result<Option<String>, String> {
+    bounded(raw, max_chars, false)
+}
+
+/// Optional multi-line text: trimmed, at most `max_chars` characters, no control characters
+/// other than line breaks and tabs; empty means none.
+pub fn text(raw: &str, max_chars: usize) -> Result<Option<String>, String> {
+    bounded(raw, max_chars, true)
+}
+
+fn bounded(raw: &str, max_chars: usize, multiline: bool) -> Result<Option<String>, String> {
+    let trimmed = raw.trim();
+    if trimmed.chars().count() > max_chars {
+        return Err(format!("must be at most {max_chars} characters"));
+    }
+    let allowed = |c: char| multiline && matches!(c, '\n' | '\r' | '\t');
+    if trimmed.chars().any(|c| c.is_control() && !allowed(c)) {
+        return Err(if multiline {
+            "must not contain control characters other than line breaks and tabs".into()
+        } else {
+            "must not contain control characters".into()
+        });
+    }
+    Ok(Some(trimmed.to_owned()).filter(|t| !t.is_empty()))
 }
 
 #[cfg(test)]

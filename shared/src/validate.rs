@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+pub use crate::domain::{line, text};
 use crate::error::{ApiError, ApiResult, FieldError};
 
 /// Collects the field errors of one request.
@@ -57,34 +58,6 @@ impl FieldErrors for Vec<FieldError> {
             Err(ApiError::invalid_fields(self))
         }
     }
-}
-
-/// Optional single-line text: trimmed, at most `max_chars` characters, no control
-/// characters; empty means none.
-pub fn line(raw: &str, max_chars: usize) -> Result<Option<String>, String> {
-    bounded(raw, max_chars, false)
-}
-
-/// Optional multi-line text: trimmed, at most `max_chars` characters, no control characters
-/// other than line breaks and tabs; empty means none.
-pub fn text(raw: &str, max_chars: usize) -> Result<Option<String>, String> {
-    bounded(raw, max_chars, true)
-}
-
-fn bounded(raw: &str, max_chars: usize, multiline: bool) -> Result<Option<String>, String> {
-    let trimmed = raw.trim();
-    if trimmed.chars().count() > max_chars {
-        return Err(format!("must be at most {max_chars} characters"));
-    }
-    let allowed = |c: char| multiline && matches!(c, '\n' | '\r' | '\t');
-    if trimmed.chars().any(|c| c.is_control() && !allowed(c)) {
-        return Err(if multiline {
-            "must not contain control characters other than line breaks and tabs".into()
-        } else {
-            "must not contain control characters".into()
-        });
-    }
-    Ok(Some(trimmed.to_owned()).filter(|t| !t.is_empty()))
 }
 
 /// A whole number within `range`.

@@ -11,7 +11,6 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::status::{RunStatus, StepStatus, Trigger};
-use super::steps::step_sk;
 use super::usage::Usage;
 use crate::domain::{json_text, ts, Env};
 
@@ -202,11 +201,6 @@ impl StepRecord {
             lease_until: Some(lease_until),
             round,
         }
-    }
-
-    /// The record's sort key.
-    pub fn sk(&self) -> String {
-        step_sk(self.idx, self.iteration)
     }
 }
 

@@ -13,6 +13,13 @@ use super::record::StepRecord;
 use super::status::StepStatus;
 use crate::workflow::Definition;
 
+impl StepRecord {
+    /// The record's sort key.
+    pub fn sk(&self) -> String {
+        step_sk(self.idx, self.iteration)
+    }
+}
+
 /// Sort key of a step record.
 pub fn step_sk(idx: u32, iteration: Option<u32>) -> String {
     match iteration {
