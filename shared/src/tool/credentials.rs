@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::http::parse_url;
-use super::{parse_string_list, AuthType};
+use super::kind::AuthType;
 use crate::error::FieldError;
 
 /// A JSON value that may hold secrets (a request's `credentials`). Its `Debug` never prints
@@ -244,4 +244,40 @@ pub struct OAuthInput {
     pub refresh_token: Option<String>,
     /// Scopes to request.
     pub scopes: Option<Vec<String>>,
+}
+
+/// Most entries of a list of scopes.
+pub const MAX_SCOPES: usize = 100;
+
+/// Parses a list of scopes: non-empty strings of at most 255 characters without whitespace.
+pub fn parse_string_list(field: &str, value: &Value, errors: &mut Vec<FieldError>) -> Vec<String> {
+    let Some(items) = value.as_array() else {
+        errors.push(FieldError::new(field, "must be an array of strings"));
+        return Vec::new();
+    };
+    if items.len() > MAX_SCOPES {
+        errors.push(FieldError::new(
+            field,
+            format!("must have at most {MAX_SCOPES} entries"),
+        ));
+        return Vec::new();
+    }
+    let mut scopes = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str() {
+            Some(scope) if is_scope(scope) => scopes.push(scope.to_owned()),
+            _ => errors.push(FieldError::new(
+                format!("{field}[{i}]"),
+                "must be a non-empty string of at most 255 characters without spaces",
+            )),
+        }
+    }
+    scopes
+}
+
+/// Whether `scope` is a non-empty token of at most 255 characters without whitespace.
+pub fn is_scope(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope.chars().count() <= 255
+        && !scope.chars().any(|c| c.is_whitespace() || c.is_control())
 }

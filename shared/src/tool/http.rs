@@ -9,7 +9,6 @@ use utoipa::ToSchema;
 
 use super::schema::check_json_schema;
 use super::template::{self, origin, uses_credentials};
-use super::{Bounded, CIRCUIT_BREAKER_THRESHOLD, RETRY_ATTEMPTS, TIMEOUT_MS};
 use crate::error::FieldError;
 
 /// The HTTP method of an http tool.
@@ -40,6 +39,58 @@ impl HttpMethod {
             Self::Put => "PUT",
             Self::Patch => "PATCH",
             Self::Delete => "DELETE",
+        }
+    }
+}
+
+/// Bounds and default of `config.timeout_ms`.
+pub const TIMEOUT_MS: Bounded = Bounded {
+    key: "timeout_ms",
+    min: 1,
+    max: 300_000,
+    default: 10_000,
+};
+
+/// Bounds and default of `config.retry_attempts`.
+pub const RETRY_ATTEMPTS: Bounded = Bounded {
+    key: "retry_attempts",
+    min: 0,
+    max: 10,
+    default: 0,
+};
+
+/// Bounds and default of `config.circuit_breaker_threshold` (consecutive failures that open it).
+pub const CIRCUIT_BREAKER_THRESHOLD: Bounded = Bounded {
+    key: "circuit_breaker_threshold",
+    min: 1,
+    max: 1000,
+    default: 5,
+};
+
+/// A whole-number setting of `config` with its range and default.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounded {
+    /// Key under `config`.
+    pub key: &'static str,
+    /// Least accepted value.
+    pub min: u64,
+    /// Greatest accepted value.
+    pub max: u64,
+    /// Value when left out (http tools only).
+    pub default: u64,
+}
+
+impl Bounded {
+    pub(super) fn parse(&self, value: &Value, errors: &mut Vec<FieldError>) -> Option<u64> {
+        match value.as_u64().filter(|n| (self.min..=self.max).contains(n)) {
+            Some(n) => Some(n),
+            None => {
+                errors.push(FieldError::new(
+                    format!("config.{}", self.key),
+                    format!("must be a whole number from {} to {}", self.min, self.max),
+                ));
+                None
+            }
         }
     }
 }
