@@ -32,7 +32,7 @@ use crate::state::AppState;
 use crate::store::runs::RunFilter;
 use crate::usecase::access::record_id;
 use crate::usecase::runs::{self, Idempotency, StartRun};
-use crate::validate::{check_json_object, required_project_id};
+use crate::validate::{check_json_object, required_project_id, FieldErrors};
 
 /// What the errors call a run.
 const WHAT: &str = "run";
@@ -344,15 +344,7 @@ pub async fn create_run(
     let mut invalid = Vec::new();
     let workflow_id = parse_id("workflow_id", &body.workflow_id, &mut invalid);
     let agent_id = parse_id("agent_id", &body.agent_id, &mut invalid);
-    let env = match body.env.as_str() {
-        "dev" => Some(Env::Dev),
-        "staging" => Some(Env::Staging),
-        "prod" => Some(Env::Prod),
-        _ => {
-            invalid.push(FieldError::new("env", "must be one of dev, staging, prod"));
-            None
-        }
-    };
+    let env = invalid.check("env", Env::parse(&body.env));
     let input = runs::read_input("input", body.input, &mut invalid);
     let metadata = runs::read_object("metadata", body.metadata, &mut invalid);
     if let Value::Object(map) = &metadata {
