@@ -776,7 +776,9 @@ async fn misconfigured_tools_and_other_kinds_fail_without_a_request() {
     assert_eq!(refused.error_fields(), ["config.headers.Authorization"]);
     // AND a record holding one (saved under older rules) fails without a request
     let mut typo = wrong.clone();
-    typo.config["headers"] = json!({"Authorization": "Bearer {{ credentials.api_kye }}"});
+    let mut config = typo.config.as_map().clone();
+    config["headers"] = json!({"Authorization": "Bearer {{ credentials.api_kye }}"});
+    typo.config = config.into();
     let err = executor.call(&typo, search()).await.unwrap_err();
     assert!(matches!(err, ToolError::Config(_)), "{err:?}");
     assert_eq!(world.requests().await, 0);

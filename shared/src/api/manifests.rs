@@ -145,7 +145,7 @@ pub fn agent_manifest(agent: &Agent, tool_names: Vec<String>) -> Map<String, Val
 /// The manifest of a tool: its contract and resilience settings (the tool's `config`) sit in
 /// `metadata` beside its description. Credentials are never part of it.
 pub fn tool_manifest(tool: &Tool) -> Map<String, Value> {
-    let mut meta = tool.config.clone();
+    let mut meta = tool.config.as_map().clone();
     put_opt(
         &mut meta,
         "description",

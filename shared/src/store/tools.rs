@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::schema::{GSI1, GSI2};
 use super::{cursor, item, key, n, s, Page, Store, StoreResult};
 use crate::domain::{ts, Env};
-use crate::tool::{AuthType, HttpConfig, ToolKind};
+use crate::tool::{AuthType, HttpConfig, ToolConfig, ToolKind};
 use crate::validate::DEFAULT_RELEASE;
 
 /// A registered tool.
@@ -28,8 +28,8 @@ pub struct Tool {
     pub project_id: Uuid,
     /// Name.
     pub name: String,
-    /// `http`, `db`, `saas`, `browser`, `search`, `storage` or `custom` (see [`ToolKind`]).
-    pub kind: String,
+    /// What the tool talks to.
+    pub kind: ToolKind,
     /// Environment.
     pub env: Env,
     /// Creation time.
@@ -54,7 +54,7 @@ pub struct Tool {
     pub rate_limit_per_min: Option<u32>,
     /// Kind-specific configuration (validated; an http tool's has its defaults filled in).
     #[serde(default)]
-    pub config: serde_json::Map<String, serde_json::Value>,
+    pub config: ToolConfig,
     /// What the tool does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -105,15 +105,10 @@ impl Tool {
         self.credential_type.is_some()
     }
 
-    /// The tool's kind, if the stored name is a known one.
-    pub fn tool_kind(&self) -> Option<ToolKind> {
-        ToolKind::parse(&self.kind).ok()
-    }
-
     /// The typed config of an http tool; `None` for other kinds.
-    pub fn http_config(&self) -> Option<HttpConfig> {
-        (self.tool_kind() == Some(ToolKind::Http))
-            .then(|| HttpConfig::from_config(&self.config).ok())
+    pub fn http_config(&self) -> Option<&HttpConfig> {
+        (self.kind == ToolKind::Http)
+            .then(|| self.config.http())
             .flatten()
     }
 

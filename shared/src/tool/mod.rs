@@ -59,3 +59,37 @@ pub fn parse_config(
         }
     }
 }
+
+/// A tool's validated `config` as stored, with an http contract parsed once: when the record
+/// is read or the config is set, never again on each call.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "Map<String, Value>", into = "Map<String, Value>")]
+pub struct ToolConfig {
+    map: Map<String, Value>,
+    http: Option<HttpConfig>,
+}
+
+impl ToolConfig {
+    /// The config as the API shows it.
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.map
+    }
+
+    /// The http contract, if the config is one (whatever the tool's kind).
+    pub fn http(&self) -> Option<&HttpConfig> {
+        self.http.as_ref()
+    }
+}
+
+impl From<Map<String, Value>> for ToolConfig {
+    fn from(map: Map<String, Value>) -> Self {
+        let http = HttpConfig::from_config(&map).ok();
+        Self { map, http }
+    }
+}
+
+impl From<ToolConfig> for Map<String, Value> {
+    fn from(config: ToolConfig) -> Self {
+        config.map
+    }
+}

@@ -252,7 +252,7 @@ pub async fn create(state: &AppState, principal: &Principal, body: CreateTool) -
         id: Uuid::now_v7(),
         project_id: access.project.id,
         name: name.into_inner(),
-        kind: kind.as_str().to_owned(),
+        kind,
         env,
         created_at: now,
         updated_at: now,
@@ -261,7 +261,7 @@ pub async fn create(state: &AppState, principal: &Principal, body: CreateTool) -
         auth_type,
         scopes,
         rate_limit_per_min,
-        config,
+        config: config.into(),
         description,
         owner,
         release,
@@ -324,7 +324,7 @@ pub async fn update(
     }
     let kind = match &body.kind {
         Some(raw) => errors.check("kind", ToolKind::parse(raw)),
-        None => current.tool_kind(),
+        None => Some(current.kind),
     };
     if let Some(raw) = &body.auth_type {
         if let Some(auth_type) = errors.check("auth_type", AuthType::parse(raw)) {
@@ -347,11 +347,13 @@ pub async fn update(
     }
     // A new kind re-checks the current config against that kind's rules.
     if body.config.is_some() || body.kind.is_some() {
-        let config = body.config.unwrap_or_else(|| current.config.clone());
+        let config = body
+            .config
+            .unwrap_or_else(|| current.config.as_map().clone());
         check_json_object("config", &config, &mut errors);
         if let Some(kind) = kind {
-            updated.kind = kind.as_str().to_owned();
-            updated.config = parse_config(kind, config, &mut errors);
+            updated.kind = kind;
+            updated.config = parse_config(kind, config, &mut errors).into();
         }
     }
     if let Some(provider) = body.provider {
@@ -389,7 +391,7 @@ pub async fn update(
     if current.has_credentials() && credentials_change.is_none() {
         let before = current.http_config();
         let after = updated.http_config();
-        if let Some(why) = after.and_then(|a| credentials_rebound(before.as_ref(), &a)) {
+        if let Some(why) = after.and_then(|a| credentials_rebound(before, a)) {
             errors.fail("credentials", why);
         }
     }

@@ -72,7 +72,7 @@ impl Engine {
                     name.clone(),
                     tool.description.clone(),
                     tool.http_config()
-                        .and_then(|c| c.inputs_schema)
+                        .and_then(|c| c.inputs_schema.clone())
                         .map(Value::Object),
                 )
             })

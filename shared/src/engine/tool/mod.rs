@@ -186,16 +186,17 @@ impl ToolExecutor {
         idempotency_key: Option<&str>,
         started: Instant,
     ) -> Result<ToolOutcome, ToolError> {
-        if tool.tool_kind() != Some(ToolKind::Http) {
-            return Err(ToolError::Unsupported(tool.kind.clone()));
+        if tool.kind != ToolKind::Http {
+            return Err(ToolError::Unsupported(tool.kind.to_string()));
         }
-        let config = HttpConfig::from_config(&tool.config)
-            .map_err(|_| ToolError::Config("its stored http config cannot be read".to_owned()))?;
+        let config = tool
+            .http_config()
+            .ok_or_else(|| ToolError::Config("its stored http config cannot be read".to_owned()))?;
         if let Some(schema) = &config.inputs_schema {
             check_against(schema, &input, "inputs_schema")
                 .map_err(|(pointer, message)| ToolError::InvalidInput { pointer, message })?;
         }
-        let mut plan = Plan::new(&config, &input)?;
+        let mut plan = Plan::new(config, &input)?;
         if let Some(key) = idempotency_key {
             plan.idempotency_key(key)?;
         }
@@ -215,7 +216,7 @@ impl ToolExecutor {
             });
         }
         let secrets = self
-            .resolve_credentials(tool, &plan.credential_fields, &config)
+            .resolve_credentials(tool, &plan.credential_fields, config)
             .await?;
         // Finished before the call is admitted, so a request that cannot be built takes
         // neither a rate slot nor the breaker's probe.
@@ -230,7 +231,7 @@ impl ToolExecutor {
         }
         let probe = match admission {
             Admission::HalfOpen(expired) => {
-                let lease = now + chrono_duration(self.worst_case(&config));
+                let lease = now + chrono_duration(self.worst_case(config));
                 if !self
                     .store
                     .claim_breaker_probe(tool.id, expired, lease, now)
@@ -284,7 +285,7 @@ impl ToolExecutor {
         };
         // A tool that echoes its credentials must not get them stored in the step.
         let result = result.map(|(output, status)| (secrets.scrub_value(&output), status));
-        self.settle(tool, &config, probe, breaker.consecutive_failures, &result)
+        self.settle(tool, config, probe, breaker.consecutive_failures, &result)
             .await;
         result.map(|(output, status)| ToolOutcome {
             output,
