@@ -154,6 +154,15 @@ impl SecretStore {
         }
     }
 
+    /// Schedules the secret at `path` for deletion after a record change that already
+    /// happened (or a write that failed): a failure only leaves an unreachable secret behind, so
+    /// it is logged, not returned.
+    pub async fn discard(&self, path: &str) {
+        if let Err(err) = self.schedule_deletion(path).await {
+            tracing::error!(secret = %path, error = ?err, "failed to schedule the deletion of a secret");
+        }
+    }
+
     /// Schedules the secret at `path` for deletion; a missing secret is fine.
     pub async fn schedule_deletion(&self, path: &str) -> anyhow::Result<()> {
         let name = self.name(path);

@@ -29,6 +29,7 @@ use crate::auth::{authorize, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::agents::{Agent, Heartbeat, JsonObject};
+use crate::store::secrets::path;
 use crate::store::StoreError;
 use crate::validate::{self, check_storable, FieldErrors};
 
@@ -69,21 +70,9 @@ fn lost_race(err: &StoreError) -> bool {
 async fn store_api_key(state: &AppState, agent_id: Uuid, key: &SecretString) -> ApiResult<()> {
     state
         .secrets
-        .put(&crate::store::secrets::path::agent_llm_key(agent_id), key)
+        .put(&path::agent_llm_key(agent_id), key)
         .await
         .map_err(|err| ApiError::Internal(err.context("Failed to store an agent's LLM API key")))
-}
-
-/// Schedules the deletion of the agent's LLM API key; a failure is logged, not returned,
-/// because the record change it follows has already happened.
-async fn forget_api_key(state: &AppState, agent_id: Uuid) {
-    if let Err(err) = state
-        .secrets
-        .schedule_deletion(&crate::store::secrets::path::agent_llm_key(agent_id))
-        .await
-    {
-        tracing::error!(agent_id = %agent_id, error = ?err, "failed to schedule the deletion of an LLM API key");
-    }
 }
 
 /// Registers an agent in the body's project; the caller needs developer there.
@@ -154,7 +143,7 @@ pub async fn create(
     }
     if let Err(err) = state.store.create_agent(&agent).await {
         if key.is_some() {
-            forget_api_key(state, agent.id).await;
+            state.secrets.discard(&path::agent_llm_key(agent.id)).await;
         }
         return Err(err.into());
     }
@@ -194,7 +183,10 @@ pub async fn update(
                 let had_key = current.llm.as_ref().is_some_and(|l| l.has_api_key);
                 let has_key = updated.llm.as_ref().is_some_and(|l| l.has_api_key);
                 if had_key && !has_key {
-                    forget_api_key(state, updated.id).await;
+                    state
+                        .secrets
+                        .discard(&path::agent_llm_key(updated.id))
+                        .await;
                 }
                 return Ok(updated);
             }
@@ -226,7 +218,10 @@ pub async fn delete(
             Ok(()) => {
                 // Even without `has_api_key`: a change that failed after storing a key may
                 // have left one behind.
-                forget_api_key(state, current.id).await;
+                state
+                    .secrets
+                    .discard(&path::agent_llm_key(current.id))
+                    .await;
                 tracing::info!(agent_id = %current.id, "agent deleted");
                 return Ok(());
             }

@@ -20,6 +20,7 @@ use crate::domain::Name;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::credentials::Credential;
+use crate::store::secrets::path;
 use crate::store::StoreError;
 use crate::validate::{required_project_id, FieldErrors};
 
@@ -94,16 +95,6 @@ fn conflict() -> ApiError {
     )
 }
 
-async fn discard_secret(state: &AppState, id: Uuid) {
-    if let Err(err) = state
-        .secrets
-        .schedule_deletion(&crate::store::secrets::path::credential(id))
-        .await
-    {
-        tracing::error!(credential_id = %id, error = ?err, "failed to schedule deletion of a credential's secret");
-    }
-}
-
 /// Creates a credential in the body's project; its value goes to Secrets Manager before the
 /// record is written.
 pub async fn create(
@@ -136,7 +127,10 @@ pub async fn create(
         .put(&credential.secret_path(), &body.value)
         .await?;
     if let Err(err) = state.store.put_credential(&credential, None).await {
-        discard_secret(state, credential.id).await;
+        state
+            .secrets
+            .discard(&path::credential(credential.id))
+            .await;
         return Err(err.into());
     }
     tracing::info!(project_id = %credential.project_id, credential_id = %credential.id, "credential created");
@@ -240,7 +234,10 @@ pub async fn delete(
         Err(StoreError::ConditionFailed) => return Err(conflict()),
         Err(err) => return Err(err.into()),
     }
-    discard_secret(state, credential.id).await;
+    state
+        .secrets
+        .discard(&path::credential(credential.id))
+        .await;
     tracing::info!(credential_id = %credential.id, "credential deleted");
     Ok(())
 }

@@ -15,6 +15,7 @@ use crate::auth::{authorize, Principal};
 use crate::domain::{Env, Name};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::state::AppState;
+use crate::store::secrets::path;
 use crate::store::tools::Tool;
 use crate::store::StoreError;
 use crate::tool::http::credentials_rebound;
@@ -186,18 +187,6 @@ fn check_credentials_match(
     }
 }
 
-/// Schedules a secret's deletion after a failed or finished write; a failure only leaves an
-/// unreachable secret behind, so it is logged rather than returned.
-async fn discard_secret(state: &AppState, tool_id: Uuid) {
-    if let Err(err) = state
-        .secrets
-        .schedule_deletion(&crate::store::secrets::path::tool_credentials(tool_id))
-        .await
-    {
-        tracing::error!(tool_id = %tool_id, error = ?err, "failed to schedule deletion of tool credentials");
-    }
-}
-
 /// Registers a tool in the body's project; its credentials go to Secrets Manager before the
 /// record is written.
 pub async fn create(state: &AppState, principal: &Principal, body: CreateTool) -> ApiResult<Tool> {
@@ -279,7 +268,10 @@ pub async fn create(state: &AppState, principal: &Principal, body: CreateTool) -
     }
     if let Err(err) = state.store.create_tool(&tool).await {
         if credentials.is_some() {
-            discard_secret(state, tool.id).await;
+            state
+                .secrets
+                .discard(&path::tool_credentials(tool.id))
+                .await;
         }
         return Err(err.into());
     }
@@ -417,7 +409,12 @@ pub async fn update(
                         tracing::error!(tool_id = %current.id, error = ?restore, "failed to restore tool credentials after a lost race");
                     }
                 }
-                None => discard_secret(state, current.id).await,
+                None => {
+                    state
+                        .secrets
+                        .discard(&path::tool_credentials(current.id))
+                        .await
+                }
             }
         }
         return Err(match err {
@@ -427,7 +424,10 @@ pub async fn update(
     }
     if let Some(None) = &credentials_change {
         if current.has_credentials() {
-            discard_secret(state, current.id).await;
+            state
+                .secrets
+                .discard(&path::tool_credentials(current.id))
+                .await;
         }
     }
     tracing::info!(
@@ -457,7 +457,10 @@ pub async fn delete(
         Err(err) => return Err(err.into()),
     }
     if tool.has_credentials() {
-        discard_secret(state, tool.id).await;
+        state
+            .secrets
+            .discard(&path::tool_credentials(tool.id))
+            .await;
     }
     tracing::info!(project_id = %tool.project_id, tool_id = %tool.id, "tool deleted");
     Ok(())
