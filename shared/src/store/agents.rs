@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::schema::{GSI1, GSI2, GSI3};
+use super::schema::{IndexDef, GSI1, GSI2, GSI3};
 use super::{cursor, item, key, n, s, Item, Page, Store, StoreResult};
 use crate::agent_health::{HealthStatus, HealthWindow};
 use crate::domain::{ts, Env};
@@ -436,34 +436,18 @@ impl Store {
         limit: i32,
         start: Option<cursor::Key>,
     ) -> StoreResult<Page<Agent>> {
-        let query = self
-            .ddb
-            .query()
-            .table_name(&self.registry_table)
-            .limit(limit)
-            .set_exclusive_start_key(start);
+        let query = |index: &IndexDef, partition: String| {
+            self.index_query(&self.registry_table, index, partition)
+                .limit(limit)
+                .set_exclusive_start_key(start.clone())
+        };
         let query = match filter {
-            AgentFilter::All => query
-                .index_name(GSI1.name)
-                .key_condition_expression("#pk = :pk")
-                .expression_attribute_names("#pk", GSI1.pk)
-                .expression_attribute_values(":pk", s(agents_gsi(project_id))),
-            AgentFilter::Env(env) => query
-                .index_name(GSI2.name)
-                .key_condition_expression("#pk = :pk")
-                .expression_attribute_names("#pk", GSI2.pk)
-                .expression_attribute_values(":pk", s(env_gsi(project_id, *env))),
+            AgentFilter::All => query(&GSI1, agents_gsi(project_id)),
+            AgentFilter::Env(env) => query(&GSI2, env_gsi(project_id, *env)),
             AgentFilter::Capability(capability) => {
                 let markers: Page<CapabilityMarker> = self
                     .query_page(
-                        query
-                            .index_name(GSI1.name)
-                            .key_condition_expression("#pk = :pk")
-                            .expression_attribute_names("#pk", GSI1.pk)
-                            .expression_attribute_values(
-                                ":pk",
-                                s(capability_gsi(project_id, capability)),
-                            ),
+                        query(&GSI1, capability_gsi(project_id, capability)),
                         "agents by capability",
                     )
                     .await?;
@@ -474,11 +458,9 @@ impl Store {
                 });
             }
             AgentFilter::Health(status) => {
-                let query = query
-                    .index_name(GSI3.name)
-                    .expression_attribute_names("#pk", GSI3.pk)
+                // The sort-key condition below replaces the partition-only one.
+                let query = query(&GSI3, health_gsi(project_id))
                     .expression_attribute_names("#sk", GSI3.sk)
-                    .expression_attribute_values(":pk", s(health_gsi(project_id)))
                     .expression_attribute_values(":bound", s(health_bound(now)));
                 match status {
                     HealthStatus::Healthy => {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::schema::GSI1;
-use super::{cursor, item, key, n, s, Page, Store, StoreResult};
+use super::{cursor, item, key, n, Page, Store, StoreResult};
 use crate::domain::ts;
 
 /// A project credential (never its secret).
@@ -122,13 +122,11 @@ impl Store {
         start: Option<cursor::Key>,
     ) -> StoreResult<Page<Credential>> {
         let query = self
-            .ddb
-            .query()
-            .table_name(&self.registry_table)
-            .index_name(GSI1.name)
-            .key_condition_expression("#pk = :pk")
-            .expression_attribute_names("#pk", GSI1.pk)
-            .expression_attribute_values(":pk", s(project_credentials_gsi(project_id)))
+            .index_query(
+                &self.registry_table,
+                &GSI1,
+                project_credentials_gsi(project_id),
+            )
             .limit(limit)
             .set_exclusive_start_key(start);
         self.query_page(query, "credentials").await

@@ -274,13 +274,7 @@ impl Store {
         start: Option<cursor::Key>,
     ) -> StoreResult<Page<Membership>> {
         let query = self
-            .ddb
-            .query()
-            .table_name(&self.projects_table)
-            .index_name(GSI1.name)
-            .key_condition_expression("#pk = :pk")
-            .expression_attribute_names("#pk", GSI1.pk)
-            .expression_attribute_values(":pk", s(user_gsi(user_id)))
+            .index_query(&self.projects_table, &GSI1, user_gsi(user_id))
             .limit(limit)
             .set_exclusive_start_key(start);
         self.query_page(query, "a user's memberships").await

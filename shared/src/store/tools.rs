@@ -195,13 +195,7 @@ impl Store {
             None => (GSI1, project_tools_gsi(project_id)),
         };
         let mut query = self
-            .ddb
-            .query()
-            .table_name(&self.registry_table)
-            .index_name(index.name)
-            .key_condition_expression("#pk = :pk")
-            .expression_attribute_names("#pk", index.pk)
-            .expression_attribute_values(":pk", s(partition))
+            .index_query(&self.registry_table, &index, partition)
             .limit(limit)
             .set_exclusive_start_key(start);
         if let Some(kind) = kind {

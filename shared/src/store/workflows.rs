@@ -174,13 +174,11 @@ impl Store {
         start: Option<cursor::Key>,
     ) -> StoreResult<Page<Workflow>> {
         let mut query = self
-            .ddb
-            .query()
-            .table_name(&self.registry_table)
-            .index_name(GSI1.name)
-            .key_condition_expression("#pk = :pk")
-            .expression_attribute_names("#pk", GSI1.pk)
-            .expression_attribute_values(":pk", s(project_workflows_gsi(project_id)))
+            .index_query(
+                &self.registry_table,
+                &GSI1,
+                project_workflows_gsi(project_id),
+            )
             .limit(limit)
             .set_exclusive_start_key(start);
         if let Some(tag) = tag {

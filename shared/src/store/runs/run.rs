@@ -135,13 +135,9 @@ impl Store {
             }
         }
         let mut condition = "#pk = :pk".to_owned();
+        // The key condition is set last, once the created-at bounds are known.
         let mut query = self
-            .ddb
-            .query()
-            .table_name(&self.runs_table)
-            .index_name(index.name)
-            .expression_attribute_names("#pk", index.pk)
-            .expression_attribute_values(":pk", s(pk))
+            .index_query(&self.runs_table, &index, pk)
             .scan_index_forward(false)
             .limit(limit)
             .set_exclusive_start_key(start);
