@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::domain::Name;
 pub use crate::domain::{line, text};
 use crate::error::{ApiError, ApiResult, FieldError};
 
@@ -33,6 +34,14 @@ pub trait FieldErrors {
     fn line(&mut self, field: &str, raw: Option<String>, max_chars: usize) -> Option<String> {
         raw.and_then(|raw| self.check(field, line(&raw, max_chars)))
             .flatten()
+    }
+
+    /// Replaces `current` with the display name in `raw` when a change gives a valid one;
+    /// an invalid one is recorded against `name` and leaves `current` as it is.
+    fn rename(&mut self, raw: Option<&str>, current: &mut String) {
+        if let Some(name) = raw.and_then(|raw| self.check("name", Name::parse(raw))) {
+            *current = name.into_inner();
+        }
     }
 
     /// An optional [`text`]; `None` if absent, empty or invalid (then recorded).

@@ -161,11 +161,7 @@ pub async fn update(
     check_version(expected, current.version)?;
     let mut errors = Vec::new();
     let mut updated = current.clone();
-    if let Some(name) = &body.name {
-        if let Some(name) = errors.check("name", Name::parse(name)) {
-            updated.name = name.into_inner();
-        }
-    }
+    errors.rename(body.name.as_deref(), &mut updated.name);
     if let Some(origin) = &body.origin {
         if let Some(origin) = errors.check("origin", parse_origin(origin)) {
             updated.origin = origin;

@@ -277,11 +277,7 @@ pub async fn update(
     check_version(expected, current.version)?;
     let mut errors = Vec::new();
     let mut updated = current.clone();
-    if let Some(name) = &body.name {
-        if let Some(name) = errors.check("name", Name::parse(name)) {
-            updated.name = name.into_inner();
-        }
-    }
+    errors.rename(body.name.as_deref(), &mut updated.name);
     if body.description.is_some() {
         updated.description = errors.text("description", body.description, MAX_TEXT_CHARS);
     }
