@@ -24,7 +24,7 @@
 #       about, since restarting it is its owner's call. test.sh runs this after starting.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-LOCALSTACK_SERVICES="sqs,stepfunctions,events,secretsmanager,sts,iam"
+LOCALSTACK_SERVICES="sqs,stepfunctions,events,secretsmanager,sts,iam,s3"
 LOCALSTACK_START_TIMEOUT="${LOCALSTACK_START_TIMEOUT:-180}"
 DYNAMODB_START_TIMEOUT="${DYNAMODB_START_TIMEOUT:-90}"
 
