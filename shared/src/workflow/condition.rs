@@ -8,11 +8,17 @@
 //! While a run executes, [`Expression::evaluate`] binds those variables from a [`Scope`]:
 //! `input`, `steps` (step id → `{output, status}`), `run`, and `item` and `iteration` when
 //! the scope has them. JSON numbers become CEL `int` when they fit, else `uint`, else `double`.
+//!
+//! Before it runs, an evaluation's cost is estimated from the expression and the sizes of the
+//! values it reads ([`super::cel_cost`]); one over the limit is refused ("expression too
+//! costly: about N operations, the limit is M"). The engine evaluates decisions off the async
+//! executor ([`Expression::evaluate_bool_blocking`]), under a wall-clock limit as a backstop.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 use cel::objects::{Key, Map as CelMap};
@@ -20,10 +26,14 @@ use cel::{Context, Env, Program, Value as Cel};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
+use super::cel_cost::{Sizes, MAX_COST};
 use super::{Scope, StepId};
 
 /// Largest accepted expression, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
+
+/// The longest an evaluation off the executor may take, whatever its estimated cost.
+pub const EVALUATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// CEL's type names, which parse as identifiers but are no variables.
 const TYPE_NAMES: &[&str] = &[
@@ -122,10 +132,7 @@ impl Expression {
 
     /// Evaluates a condition; a result that is not a bool is an error naming its type.
     pub fn evaluate_bool(&self, scope: &Scope) -> Result<bool, String> {
-        match self.execute(scope)? {
-            Cel::Bool(result) => Ok(result),
-            other => Err(format!("gives {}, not a bool", cel_type(&other))),
-        }
+        as_bool(self.execute(scope)?)
     }
 
     /// Evaluates a list (a loop's `over`); any other result is an error naming its type.
@@ -136,10 +143,42 @@ impl Expression {
         }
     }
 
-    /// Runs the program with the variables it reads bound from `scope`; only the steps it
-    /// names are converted, not every step output of the run.
+    /// Evaluates a condition on a blocking thread, within [`EVALUATION_TIMEOUT`], so a costly
+    /// one never holds up the async executor.
+    pub async fn evaluate_bool_blocking(&self, scope: &Scope<'_>) -> Result<bool, String> {
+        let bound = self.bind(scope)?;
+        let program = Arc::clone(&self.program);
+        let task = tokio::task::spawn_blocking(move || run(&program, bound));
+        match tokio::time::timeout(EVALUATION_TIMEOUT, task).await {
+            Ok(Ok(result)) => as_bool(result?),
+            Ok(Err(_)) => Err("could not be evaluated (the CEL interpreter failed)".to_owned()),
+            Err(_) => Err(format!(
+                "took longer than {} s to evaluate",
+                EVALUATION_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// Runs the program with the variables it reads bound from `scope`.
     fn execute(&self, scope: &Scope) -> Result<Cel, String> {
-        let mut context = Context::with_env(Arc::clone(stdlib()));
+        run(&self.program, self.bind(scope)?)
+    }
+
+    /// The variables the program reads, bound from `scope`, once its estimated cost is within
+    /// [`MAX_COST`]; only the steps it names are converted, not every step output of the run.
+    fn bind(&self, scope: &Scope) -> Result<Vec<(String, Cel)>, String> {
+        let cost = Sizes::measure(
+            scope,
+            self.variables.iter().map(String::as_str),
+            self.steps.iter().map(StepId::as_str),
+        )
+        .cost(self.program.expression());
+        if cost > MAX_COST {
+            return Err(format!(
+                "expression too costly: about {cost} operations, the limit is {MAX_COST}"
+            ));
+        }
+        let mut bound = Vec::with_capacity(self.variables.len() + 1);
         for name in &self.variables {
             let value = match name.as_str() {
                 "input" => to_cel(scope.input),
@@ -154,7 +193,7 @@ impl Expression {
                 },
                 _ => continue,
             };
-            context.add_variable_from_value(name.as_str(), value);
+            bound.push((name.clone(), value));
         }
         if !self.steps.is_empty() {
             let steps = self
@@ -165,13 +204,29 @@ impl Expression {
                     Some((Key::from(id.as_str()), to_cel(record)))
                 })
                 .collect::<HashMap<_, _>>();
-            context.add_variable_from_value("steps", cel_map(steps));
+            bound.push(("steps".to_owned(), cel_map(steps)));
         }
-        // The interpreter is a third-party crate and the expression comes from a user: a bug
-        // there must fail this evaluation, not the worker running the run.
-        panic::catch_unwind(AssertUnwindSafe(|| self.program.execute(&context)))
-            .map_err(|_| "could not be evaluated (the CEL interpreter failed)".to_owned())?
-            .map_err(|e| e.to_string())
+        Ok(bound)
+    }
+}
+
+/// Runs `program` with `bound` variables. The interpreter is a third-party crate and the
+/// expression comes from a user: a bug there must fail this evaluation, not the worker
+/// running the run.
+fn run(program: &Program, bound: Vec<(String, Cel)>) -> Result<Cel, String> {
+    let mut context = Context::with_env(Arc::clone(stdlib()));
+    for (name, value) in bound {
+        context.add_variable_from_value(name, value);
+    }
+    panic::catch_unwind(AssertUnwindSafe(|| program.execute(&context)))
+        .map_err(|_| "could not be evaluated (the CEL interpreter failed)".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+fn as_bool(value: Cel) -> Result<bool, String> {
+    match value {
+        Cel::Bool(result) => Ok(result),
+        other => Err(format!("gives {}, not a bool", cel_type(&other))),
     }
 }
 
@@ -583,6 +638,81 @@ mod tests {
         assert_eq!(expr("input.big").evaluate(&scope), Ok(json!(u64::MAX)));
         assert_eq!(expr("input.neg * 2").evaluate(&scope), Ok(json!(-14)));
         assert_eq!(expr("input.x * 2.0").evaluate(&scope), Ok(json!(3.0)));
+    }
+
+    fn items(n: u32) -> Run {
+        let items: Vec<u32> = (0..n).collect();
+        Run::new(
+            json!({"items": items, "big": "x".repeat(100_000), "nested": {"rows": [1, 2, 3]}}),
+            json!({"fetch": {"status": "succeeded", "output": {"rows": items}}}),
+        )
+    }
+
+    #[test]
+    fn nested_comprehensions_over_a_large_input_are_refused_before_they_run() {
+        let run = items(1000);
+        let bomb = expr("input.items.all(a, input.items.all(b, input.items.all(x, true)))");
+        let started = std::time::Instant::now();
+        let error = bomb.evaluate_bool(&run.scope()).unwrap_err();
+        assert!(
+            error.starts_with("expression too costly: about ")
+                && error.ends_with(&format!("operations, the limit is {MAX_COST}")),
+            "{error}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // A computed range counts as the largest list in reach.
+        let computed = expr("input.items.map(a, a).all(a, input.items.all(b, b >= 0))");
+        assert!(computed.evaluate_bool(&run.scope()).is_err());
+    }
+
+    #[test]
+    fn ordinary_expressions_over_a_large_input_still_run() {
+        let run = items(1000);
+        let scope = run.scope();
+        for (source, expected) in [
+            ("input.items.exists(x, x == 999)", true),
+            ("input.items.map(x, x * 2).size() == 1000", true),
+            ("input.items.filter(x, x % 2 == 0).size() == 500", true),
+            ("steps.fetch.output.rows.all(r, r < 1000)", true),
+            (
+                "input.nested.rows.all(r, input.items.exists(i, i == r))",
+                true,
+            ),
+            ("size(input.big + input.big) == 200000", true),
+        ] {
+            assert_eq!(expr(source).evaluate_bool(&scope), Ok(expected), "{source}");
+        }
+    }
+
+    #[test]
+    fn building_large_strings_in_a_loop_is_refused() {
+        let run = items(1000);
+        let error = expr("input.items.map(x, input.big + input.big).size() > 0")
+            .evaluate_bool(&run.scope())
+            .unwrap_err();
+        assert!(error.starts_with("expression too costly"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_condition_evaluates_off_the_executor_under_the_same_limit() {
+        let run = items(1000);
+        assert_eq!(
+            expr("input.items.exists(x, x == 5)")
+                .evaluate_bool_blocking(&run.scope())
+                .await,
+            Ok(true)
+        );
+        let error = expr("input.items.all(a, input.items.all(b, input.items.all(x, true)))")
+            .evaluate_bool_blocking(&run.scope())
+            .await
+            .unwrap_err();
+        assert!(error.starts_with("expression too costly"), "{error}");
+        assert_eq!(
+            expr("input.nested")
+                .evaluate_bool_blocking(&run.scope())
+                .await,
+            Err("gives a map, not a bool".to_owned())
+        );
     }
 
     #[test]
