@@ -15,6 +15,10 @@
 //! Rendering ([`Template::render`]) reads a [`Scope`]: a template that is one placeholder and
 //! nothing else (whitespace aside) gives the value it names, of whatever JSON type; any other
 //! template gives text, strings inserted as they are and other values as compact JSON.
+//!
+//! What one rendering produces (a template, or every string of a [`TemplateObject`] together)
+//! is capped at [`MAX_RENDERED_BYTES`], counted as compact JSON before anything is copied: a
+//! template repeating a large value fails at once instead of filling memory.
 
 use std::fmt;
 
@@ -25,6 +29,10 @@ use super::{Scope, StepId, TemplateObject};
 
 /// Largest accepted template, in bytes.
 pub const MAX_TEMPLATE_BYTES: usize = 16 * 1024;
+
+/// The most one rendering may produce, in bytes of compact JSON: 4 MiB, the largest answer an
+/// outbound call reads.
+pub const MAX_RENDERED_BYTES: usize = 4 * 1024 * 1024;
 
 /// What a placeholder starts from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,21 +184,46 @@ impl Template {
     /// yields the referenced JSON value as is; any other template yields a string, with string
     /// values inserted as they are and other values as compact JSON.
     pub fn render(&self, scope: &Scope) -> Result<Value, String> {
-        match self.single_placeholder() {
-            Some(reference) => reference.resolve(scope).cloned(),
-            None => self.render_text(scope).map(Value::String),
-        }
+        self.render_within(scope, &mut Allowance::full())
     }
 
     /// Renders as text (for prompts, headers, instructions), whatever the template holds.
     pub fn render_text(&self, scope: &Scope) -> Result<String, String> {
+        self.render_text_within(scope, &mut Allowance::full())
+    }
+
+    fn render_within(&self, scope: &Scope, allowance: &mut Allowance) -> Result<Value, String> {
+        match self.single_placeholder() {
+            Some(reference) => {
+                let value = reference.resolve(scope)?;
+                allowance.take(json_len(value))?;
+                Ok(value.clone())
+            }
+            None => self.render_text_within(scope, allowance).map(Value::String),
+        }
+    }
+
+    fn render_text_within(
+        &self,
+        scope: &Scope,
+        allowance: &mut Allowance,
+    ) -> Result<String, String> {
         let mut text = String::with_capacity(self.source.len());
         for part in &self.parts {
             match part {
-                Part::Text(plain) => text.push_str(plain),
+                Part::Text(plain) => {
+                    allowance.take(plain.len())?;
+                    text.push_str(plain);
+                }
                 Part::Placeholder(reference) => match reference.resolve(scope)? {
-                    Value::String(value) => text.push_str(value),
-                    value => text.push_str(&value.to_string()),
+                    Value::String(value) => {
+                        allowance.take(value.len())?;
+                        text.push_str(value);
+                    }
+                    value => {
+                        allowance.take(json_len(value))?;
+                        text.push_str(&value.to_string());
+                    }
                 },
             }
         }
@@ -308,30 +341,70 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-impl TemplateObject {
-    /// Renders every string in the object, recursively through arrays and objects, with
-    /// [`Template::render`] (so `"{{ input.count }}"` stays a number); keys are kept.
-    pub fn render(&self, scope: &Scope) -> Result<Value, String> {
-        render_map(self.as_map(), scope)
+/// What is left of [`MAX_RENDERED_BYTES`] in one rendering.
+struct Allowance(usize);
+
+impl Allowance {
+    fn full() -> Self {
+        Self(MAX_RENDERED_BYTES)
+    }
+
+    fn take(&mut self, bytes: usize) -> Result<(), String> {
+        self.0 = self.0.checked_sub(bytes).ok_or_else(|| {
+            format!(
+                "renders to more than {MAX_RENDERED_BYTES} bytes, the most a template may produce"
+            )
+        })?;
+        Ok(())
     }
 }
 
-fn render_map(map: &serde_json::Map<String, Value>, scope: &Scope) -> Result<Value, String> {
+/// The length of `value` as compact JSON, counted without writing it anywhere.
+pub(crate) fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing JSON values into a sink that cannot fail does not fail.
+    serde_json::to_writer(&mut count, value).map_or(usize::MAX, |()| count.0)
+}
+
+impl TemplateObject {
+    /// Renders every string in the object, recursively through arrays and objects, with
+    /// [`Template::render`] (so `"{{ input.count }}"` stays a number); keys are kept. The
+    /// strings share one [`MAX_RENDERED_BYTES`].
+    pub fn render(&self, scope: &Scope) -> Result<Value, String> {
+        render_map(self.as_map(), scope, &mut Allowance::full())
+    }
+}
+
+fn render_map(
+    map: &serde_json::Map<String, Value>,
+    scope: &Scope,
+    allowance: &mut Allowance,
+) -> Result<Value, String> {
     map.iter()
-        .map(|(key, value)| Ok((key.clone(), render_value(value, scope)?)))
+        .map(|(key, value)| Ok((key.clone(), render_value(value, scope, allowance)?)))
         .collect::<Result<_, String>>()
         .map(Value::Object)
 }
 
-fn render_value(value: &Value, scope: &Scope) -> Result<Value, String> {
+fn render_value(value: &Value, scope: &Scope, allowance: &mut Allowance) -> Result<Value, String> {
     match value {
-        Value::String(source) => Template::parse(source)?.render(scope),
+        Value::String(source) => Template::parse(source)?.render_within(scope, allowance),
         Value::Array(items) => items
             .iter()
-            .map(|item| render_value(item, scope))
+            .map(|item| render_value(item, scope, allowance))
             .collect::<Result<_, _>>()
             .map(Value::Array),
-        Value::Object(map) => render_map(map, scope),
+        Value::Object(map) => render_map(map, scope, allowance),
         other => Ok(other.clone()),
     }
 }
@@ -664,6 +737,42 @@ mod tests {
             object.render(&scope),
             Err("`{{ input.nope }}`: input has no field `nope`".to_owned())
         );
+    }
+
+    #[test]
+    fn rendering_stops_once_the_output_passes_the_cap() {
+        let big = "x".repeat(3_000_000);
+        let run = Run {
+            input: json!({"big": big}),
+            steps: serde_json::Map::new(),
+            run: json!({}),
+        };
+        let scope = run.scope();
+        // One copy fits; a template repeating it fails without building the whole text.
+        assert_eq!(
+            render("{{ input.big }}", &scope)
+                .unwrap()
+                .as_str()
+                .map(str::len),
+            Some(3_000_000)
+        );
+        let repeated = "{{ input.big }} ".repeat(1000);
+        let error = render(&repeated, &scope).unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "renders to more than {MAX_RENDERED_BYTES} bytes, the most a template may produce"
+            )
+        );
+        // The strings of an object share one cap.
+        let Value::Object(map) = json!({"a": "{{ input.big }}", "b": ["{{ input.big }}"]}) else {
+            unreachable!()
+        };
+        let object = TemplateObject::try_from(map).unwrap();
+        assert!(object
+            .render(&scope)
+            .unwrap_err()
+            .starts_with("renders to more than"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::tool::template::{
     self as tool_template, lookup, parse_template, pointer, CredentialField, Piece,
 };
 use crate::tool::{HttpConfig, HttpMethod};
-use crate::workflow::template::Segment;
+use crate::workflow::template::{json_len, Segment, MAX_RENDERED_BYTES};
 
 /// A value as template text: strings as they are, anything else as JSON.
 fn text_of(value: &Value) -> String {
@@ -62,19 +62,39 @@ pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
 impl Plan {
     pub(super) fn new(config: &HttpConfig, input: &Value) -> Result<Self, ToolError> {
+        // The URL and headers together, measured before each value is copied in.
+        let filled = std::cell::Cell::new(0usize);
         let fill_input = |pieces: Vec<Piece>, what: &str, encode: bool| {
             pieces
                 .into_iter()
                 .map(|piece| match piece {
-                    Piece::Input(path) => lookup(input, &path)
-                        .map(|value| {
-                            let text = text_of(value);
-                            Piece::Text(if encode { percent_encode(&text) } else { text })
-                        })
-                        .ok_or_else(|| ToolError::InvalidInput {
-                            pointer: pointer(&path),
-                            message: format!("is required by the tool's {what}"),
-                        }),
+                    Piece::Input(path) => {
+                        let value =
+                            lookup(input, &path).ok_or_else(|| ToolError::InvalidInput {
+                                pointer: pointer(&path),
+                                message: format!("is required by the tool's {what}"),
+                            })?;
+                        let length = match value {
+                            Value::String(text) => text.len(),
+                            other => json_len(other),
+                        };
+                        filled.set(filled.get().saturating_add(length));
+                        if filled.get() > MAX_RENDERED_BYTES {
+                            return Err(ToolError::InvalidInput {
+                                pointer: pointer(&path),
+                                message: format!(
+                                    "makes the tool's URL and headers longer than \
+                                     {MAX_RENDERED_BYTES} bytes"
+                                ),
+                            });
+                        }
+                        let text = text_of(value);
+                        Ok(Piece::Text(if encode {
+                            percent_encode(&text)
+                        } else {
+                            text
+                        }))
+                    }
                     other => Ok(other),
                 })
                 .collect::<Result<Vec<Piece>, ToolError>>()
