@@ -53,6 +53,10 @@ pub struct Config {
     /// comma-separated `host:port` list, empty by default) and what they never may (every
     /// `AWS_ENDPOINT_URL*` and `AWS_LAMBDA_RUNTIME_API`); see [`crate::outbound`].
     pub egress: EgressPolicy,
+    /// How long a run worker invocation lasts when nothing tells the worker its own deadline:
+    /// the dev server's polling loop and engines driven without one
+    /// (`RUN_WORKER_INVOCATION_SECONDS`, default 150, the template's worker `Timeout`).
+    pub run_worker_invocation: Duration,
 }
 
 impl Config {
@@ -133,6 +137,7 @@ impl Config {
             run_queue_url: optional("RUN_QUEUE_URL"),
             llm_base_url: optional("LLM_BASE_URL"),
             run_retry_delay: seconds("RUN_WORKER_RETRY_DELAY_SECONDS", 30)?,
+            run_worker_invocation: seconds("RUN_WORKER_INVOCATION_SECONDS", 150)?,
             region: optional("AWS_REGION").unwrap_or_else(|| "us-east-1".to_owned()),
             registry_trusted_keys,
             jwt_issuer: lookup("JWT_ISSUER").unwrap_or_else(|| "spark-ops".to_owned()),

@@ -3,6 +3,7 @@
 //! run's Step Functions execution ([`lifecycle`]), and the clients the executors use:
 //! tools, webhooks, LLMs and token prices.
 
+pub mod budget;
 pub mod cost;
 pub mod lifecycle;
 pub mod llm;

@@ -34,6 +34,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use super::budget::Deadline;
 use super::llm::ChatClient;
 use super::steps::{self, clip, StepResult};
 use super::tool::{self, ToolExecutor};
@@ -124,6 +125,7 @@ pub(super) struct Slice<'a> {
     pub(super) run_view: Value,
     pub(super) heartbeat: &'a dyn Heartbeat,
     pub(super) started: Instant,
+    pub(super) deadline: Deadline,
 }
 
 pub(super) enum StepFlow {
@@ -159,9 +161,22 @@ impl Engine {
         self.state.clock.now()
     }
 
-    /// Executes `run`'s ready steps for one slice.
-    #[tracing::instrument(name = "execute", skip_all, fields(run_id = %run.id))]
+    /// Executes `run`'s ready steps for one slice of a worker invocation of the default
+    /// length.
     pub async fn execute(&self, run: Run, heartbeat: &dyn Heartbeat) -> anyhow::Result<Outcome> {
+        let deadline = Deadline::after(self.state.config.run_worker_invocation);
+        self.execute_within(run, heartbeat, deadline).await
+    }
+
+    /// Executes `run`'s ready steps for one slice, starting none that cannot fit before
+    /// `deadline` (see [`super::budget`]).
+    #[tracing::instrument(name = "execute", skip_all, fields(run_id = %run.id))]
+    pub async fn execute_within(
+        &self,
+        run: Run,
+        heartbeat: &dyn Heartbeat,
+        deadline: Deadline,
+    ) -> anyhow::Result<Outcome> {
         let run = match run.status {
             RunStatus::Queued => {
                 let now = self.now();
@@ -170,7 +185,7 @@ impl Engine {
                     Err(crate::store::StoreError::ConditionFailed) => {
                         return match self.state.store.get_run(run.id).await? {
                             Some(current) if current.status == RunStatus::Running => {
-                                Box::pin(self.execute(current, heartbeat)).await
+                                Box::pin(self.execute_within(current, heartbeat, deadline)).await
                             }
                             Some(current) => Ok(Outcome::of(current.status)),
                             None => anyhow::bail!("run {} vanished", run.id),
@@ -225,6 +240,7 @@ impl Engine {
             run_view,
             heartbeat,
             started: Instant::now(),
+            deadline,
         };
         for (idx, &position) in execution_order(&definition).iter().enumerate() {
             let step = &definition.steps[position];
@@ -247,7 +263,7 @@ impl Engine {
                 _ => {}
             }
         }
-        if slice.started.elapsed() >= SLICE {
+        if !slice.may_start_step() {
             return Ok(StepFlow::Stop(Outcome::Continue));
         }
         if let Some(reason) = self.skip_reason(slice, step) {
@@ -609,7 +625,7 @@ impl Engine {
     ) -> StepResult {
         let scope = slice.scope(item, None);
         match kind {
-            StepKind::Decision(decision) => steps::decision::decide(decision, &scope),
+            StepKind::Decision(decision) => steps::decision::decide(decision, &scope).await,
             StepKind::Tool(config) => self.tool_step(slice, config, &scope, record).await,
             StepKind::Prompt(config) => self.prompt_step(slice, config, &scope, record).await,
             StepKind::Webhook(config) => self.webhook_step(slice, config, &scope, record).await,

@@ -34,7 +34,10 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::clock::Clock;
-use crate::outbound::send::{clip, detail, retryable_status, send_with_retries, Backoff, Failure};
+use crate::engine::budget::MAX_STEP;
+use crate::outbound::send::{
+    clip, detail, retryable_status, send_with_retries, Backoff, Budget, Failure,
+};
 use crate::outbound::{headers, scrub, Egress, Refused};
 use crate::store::secrets::SecretStore;
 
@@ -234,6 +237,9 @@ pub enum WebhookError {
     /// The egress policy refused the destination.
     #[error("{0}")]
     Egress(Refused),
+    /// The step's budget ran out before the receiver answered.
+    #[error("the webhook receiver did not answer in time: {0}")]
+    OutOfTime(String),
     /// Reading or creating the project's secret failed; the cause is kept for the log.
     #[error("the webhook could not be signed")]
     Secret(#[source] anyhow::Error),
@@ -256,7 +262,10 @@ impl WebhookError {
                 false
             }
             Self::Status { status, .. } => retryable_status(*status),
-            Self::Timeout { .. } | Self::Unreachable { .. } | Self::Secret(_) => true,
+            Self::Timeout { .. }
+            | Self::Unreachable { .. }
+            | Self::OutOfTime(_)
+            | Self::Secret(_) => true,
         }
     }
 }
@@ -349,11 +358,20 @@ impl WebhookSender {
         .await
     }
 
-    /// Delivers a webhook; see the module documentation.
-    #[tracing::instrument(name = "webhook", skip_all, fields(project_id = %delivery.project_id))]
+    /// Delivers a webhook within the longest a step may take; see the module documentation.
     pub async fn deliver(&self, delivery: &Delivery<'_>) -> Result<WebhookOutcome, WebhookError> {
+        self.deliver_within(delivery, Budget::new(MAX_STEP)).await
+    }
+
+    /// Delivers a webhook, every attempt and wait within `budget` (a step's).
+    #[tracing::instrument(name = "webhook", skip_all, fields(project_id = %delivery.project_id))]
+    pub async fn deliver_within(
+        &self,
+        delivery: &Delivery<'_>,
+        budget: Budget,
+    ) -> Result<WebhookOutcome, WebhookError> {
         let started = Instant::now();
-        let result = self.deliver_inner(delivery, started).await;
+        let result = self.deliver_inner(delivery, started, budget).await;
         match &result {
             Ok(outcome) => tracing::info!(
                 status = outcome.status,
@@ -373,6 +391,7 @@ impl WebhookSender {
         &self,
         delivery: &Delivery<'_>,
         started: Instant,
+        budget: Budget,
     ) -> Result<WebhookOutcome, WebhookError> {
         let url = url::Url::parse(delivery.url)
             .ok()
@@ -454,6 +473,7 @@ impl WebhookSender {
             delivery.retries,
             self.backoff,
             self.timeout,
+            budget,
         )
         .await;
         let attempts = sent.attempts;
@@ -471,6 +491,7 @@ impl WebhookSender {
                 detail: scrub::text(&detail(&reply.body), &secrets),
             }),
             Err(Failure::Refused(refused)) => Err(WebhookError::Egress(refused)),
+            Err(Failure::OutOfTime(why)) => Err(WebhookError::OutOfTime(why)),
             Err(Failure::Timeout) => Err(WebhookError::Timeout {
                 timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
                 attempts,

@@ -11,8 +11,11 @@
 //! 3. A `429` or `503` with `Retry-After: <seconds>` is waited out when that is at most the
 //!    backoff cap. A longer wait ends the retries: waiting less would only be refused again,
 //!    and the caller passes the wait on ([`Attempts::retry_after_secs`]).
+//! 4. Everything runs under the caller's [`Budget`] (a step's): each attempt's timeout is the
+//!    configured one or what is left, whichever is shorter, and no retry starts whose wait
+//!    plus [`MIN_ATTEMPT`] does not fit. Running out is [`Failure::OutOfTime`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
@@ -26,6 +29,48 @@ pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Most characters of a failed answer quoted in an error.
 const MAX_DETAIL_CHARS: usize = 200;
+
+/// The least time worth giving an attempt; with less left, none is started.
+pub const MIN_ATTEMPT: Duration = Duration::from_millis(250);
+
+/// How long a whole call may take, every attempt and wait included: the budget of the step
+/// that makes it. A prompt step's model turns and tool calls share one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    total: Duration,
+    deadline: Instant,
+}
+
+impl Budget {
+    /// `total` from now.
+    pub fn new(total: Duration) -> Self {
+        Self {
+            total,
+            deadline: Instant::now() + total,
+        }
+    }
+
+    /// The whole budget, as given.
+    pub fn total(self) -> Duration {
+        self.total
+    }
+
+    /// What is left of it (zero once spent).
+    pub fn remaining(self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Why a call stopped for lack of time, e.g. "step budget of 3 s exhausted after 2
+    /// attempts (last: it did not answer in time)".
+    pub fn exhausted(self, attempts: u32, last: Option<&str>) -> String {
+        let seconds = (self.total.as_secs_f64() * 10.0).round() / 10.0;
+        let mut text = format!("step budget of {seconds} s exhausted after {attempts} attempts");
+        if let Some(last) = last {
+            text.push_str(&format!(" (last: {last})"));
+        }
+        text
+    }
+}
 
 /// Jittered exponential backoff: the wait before retry `k` (from 0) is uniform in
 /// `[c / 2, c]` where `c = min(cap, base × 2^k)`.
@@ -90,6 +135,8 @@ pub enum Failure {
     TooLarge(u16),
     /// The egress policy refused the destination when its name was resolved.
     Refused(Refused),
+    /// The [`Budget`] ran out; the text says after how many attempts and how the last went.
+    OutOfTime(String),
 }
 
 impl Failure {
@@ -102,6 +149,7 @@ impl Failure {
                 format!("its answer (HTTP {status}) exceeds {MAX_RESPONSE_BYTES} bytes")
             }
             Self::Refused(refused) => refused.to_string(),
+            Self::OutOfTime(why) => why.clone(),
         }
     }
 }
@@ -116,17 +164,32 @@ pub struct Attempts {
 }
 
 /// Sends the request `build` makes under the policy of this module (see its doc), each
-/// attempt bounded by `timeout`.
+/// attempt bounded by `timeout` and all of them by `budget`.
 pub async fn send_with_retries(
     mut build: impl FnMut() -> reqwest::RequestBuilder,
     retries: u32,
     backoff: Backoff,
     timeout: Duration,
+    budget: Budget,
 ) -> Attempts {
     let mut attempts = 0u32;
+    let out_of_time = |attempts: u32, last: Option<String>| Attempts {
+        result: Err(Failure::OutOfTime(
+            budget.exhausted(attempts, last.as_deref()),
+        )),
+        attempts,
+        retry_after_secs: None,
+    };
     loop {
+        let left = budget.remaining();
+        if left < MIN_ATTEMPT {
+            return out_of_time(attempts, None);
+        }
         attempts += 1;
-        let result = send_once(build().timeout(timeout)).await;
+        let result = send_once(build().timeout(timeout.min(left))).await;
+        if matches!(result, Err(Failure::Timeout)) && left < timeout {
+            return out_of_time(attempts, Some(Failure::Timeout.describe()));
+        }
         let retry_after_secs = result
             .as_ref()
             .ok()
@@ -145,11 +208,18 @@ pub async fn send_with_retries(
                     asked => Some(backoff.wait(attempts - 1, asked)),
                 }
             }
-            Ok(_) | Err(Failure::TooLarge(_) | Failure::Refused(_)) => None,
+            Ok(_) | Err(Failure::TooLarge(_) | Failure::Refused(_) | Failure::OutOfTime(_)) => None,
             Err(Failure::Timeout | Failure::Unreachable(_)) => Some(backoff.delay(attempts - 1)),
         };
         match wait {
             Some(wait) if attempts <= retries => {
+                if wait + MIN_ATTEMPT > budget.remaining() {
+                    let last = match &result {
+                        Ok(reply) => format!("HTTP {}", reply.status.as_u16()),
+                        Err(failure) => failure.describe(),
+                    };
+                    return out_of_time(attempts, Some(last));
+                }
                 tracing::debug!(
                     attempt = attempts,
                     wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
@@ -285,6 +355,105 @@ mod tests {
         for not in [200, 301, 400, 401, 403, 404, 410, 413, 422] {
             assert!(!retryable_status(not), "{not}");
         }
+    }
+
+    async fn send_to(
+        server: &wiremock::MockServer,
+        retries: u32,
+        timeout: Duration,
+        budget: Budget,
+    ) -> Attempts {
+        let client = reqwest::Client::new();
+        let url = server.uri();
+        send_with_retries(
+            || client.get(&url),
+            retries,
+            Backoff::default(),
+            timeout,
+            budget,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_attempt_is_cut_to_what_is_left_of_the_budget() {
+        // GIVEN an endpoint that answers after 30 s and a budget of 1 s
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::any())
+            .respond_with(wiremock::ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+            .mount(&server)
+            .await;
+        let started = Instant::now();
+
+        // WHEN a call with a 60 s timeout and 5 retries is sent
+        let sent = send_to(
+            &server,
+            5,
+            Duration::from_secs(60),
+            Budget::new(Duration::from_secs(1)),
+        )
+        .await;
+
+        // THEN it stops when the budget does, after the one attempt that fit
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(sent.attempts, 1);
+        let Err(Failure::OutOfTime(why)) = sent.result else {
+            panic!("expected OutOfTime");
+        };
+        assert_eq!(
+            why,
+            "step budget of 1 s exhausted after 1 attempts (last: it did not answer in time)"
+        );
+        assert_eq!(
+            server.received_requests().await.unwrap_or_default().len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn no_retry_starts_that_cannot_fit_in_the_budget() {
+        // GIVEN an endpoint that asks to come back in 3 s, and a budget of 2 s
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::any())
+            .respond_with(wiremock::ResponseTemplate::new(503).insert_header("retry-after", "3"))
+            .mount(&server)
+            .await;
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+        };
+        let client = reqwest::Client::new();
+        let url = server.uri();
+
+        // WHEN the call is sent with retries left
+        let sent = send_with_retries(
+            || client.get(&url),
+            3,
+            backoff,
+            Duration::from_secs(1),
+            Budget::new(Duration::from_secs(2)),
+        )
+        .await;
+
+        // THEN it gives up at once instead of waiting past its budget
+        assert_eq!(sent.attempts, 1);
+        let Err(Failure::OutOfTime(why)) = sent.result else {
+            panic!("expected OutOfTime");
+        };
+        assert!(why.ends_with("after 1 attempts (last: HTTP 503)"), "{why}");
+        // AND with no time left, nothing is sent at all
+        let spent = send_to(
+            &server,
+            3,
+            Duration::from_secs(1),
+            Budget::new(Duration::ZERO),
+        )
+        .await;
+        assert_eq!(spent.attempts, 0);
+        assert_eq!(
+            server.received_requests().await.unwrap_or_default().len(),
+            1
+        );
     }
 
     #[test]

@@ -30,8 +30,9 @@ use self::chat::{WireRequest, WireResponse};
 pub use self::prompt::{
     run_prompt, PromptError, PromptOutcome, PromptParams, ToolCallRecord, ToolCaller,
 };
+use crate::engine::budget::MAX_STEP;
 use crate::outbound::send::{
-    retryable_status, send_with_retries, Backoff, Failure, MAX_RESPONSE_BYTES,
+    retryable_status, send_with_retries, Backoff, Budget, Failure, MAX_RESPONSE_BYTES,
 };
 use crate::outbound::{scrub, Egress, Refused};
 
@@ -119,13 +120,16 @@ pub enum LlmError {
     /// The egress policy refused the endpoint.
     #[error("{0}")]
     Egress(Refused),
+    /// The step's budget ran out before the endpoint answered.
+    #[error("the LLM endpoint did not answer in time: {0}")]
+    OutOfTime(String),
 }
 
 impl LlmError {
     /// Whether trying again may succeed: timeouts, connection failures, `408`, `429`, `5xx`.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Timeout(_) | Self::Unreachable(_) => true,
+            Self::Timeout(_) | Self::Unreachable(_) | Self::OutOfTime(_) => true,
             Self::Status { status, .. } => retryable_status(*status),
             Self::Malformed(_) | Self::Invalid(_) | Self::Egress(_) => false,
         }
@@ -169,11 +173,22 @@ impl ChatClient {
         self
     }
 
-    /// Sends one chat completion, with retries.
+    /// Sends one chat completion, with retries, within the longest a step may take.
     pub async fn complete(
         &self,
         endpoint: &Endpoint,
         request: &ChatRequest,
+    ) -> Result<ChatResponse, LlmError> {
+        self.complete_within(endpoint, request, Budget::new(MAX_STEP))
+            .await
+    }
+
+    /// Sends one chat completion, with retries, every attempt and wait within `budget`.
+    pub async fn complete_within(
+        &self,
+        endpoint: &Endpoint,
+        request: &ChatRequest,
+        budget: Budget,
     ) -> Result<ChatResponse, LlmError> {
         let url = endpoint.completions_url()?;
         let authorization = endpoint.authorization()?;
@@ -199,6 +214,7 @@ impl ChatClient {
             self.retries,
             self.backoff,
             self.timeout,
+            budget,
         )
         .await;
         if sent.attempts > 1 {
@@ -216,6 +232,7 @@ impl ChatClient {
                 )))
             }
             Err(Failure::Refused(refused)) => return Err(LlmError::Egress(refused)),
+            Err(Failure::OutOfTime(why)) => return Err(LlmError::OutOfTime(why)),
         };
         if !reply.status.is_success() {
             return Err(LlmError::Status {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{ChatClient, ChatRequest, Endpoint, LlmError, Message, ToolCall, ToolSpec, Usage};
+use crate::outbound::send::Budget;
 
 /// Runs a tool the model called: policy, rate-limit and budget checks included.
 #[async_trait]
@@ -33,6 +34,9 @@ pub struct PromptParams {
     pub tools: Vec<ToolSpec>,
     /// The most model calls the step may make.
     pub max_iterations: u32,
+    /// The step's budget, shared by every model call (the `caller` holds its tool calls to
+    /// it too).
+    pub budget: Budget,
 }
 
 /// One tool call made during a prompt step.
@@ -154,7 +158,10 @@ pub async fn run_prompt(
 
     while outcome.model_calls < params.max_iterations {
         outcome.model_calls += 1;
-        let reply = match client.complete(endpoint, &request).await {
+        let reply = match client
+            .complete_within(endpoint, &request, params.budget)
+            .await
+        {
             Ok(reply) => reply,
             Err(error) => {
                 return Err(PromptError::Llm {

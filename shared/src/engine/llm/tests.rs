@@ -130,6 +130,7 @@ fn params(max_iterations: u32) -> PromptParams {
             ToolSpec::new("refund", None, None),
         ],
         max_iterations,
+        budget: Budget::new(Duration::from_secs(60)),
     }
 }
 

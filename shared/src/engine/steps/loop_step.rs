@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::StepResult;
-use crate::engine::run::{Engine, Outcome, Slice, StepFlow, SLICE};
+use crate::engine::run::{Engine, Outcome, Slice, StepFlow};
 use crate::run::{elapsed_ms, step_sk, StepRecord, StepStatus, Usage};
 use crate::store::runs::StepEnd;
 use crate::workflow::{Iteration, LoopConfig, LoopStep, Step, StepKind};
@@ -84,7 +84,7 @@ impl Engine {
             let output = match done {
                 Some(done) => done.response.unwrap_or(Value::Null),
                 None => {
-                    if slice.started.elapsed() >= SLICE {
+                    if !slice.may_start_step() {
                         return Ok(StepFlow::Stop(Outcome::Continue));
                     }
                     let iteration =

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{idempotency_key, StepResult};
+use crate::engine::budget::Budget;
 use crate::engine::cost::PriceTable;
 use crate::engine::llm::{self, Endpoint, PromptParams, ToolCaller, ToolSpec};
 use crate::engine::run::{Engine, Slice};
@@ -37,6 +38,7 @@ impl Engine {
                 )
             }
         };
+        let budget = slice.deadline.step_budget();
         let request = json!({"prompt": prompt, "tools": config.tools});
         let agent = match self.state.store.get_agent(slice.run.agent_id).await {
             Ok(Some(agent)) if agent.project_id == slice.run.project_id => agent,
@@ -85,11 +87,13 @@ impl Engine {
             prompt,
             tools: specs,
             max_iterations: config.max_iterations.unwrap_or(DEFAULT_PROMPT_ITERATIONS),
+            budget,
         };
         let caller = PromptTools {
             engine: self,
             tools: names.into_iter().zip(tools).collect(),
             key: idempotency_key(record),
+            budget,
         };
         let (outcome, error) = match llm::run_prompt(&self.chat, &endpoint, &params, &caller).await
         {
@@ -181,6 +185,7 @@ struct PromptTools<'a> {
     engine: &'a Engine,
     tools: HashMap<String, Tool>,
     key: String,
+    budget: Budget,
 }
 
 #[async_trait]
@@ -193,8 +198,7 @@ impl ToolCaller for PromptTools<'_> {
         // One key per call, stable across a re-run of the same prompt attempt.
         let key = format!("{}:{name}:{}", self.key, digest(&arguments));
         self.engine
-            .tools
-            .call_with_key(tool, arguments, Some(&key))
+            .call_tool(tool, &arguments, &key, self.budget)
             .await
             .map(|outcome| outcome.output)
             .map_err(|error| error.to_string())

@@ -1,11 +1,17 @@
 //! The `tool` step: renders its input and calls the project's tool through the tool
-//! executor, with a key stable across re-runs of the same attempt round.
+//! executor, with a key stable across re-runs of the same attempt round, within the step's
+//! budget. A tool over its `rate_limit_per_min` is waited for when the next window fits in
+//! the budget.
 
-use serde_json::json;
+use std::time::Duration;
+
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{idempotency_key, StepResult};
+use crate::engine::budget::{Budget, MIN_STEP};
 use crate::engine::run::{Engine, Slice};
+use crate::engine::tool::{ToolError, ToolOutcome};
 use crate::run::{LogLevel, StepRecord};
 use crate::store::tools::Tool;
 use crate::workflow::{Scope, ToolConfig};
@@ -35,11 +41,8 @@ impl Engine {
             Err(error) => return StepResult::failed(Some(input), error),
         };
         let key = idempotency_key(record);
-        match self
-            .tools
-            .call_with_key(&tool, input.clone(), Some(&key))
-            .await
-        {
+        let budget = slice.deadline.step_budget();
+        match self.call_tool(&tool, &input, &key, budget).await {
             Ok(outcome) => {
                 let mut result = StepResult::succeeded(outcome.request.clone(), outcome.output);
                 result.logs.push((
@@ -55,6 +58,35 @@ impl Engine {
                 Some(json!({"tool_id": tool.id, "input": input})),
                 format!("tool `{}`: {error}", tool.name),
             ),
+        }
+    }
+
+    /// Calls `tool` within `budget`, waiting for the next window of its rate limit while the
+    /// wait leaves at least [`MIN_STEP`] for the call.
+    pub(in crate::engine) async fn call_tool(
+        &self,
+        tool: &Tool,
+        input: &Value,
+        key: &str,
+        budget: Budget,
+    ) -> Result<ToolOutcome, ToolError> {
+        loop {
+            match self
+                .tools
+                .call_within(tool, input.clone(), Some(key), budget)
+                .await
+            {
+                Err(ToolError::RateLimited {
+                    retry_after_secs, ..
+                }) if Duration::from_secs(retry_after_secs) + MIN_STEP <= budget.remaining() => {
+                    tracing::info!(
+                        wait_secs = retry_after_secs,
+                        "the tool's rate limit is reached: waiting for the next window"
+                    );
+                    tokio::time::sleep(Duration::from_secs(retry_after_secs)).await;
+                }
+                other => return other,
+            }
         }
     }
 

@@ -74,7 +74,8 @@ impl Engine {
                     },
                 ),
             };
-        match self.webhooks.deliver(&delivery).await {
+        let budget = slice.deadline.step_budget();
+        match self.webhooks.deliver_within(&delivery, budget).await {
             Ok(outcome) => StepResult::succeeded(
                 request,
                 json!({"status": outcome.status, "delivery_id": outcome.delivery_id, "response": outcome.response}),

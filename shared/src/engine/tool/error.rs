@@ -96,6 +96,9 @@ pub enum ToolError {
     /// The egress policy refused the destination.
     #[error("{0}")]
     Egress(Refused),
+    /// The step's budget ran out before the tool answered.
+    #[error("the tool did not answer in time: {0}")]
+    OutOfTime(String),
     /// Reading state or secrets failed; the cause is kept for the log.
     #[error("the tool call failed unexpectedly")]
     Unexpected(#[source] anyhow::Error),
@@ -140,6 +143,7 @@ impl ToolError {
             | Self::RateLimited { .. }
             | Self::Timeout { .. }
             | Self::Unreachable { .. }
+            | Self::OutOfTime(_)
             | Self::Unexpected(_) => true,
         }
     }
@@ -161,7 +165,7 @@ impl ToolError {
     /// Whether the failure says the tool is unhealthy, which counts towards its breaker.
     pub(super) fn trips_breaker(&self) -> bool {
         match self {
-            Self::Timeout { .. } | Self::Unreachable { .. } => true,
+            Self::Timeout { .. } | Self::Unreachable { .. } | Self::OutOfTime(_) => true,
             Self::Status { status, .. } => retryable_status(*status),
             _ => false,
         }
@@ -173,6 +177,7 @@ impl ToolError {
             self,
             Self::Timeout { .. }
                 | Self::Unreachable { .. }
+                | Self::OutOfTime(_)
                 | Self::Status { .. }
                 | Self::InvalidOutput { .. }
         )

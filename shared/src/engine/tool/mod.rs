@@ -16,6 +16,8 @@
 //!    [`crate::outbound::send`]: a 408, a 429, a 5xx, a timeout or a connection failure is
 //!    retried with jittered backoff, and a `Retry-After` longer than the backoff cap ends the
 //!    retries (the error carries it, see [`ToolError::retry_after`]). Any other status is final.
+//!    Attempts and waits stay within the calling step's budget ([`ToolExecutor::call_within`]);
+//!    running out is [`ToolError::OutOfTime`].
 //! 6. The response must be JSON valid against `outputs_schema`; it becomes the output.
 //! 7. The breaker learns whether the tool answered: a timeout, a connection failure or a
 //!    retryable status counts as a failed call; any other answer (even a 4xx or an invalid output)
@@ -26,7 +28,8 @@
 //! `config.url` and `config.headers` values are templates of [`crate::tool::template`],
 //! checked again before each call. Input values go in as they are (other JSON values as
 //! JSON); in the URL they are percent-encoded, and a missing field is
-//! [`ToolError::InvalidInput`]. `{{ credentials.<field> }}` is filled from the stored
+//! [`ToolError::InvalidInput`], as is input that would make the URL and headers together
+//! longer than [`crate::workflow::template::MAX_RENDERED_BYTES`]. `{{ credentials.<field> }}` is filled from the stored
 //! credentials: `api_key`, or an OAuth `access_token` (fetched with the client-credentials or
 //! refresh-token grant), `client_id` or `client_secret`.
 //!
@@ -64,6 +67,7 @@ pub use self::error::ToolError;
 use self::plan::Plan;
 pub use self::plan::IDEMPOTENCY_HEADER;
 use crate::clock::Clock;
+use crate::engine::budget::{Budget, MAX_STEP};
 use crate::outbound::send::{
     detail, send_with_retries, Backoff, Failure, Reply, MAX_RESPONSE_BYTES,
 };
@@ -151,15 +155,30 @@ impl ToolExecutor {
     /// Like [`ToolExecutor::call`], sending `Idempotency-Key: <key>` on every attempt when a
     /// key is given, so an API that honours it applies a repeated call once. A stable key
     /// (e.g. `<run_id>:<step_id>`) also covers a step re-run after a worker died mid-call.
-    #[tracing::instrument(name = "tool_call", skip_all, fields(tool_id = %tool.id, project_id = %tool.project_id))]
     pub async fn call_with_key(
         &self,
         tool: &Tool,
         input: Value,
         idempotency_key: Option<&str>,
     ) -> Result<ToolOutcome, ToolError> {
+        self.call_within(tool, input, idempotency_key, Budget::new(MAX_STEP))
+            .await
+    }
+
+    /// Like [`ToolExecutor::call_with_key`], every attempt and wait within `budget` (a
+    /// step's).
+    #[tracing::instrument(name = "tool_call", skip_all, fields(tool_id = %tool.id, project_id = %tool.project_id))]
+    pub async fn call_within(
+        &self,
+        tool: &Tool,
+        input: Value,
+        idempotency_key: Option<&str>,
+        budget: Budget,
+    ) -> Result<ToolOutcome, ToolError> {
         let started = Instant::now();
-        let result = self.call_inner(tool, input, idempotency_key, started).await;
+        let result = self
+            .call_inner(tool, input, idempotency_key, started, budget)
+            .await;
         match &result {
             Ok(outcome) => tracing::info!(
                 status = outcome.status,
@@ -185,6 +204,7 @@ impl ToolExecutor {
         input: Value,
         idempotency_key: Option<&str>,
         started: Instant,
+        budget: Budget,
     ) -> Result<ToolOutcome, ToolError> {
         if tool.kind != ToolKind::Http {
             return Err(ToolError::Unsupported(tool.kind.to_string()));
@@ -249,8 +269,14 @@ impl ToolExecutor {
 
         let timeout = Duration::from_millis(config.timeout_ms);
         let retries = u32::try_from(config.retry_attempts).unwrap_or(u32::MAX);
-        let sent =
-            send_with_retries(|| request.builder(&client), retries, self.backoff, timeout).await;
+        let sent = send_with_retries(
+            || request.builder(&client),
+            retries,
+            self.backoff,
+            timeout,
+            budget,
+        )
+        .await;
         let attempts = sent.attempts;
         let result = match sent.result {
             Ok(reply) if reply.status.is_success() => {
@@ -282,6 +308,7 @@ impl ToolExecutor {
                 attempts,
             }),
             Err(Failure::Refused(refused)) => Err(ToolError::Egress(refused)),
+            Err(Failure::OutOfTime(why)) => Err(ToolError::OutOfTime(why)),
         };
         // A tool that echoes its credentials must not get them stored in the step.
         let result = result.map(|(output, status)| (secrets.scrub_value(&output), status));
