@@ -12,6 +12,7 @@ mod lambda_events;
 mod manifests;
 mod members;
 mod projects;
+mod run_deadlines;
 mod run_governance;
 mod run_loops;
 mod run_prompt;

@@ -1748,7 +1748,7 @@ async fn next_message(app: &TestApp, kind: &str, run_id: &str) -> QueueMessage {
 }
 
 #[tokio::test]
-async fn a_malformed_message_fails_alone_while_its_batch_mate_is_handled() {
+async fn a_malformed_message_goes_to_the_dead_letter_queue_while_its_batch_mate_is_handled() {
     // GIVEN a run whose lifecycle has asked a worker to execute it
     let w = world().await;
     let app = &w.app;
@@ -1772,11 +1772,19 @@ async fn a_malformed_message_fails_alone_while_its_batch_mate_is_handled() {
             body: json!({"kind": "explode", "run_id": id}).to_string(),
         },
     ];
-    let mut failed = worker.handle_batch(batch).await;
-    failed.sort();
+    let failed = worker.handle_batch(batch).await;
 
-    // THEN only the unreadable messages are reported failed
-    assert_eq!(failed, vec!["poison-1".to_owned(), "poison-2".to_owned()]);
+    // THEN the unreadable messages went to the dead-letter queue at once, and none is
+    // reported failed (so none comes back)
+    assert!(failed.is_empty(), "{failed:?}");
+    let mut dead = app.dead_letters().await;
+    dead.sort();
+    let mut expected = vec![
+        "{not json".to_owned(),
+        json!({"kind": "explode", "run_id": id}).to_string(),
+    ];
+    expected.sort();
+    assert_eq!(dead, expected);
     // AND the readable one ran the run to its human step
     let run = get_run(app, &w.owner, &id).await;
     assert_eq!(run["status"], "awaiting_input", "{run:#}");

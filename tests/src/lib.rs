@@ -604,3 +604,32 @@ impl TestApp {
         uuid::Uuid::parse_str(reply.body["id"].as_str().expect("run id")).expect("a UUID")
     }
 }
+
+impl TestApp {
+    /// The bodies waiting in the run queue's dead-letter queue (received, so hidden for a
+    /// while from the next call).
+    pub async fn dead_letters(&self) -> Vec<String> {
+        let sqs = &self.state.clients.sqs;
+        let url = sqs
+            .get_queue_url()
+            .queue_name(self.state.config.run_dlq_name())
+            .send()
+            .await
+            .expect("the dead-letter queue is provisioned")
+            .queue_url
+            .expect("a queue URL");
+        let out = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("the dead-letter queue answers");
+        out.messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.body)
+            .collect()
+    }
+}

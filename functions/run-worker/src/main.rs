@@ -1,8 +1,10 @@
-//! Lambda function consuming the run queue: the lifecycle's tasks, reported back with
-//! partial batch failures (`ReportBatchItemFailures`).
+//! Lambda function consuming the run queue: the lifecycle's tasks, handled by the
+//! invocation's deadline and reported back with partial batch failures
+//! (`ReportBatchItemFailures`).
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
+use spark_ops::engine::budget::Deadline;
 use spark_ops::engine::worker::Worker;
 use spark_ops::{bootstrap, AppState};
 
@@ -14,7 +16,10 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let state = AppState::from_env_without_keys().await?;
     let worker = &Worker::new(state).await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<SqsBatchResponse, lambda_runtime::Error>(worker.handle_event(event.payload).await)
+        let deadline = Deadline::of_lambda(event.context.deadline);
+        Ok::<SqsBatchResponse, lambda_runtime::Error>(
+            worker.handle_event_until(event.payload, deadline).await,
+        )
     }))
     .await
 }

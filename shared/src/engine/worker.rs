@@ -16,7 +16,13 @@
 //! step records make a duplicate harmless, and answering a task twice is refused by Step
 //! Functions, which the worker treats as done. A message the worker cannot handle is
 //! reported failed and comes back after [`Config::run_retry_delay`]; after the queue's
-//! `maxReceiveCount` it lands in the dead-letter queue.
+//! `maxReceiveCount` it lands in the dead-letter queue. A message that is no run task at all
+//! goes there at once, after one log line: retrying it cannot help.
+//!
+//! A batch mixes tenants, so runs are isolated from each other: each run's messages are
+//! handled in a task of their own, under the invocation's [`Deadline`] (steps get their
+//! budgets from it, see [`super::budget`]). A task that panics, or is still running
+//! [`OVERRUN_GRACE`] after the deadline (then it is aborted), fails its own messages only.
 //!
 //! The same [`Worker`] serves the Lambda function (an SQS event, partial batch failures) and
 //! the dev server ([`Worker::run`], a long-polling loop).
@@ -25,15 +31,16 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::budget::{Deadline, SAFETY_MARGIN};
 use super::lifecycle;
 use super::run::{Engine, Heartbeat, STEP_LEASE};
 use crate::run::{Move, Run, RunStatus};
@@ -99,8 +106,17 @@ enum Handled {
     Later(Duration),
 }
 
+/// How long past its deadline a run's task may go on before it is aborted: time to record a
+/// step that ended at the deadline.
+pub const OVERRUN_GRACE: Duration = Duration::from_secs(SAFETY_MARGIN.as_secs() / 2);
+
 /// Consumes the run queue.
 pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+/// What the per-run tasks of a batch share.
+struct Inner {
     engine: Engine,
     state: AppState,
 }
@@ -109,46 +125,174 @@ impl Worker {
     /// A worker on `state`.
     pub async fn new(state: AppState) -> anyhow::Result<Self> {
         Ok(Self {
-            engine: Engine::new(state.clone())?,
-            state,
+            inner: Arc::new(Inner {
+                engine: Engine::new(state.clone())?,
+                state,
+            }),
         })
     }
 
-    /// Handles a batch; returns the ids of the messages that failed. Messages of the same run
-    /// are handled in order, different runs concurrently.
+    /// Handles a batch within an invocation of the configured length
+    /// ([`Config::run_worker_invocation`]); returns the ids of the messages that failed.
+    ///
+    /// [`Config::run_worker_invocation`]: crate::config::Config::run_worker_invocation
     pub async fn handle_batch(&self, messages: Vec<QueueMessage>) -> Vec<String> {
-        let mut groups: BTreeMap<String, Vec<QueueMessage>> = BTreeMap::new();
+        let deadline = Deadline::after(self.inner.state.config.run_worker_invocation);
+        self.handle_batch_until(messages, deadline).await
+    }
+
+    /// Handles a batch by `deadline`; returns the ids of the messages that failed. Messages of
+    /// the same run are handled in order, each run in a task of its own.
+    pub async fn handle_batch_until(
+        &self,
+        messages: Vec<QueueMessage>,
+        deadline: Deadline,
+    ) -> Vec<String> {
+        let mut failed = Vec::new();
+        let mut groups: BTreeMap<Uuid, Vec<(QueueMessage, Task)>> = BTreeMap::new();
         for message in messages {
-            let group = serde_json::from_str::<Task>(&message.body)
-                .map(|t| t.run_id().to_string())
-                .unwrap_or_else(|_| format!("unreadable:{}", message.message_id));
-            groups.entry(group).or_default().push(message);
-        }
-        let results = join_all(groups.into_values().map(|group| async move {
-            let mut failed = Vec::new();
-            for message in group {
-                match self.handle(&message.body).await {
-                    Ok(Handled::Done) => {}
-                    Ok(Handled::Later(delay)) => {
-                        self.delay(&message, delay).await;
-                        failed.push(message.message_id);
-                    }
-                    Err(error) => {
-                        tracing::error!(message_id = %message.message_id, error = ?error, "a run message failed");
-                        self.delay(&message, self.state.config.run_retry_delay).await;
+            match serde_json::from_str::<Task>(&message.body) {
+                Ok(task) => groups
+                    .entry(task.run_id())
+                    .or_default()
+                    .push((message, task)),
+                Err(error) => {
+                    if !self.inner.dead_letter(&message, &error).await {
                         failed.push(message.message_id);
                     }
                 }
             }
-            failed
-        }))
-        .await;
-        results.into_iter().flatten().collect()
+        }
+        let tasks: Vec<_> = groups
+            .into_iter()
+            .map(|(run_id, group)| {
+                let ids: Vec<String> = group.iter().map(|(m, _)| m.message_id.clone()).collect();
+                let inner = Arc::clone(&self.inner);
+                let task = tokio::spawn(async move { inner.handle_group(group, deadline).await });
+                (run_id, ids, task)
+            })
+            .collect();
+        let abort_at = tokio::time::Instant::from_std(deadline.instant() + OVERRUN_GRACE);
+        for (run_id, ids, mut task) in tasks {
+            match tokio::time::timeout_at(abort_at, &mut task).await {
+                Ok(Ok(group_failed)) => failed.extend(group_failed),
+                Ok(Err(error)) => {
+                    tracing::error!(%run_id, error = %error, "a run's task panicked; its messages failed alone");
+                    failed.extend(ids);
+                }
+                Err(_) => {
+                    task.abort();
+                    tracing::error!(%run_id, "a run's task ran past the invocation deadline and was stopped");
+                    failed.extend(ids);
+                }
+            }
+        }
+        failed
     }
 
-    /// Handles one message body.
-    async fn handle(&self, body: &str) -> anyhow::Result<Handled> {
-        let task: Task = serde_json::from_str(body).context("the message is not a run task")?;
+    /// Long-polls the run queue until `shutdown` resolves, handling what arrives. Handled
+    /// messages are deleted; failed ones come back after the retry delay.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.inner.run(self, shutdown).await
+    }
+
+    /// Handles an SQS event of the Lambda function within an invocation of the configured
+    /// length: the ids of failed messages, for `ReportBatchItemFailures`.
+    pub async fn handle_event(
+        &self,
+        event: aws_lambda_events::event::sqs::SqsEvent,
+    ) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+        let deadline = Deadline::after(self.inner.state.config.run_worker_invocation);
+        self.handle_event_until(event, deadline).await
+    }
+
+    /// Handles an SQS event of the Lambda function by `deadline` (the invocation's, see
+    /// [`Deadline::of_lambda`]): the ids of failed messages, for `ReportBatchItemFailures`.
+    pub async fn handle_event_until(
+        &self,
+        event: aws_lambda_events::event::sqs::SqsEvent,
+        deadline: Deadline,
+    ) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+        let batch = event
+            .records
+            .into_iter()
+            .map(|record| QueueMessage {
+                message_id: record.message_id.unwrap_or_default(),
+                receipt_handle: record.receipt_handle,
+                body: record.body.unwrap_or_default(),
+            })
+            .collect();
+        let failed = self.handle_batch_until(batch, deadline).await;
+        aws_lambda_events::event::sqs::SqsBatchResponse {
+            batch_item_failures: failed
+                .into_iter()
+                .map(
+                    |item_identifier| aws_lambda_events::event::sqs::BatchItemFailure {
+                        item_identifier,
+                    },
+                )
+                .collect(),
+        }
+    }
+}
+
+impl Inner {
+    /// Handles one run's messages in order; the ids of those that failed.
+    async fn handle_group(
+        &self,
+        group: Vec<(QueueMessage, Task)>,
+        deadline: Deadline,
+    ) -> Vec<String> {
+        let mut failed = Vec::new();
+        for (message, task) in group {
+            match self.handle(task, deadline).await {
+                Ok(Handled::Done) => {}
+                Ok(Handled::Later(delay)) => {
+                    self.delay(&message, delay).await;
+                    failed.push(message.message_id);
+                }
+                Err(error) => {
+                    tracing::error!(message_id = %message.message_id, error = ?error, "a run message failed");
+                    self.delay(&message, self.state.config.run_retry_delay)
+                        .await;
+                    failed.push(message.message_id);
+                }
+            }
+        }
+        failed
+    }
+
+    /// Moves a message that is no run task to the dead-letter queue, with one log line;
+    /// whether it is there (else it is reported failed and comes back).
+    async fn dead_letter(&self, message: &QueueMessage, error: &serde_json::Error) -> bool {
+        let sent = async {
+            let name = self.state.config.run_dlq_name();
+            let url = self.queue_url_of(&name).await?;
+            self.state
+                .clients
+                .sqs
+                .send_message()
+                .queue_url(url)
+                .message_body(&message.body)
+                .send()
+                .await
+                .with_context(|| format!("Failed to send to queue {name}"))
+        }
+        .await;
+        match sent {
+            Ok(_) => {
+                tracing::warn!(message_id = %message.message_id, error = %error, "the message is not a run task: moved to the dead-letter queue");
+                true
+            }
+            Err(dlq_error) => {
+                tracing::warn!(message_id = %message.message_id, error = %error, dlq_error = %dlq_error, "the message is not a run task, and the dead-letter queue refused it");
+                false
+            }
+        }
+    }
+
+    /// Handles one task.
+    async fn handle(&self, task: Task, deadline: Deadline) -> anyhow::Result<Handled> {
         let run_id = task.run_id();
         let run = self.state.store.get_run(run_id).await?;
         let Some(run) = run else {
@@ -171,7 +315,7 @@ impl Worker {
                     sfn: &self.state.clients.sfn,
                     token: &task_token,
                 };
-                let outcome = self.engine.execute(run, &beat).await?;
+                let outcome = self.engine.execute_within(run, &beat, deadline).await?;
                 match outcome.status() {
                     Some(status) => {
                         self.answer(&task_token, json!({ "status": status }))
@@ -307,13 +451,16 @@ impl Worker {
         if let Some(url) = &self.state.config.run_queue_url {
             return Ok(url.clone());
         }
-        let name = self.state.config.run_queue_name();
+        self.queue_url_of(&self.state.config.run_queue_name()).await
+    }
+
+    async fn queue_url_of(&self, name: &str) -> anyhow::Result<String> {
         let out = self
             .state
             .clients
             .sqs
             .get_queue_url()
-            .queue_name(&name)
+            .queue_name(name)
             .send()
             .await
             .with_context(|| format!("Failed to find queue {name}"))?;
@@ -321,9 +468,7 @@ impl Worker {
             .with_context(|| format!("queue {name} has no URL"))
     }
 
-    /// Long-polls the run queue until `shutdown` resolves, handling what arrives. Handled
-    /// messages are deleted; failed ones come back after the retry delay.
-    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    async fn run(&self, worker: &Worker, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let queue_url = self.queue_url().await?;
         tokio::pin!(shutdown);
         loop {
@@ -358,7 +503,7 @@ impl Worker {
                     body: m.body.clone().unwrap_or_default(),
                 })
                 .collect();
-            let failed = self.handle_batch(batch.clone()).await;
+            let failed = worker.handle_batch(batch.clone()).await;
             for message in batch.iter().filter(|m| !failed.contains(&m.message_id)) {
                 let Some(receipt) = &message.receipt_handle else {
                     continue;
@@ -376,34 +521,6 @@ impl Worker {
                     tracing::warn!(error = ?error, "could not delete a handled run message");
                 }
             }
-        }
-    }
-
-    /// Handles an SQS event of the Lambda function: the ids of failed messages, for
-    /// `ReportBatchItemFailures`.
-    pub async fn handle_event(
-        &self,
-        event: aws_lambda_events::event::sqs::SqsEvent,
-    ) -> aws_lambda_events::event::sqs::SqsBatchResponse {
-        let batch = event
-            .records
-            .into_iter()
-            .map(|record| QueueMessage {
-                message_id: record.message_id.unwrap_or_default(),
-                receipt_handle: record.receipt_handle,
-                body: record.body.unwrap_or_default(),
-            })
-            .collect();
-        let failed = self.handle_batch(batch).await;
-        aws_lambda_events::event::sqs::SqsBatchResponse {
-            batch_item_failures: failed
-                .into_iter()
-                .map(
-                    |item_identifier| aws_lambda_events::event::sqs::BatchItemFailure {
-                        item_identifier,
-                    },
-                )
-                .collect(),
         }
     }
 }

@@ -1,0 +1,194 @@
+//! Every step runs under a budget taken from the worker invocation's deadline, and one tenant's
+//! hostile steps fail alone: its batch-mates from other projects go on.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use spark_ops::engine::budget::Deadline;
+use spark_ops::engine::worker::{QueueMessage, Worker, OVERRUN_GRACE};
+use spark_ops::run::{RunStatus, StepStatus};
+use spark_ops_tests::{allow_list, spawn_app_with, TestApp};
+use uuid::Uuid;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// The `execute` messages the lifecycle sends for `runs`, one each.
+async fn execute_messages(app: &TestApp, runs: &[Uuid]) -> Vec<QueueMessage> {
+    let queue = app
+        .state
+        .config
+        .run_queue_url
+        .clone()
+        .expect("the run queue is provisioned");
+    let mut found: BTreeMap<Uuid, QueueMessage> = BTreeMap::new();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while found.len() < runs.len() {
+        assert!(
+            Instant::now() < give_up,
+            "no execute message for some of {runs:?} within 60 s"
+        );
+        let out = app
+            .state
+            .clients
+            .sqs
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(2)
+            .send()
+            .await
+            .expect("the run queue answers");
+        for message in out.messages.unwrap_or_default() {
+            let body = message.body.unwrap_or_default();
+            let task: Value = serde_json::from_str(&body).unwrap_or_default();
+            let run = task["run_id"]
+                .as_str()
+                .and_then(|id| Uuid::parse_str(id).ok());
+            if let Some(run) = run.filter(|r| task["kind"] == "execute" && runs.contains(r)) {
+                found.entry(run).or_insert(QueueMessage {
+                    message_id: message.message_id.unwrap_or_default(),
+                    receipt_handle: None,
+                    body,
+                });
+            }
+        }
+    }
+    found.into_values().collect()
+}
+
+#[tokio::test]
+async fn a_tarpit_model_and_a_cel_bomb_fail_their_own_steps_while_another_tenant_succeeds() {
+    // GIVEN a model endpoint that takes a minute to answer
+    let tarpit = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"choices": [{"message": {"content": "late"}}]}))
+                .set_delay(Duration::from_secs(60)),
+        )
+        .mount(&tarpit)
+        .await;
+    let base_url = format!("{}/v1", tarpit.uri());
+    let app = spawn_app_with(|config| {
+        config.llm_base_url = Some(base_url);
+        config.egress.allow.extend(allow_list(&[&tarpit.uri()]));
+    })
+    .await;
+    // AND project X with a run whose prompt calls it and a run whose decision nests three
+    // comprehensions over 1000 items (a billion evaluations)
+    let owner = app.user("Owner").await;
+    let x = app.project(&owner, "Tenant X").await;
+    let y = app.project(&owner, "Tenant Y").await;
+    let x_agent = app.agent(&owner, &x, "house-model").await;
+    let y_agent = app.agent(&owner, &y, "house-model").await;
+    let prompt = app
+        .released_workflow(
+            &owner,
+            &x,
+            json!({"steps": [{"id": "ask", "type": "prompt", "config": {"prompt": "Hello"}}]}),
+        )
+        .await;
+    let bomb = "input.items.all(a, input.items.all(b, input.items.all(x, true)))";
+    let decision = |condition: &str| {
+        json!({"steps": [{"id": "route", "type": "decision",
+                          "config": {"condition": condition, "then": [], "else": []}}]})
+    };
+    let bombing = app.released_workflow(&owner, &x, decision(bomb)).await;
+    // AND project Y with a run of one trivial decision
+    let trivial = app
+        .released_workflow(&owner, &y, decision("input.ok == true"))
+        .await;
+    let items: Vec<u32> = (0..1000).collect();
+    let tarpit_run = app
+        .start_run(
+            &owner,
+            json!({"workflow_id": prompt, "agent_id": x_agent, "env": "dev", "input": {}}),
+        )
+        .await;
+    let bomb_run = app
+        .start_run(
+            &owner,
+            json!({"workflow_id": bombing, "agent_id": x_agent, "env": "dev", "input": {"items": items}}),
+        )
+        .await;
+    let neighbour_run = app
+        .start_run(
+            &owner,
+            json!({"workflow_id": trivial, "agent_id": y_agent, "env": "dev", "input": {"ok": true}}),
+        )
+        .await;
+    let mut batch = execute_messages(&app, &[tarpit_run, bomb_run, neighbour_run]).await;
+    // AND a message that is no run task at all
+    batch.push(QueueMessage {
+        message_id: "garbage".into(),
+        receipt_handle: None,
+        body: "{\"kind\": \"execute\", \"run_id\": 42".into(),
+    });
+
+    // WHEN one worker invocation with 4 s left handles them in one batch
+    let worker = Worker::new(app.state.clone())
+        .await
+        .expect("the worker builds");
+    let invocation = Duration::from_secs(4);
+    let started = Instant::now();
+    let failed = worker
+        .handle_batch_until(batch, Deadline::after(invocation))
+        .await;
+    let took = started.elapsed();
+
+    // THEN the batch ended within the invocation, and no message is reported failed: each
+    // run's task was answered, and the garbage went to the dead-letter queue
+    assert!(took < invocation + OVERRUN_GRACE, "the batch took {took:?}");
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(app.dead_letters().await.len(), 1);
+    // AND the tarpit's prompt failed once its step budget ran out, after one model call
+    let tarpit_step = only_step(&app, tarpit_run).await;
+    assert_eq!(tarpit_step.0, StepStatus::Failed);
+    assert!(
+        tarpit_step.1.contains("step budget of")
+            && tarpit_step.1.contains("exhausted after 1 attempts"),
+        "{}",
+        tarpit_step.1
+    );
+    assert_eq!(
+        tarpit.received_requests().await.unwrap_or_default().len(),
+        1
+    );
+    // AND the bomb was refused before it ran, naming its cost
+    let bomb_step = only_step(&app, bomb_run).await;
+    assert_eq!(bomb_step.0, StepStatus::Failed);
+    assert!(
+        bomb_step.1.contains("expression too costly: about"),
+        "{}",
+        bomb_step.1
+    );
+    for run in [tarpit_run, bomb_run] {
+        let run = app.state.store.get_run(run).await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Failed);
+    }
+    // AND the other tenant's run succeeded
+    let neighbour = app
+        .state
+        .store
+        .get_run(neighbour_run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(neighbour.status, RunStatus::Succeeded);
+    assert_eq!(
+        only_step(&app, neighbour_run).await.0,
+        StepStatus::Succeeded
+    );
+}
+
+/// The status and error of a one-step run's step.
+async fn only_step(app: &TestApp, run: Uuid) -> (StepStatus, String) {
+    let steps = app.state.store.all_steps(run).await.unwrap();
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    (
+        steps[0].status,
+        steps[0].error_message.clone().unwrap_or_default(),
+    )
+}
