@@ -468,6 +468,44 @@ fn the_run_worker_consumes_the_run_queue_reporting_partial_batch_failures() {
 }
 
 #[test]
+fn a_burst_of_runs_cannot_take_every_lambda_slot_from_the_api() {
+    // GIVEN the worker and the API functions
+    let template = template();
+    let (logical, worker) = function(&template, "run-worker");
+    let event = worker["Events"]
+        .as_mapping()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap();
+
+    // THEN the run queue's event source keeps at most `WorkerMaxConcurrency` workers busy
+    assert_eq!(
+        reference(
+            &event["Properties"]["ScalingConfig"]["MaximumConcurrency"],
+            None
+        )
+        .as_deref(),
+        Some("WorkerMaxConcurrency"),
+        "{logical}"
+    );
+    let default = &template["Parameters"]["WorkerMaxConcurrency"]["Default"];
+    assert!(default.as_u64().is_some_and(|n| (2..=1000).contains(&n)));
+    // AND every API function can reserve concurrency of its own
+    for binary in ["auth", "projects", "agents", "tools", "workflows", "runs"] {
+        let (logical, api) = function(&template, binary);
+        assert!(
+            matches!(&api["ReservedConcurrentExecutions"], Value::Tagged(t) if t.tag == "If"),
+            "{logical} reserves no concurrency"
+        );
+    }
+    // AND the worker has memory for a full batch at the payload caps: 10 runs, each holding a
+    // few copies of a 4 MiB answer and of a 4 MiB rendered template
+    let memory = worker["MemorySize"].as_u64().unwrap();
+    assert!(memory >= 10 * 4 * 8, "{logical} has {memory} MB");
+}
+
+#[test]
 fn the_run_queue_hides_a_message_for_at_least_six_worker_timeouts() {
     // GIVEN the worker's timeout (its own, or the global one)
     let template = template();
