@@ -4,11 +4,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use axum::http::StatusCode;
 use serde_json::{json, Value};
+use spark_ops::clock::Clock;
 use spark_ops::engine::budget::Deadline;
+use spark_ops::engine::run::Outcome;
 use spark_ops::engine::worker::{QueueMessage, Worker, OVERRUN_GRACE};
 use spark_ops::run::{RunStatus, StepStatus};
-use spark_ops_tests::{allow_list, spawn_app_with, TestApp};
+use spark_ops_tests::{allow_list, spawn_app_with, NoHeartbeat, TestApp};
 use uuid::Uuid;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -191,4 +194,92 @@ async fn only_step(app: &TestApp, run: Uuid) -> (StepStatus, String) {
         steps[0].status,
         steps[0].error_message.clone().unwrap_or_default(),
     )
+}
+
+#[tokio::test]
+async fn a_tool_at_its_rate_limit_yields_to_the_next_slice_instead_of_failing_the_run() {
+    // GIVEN a POST tool (not safe to repeat) allowed one call a minute, whose slot for this
+    // minute is taken, at the start of a minute
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/orders"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+        .mount(&server)
+        .await;
+    let app = spawn_app_with(|config| {
+        config.egress.allow.extend(allow_list(&[&server.uri()]));
+    })
+    .await;
+    let owner = app.user("Owner").await;
+    let project = app.project(&owner, "Throttled").await;
+    let tool = app
+        .post(
+            "/api/v1/tools",
+            Some(&owner),
+            json!({"project_id": project, "name": "orders", "kind": "http", "auth_type": "none",
+                   "env": "dev", "rate_limit_per_min": 1,
+                   "config": {"url": format!("{}/orders", server.uri()), "method": "POST", "retry_attempts": 0}}),
+        )
+        .await;
+    assert_eq!(tool.status, StatusCode::CREATED, "{}", tool.text);
+    let tool_id = Uuid::parse_str(tool.body["id"].as_str().unwrap()).unwrap();
+    let second = chrono::Timelike::second(&app.clock.now());
+    app.clock
+        .advance(chrono::Duration::seconds(i64::from(60 - second)));
+    assert!(app
+        .state
+        .store
+        .take_rate_slot(tool_id, app.clock.now(), 1)
+        .await
+        .unwrap());
+    let agent = app.agent(&owner, &project, "house-model").await;
+    let definition = json!({"steps": [{"id": "order", "type": "tool",
+                                       "config": {"tool_id": tool_id, "input": {"n": 1}}}]});
+    let workflow = app.released_workflow(&owner, &project, definition).await;
+    let id = app
+        .start_run(
+            &owner,
+            json!({"workflow_id": workflow, "agent_id": agent, "env": "dev", "input": {}}),
+        )
+        .await;
+    let engine = app.engine_allowing(&[&server.uri()]);
+
+    // WHEN a slice with 5 s left runs it: the minute's wait does not fit
+    let run = app.state.store.get_run(id).await.unwrap().unwrap();
+    let outcome = engine
+        .execute_within(run, &NoHeartbeat, Deadline::after(Duration::from_secs(5)))
+        .await
+        .unwrap();
+
+    // THEN the step gave its attempt back unsent, and the slice asks to continue
+    assert_eq!(outcome, Outcome::Continue);
+    let steps = app.state.store.all_steps(id).await.unwrap();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].status, StepStatus::Running);
+    assert!(steps[0].yielded);
+    assert!(server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .is_empty());
+
+    // WHEN the next slice runs in the next minute
+    app.clock.advance(chrono::Duration::seconds(60));
+    let run = app.state.store.get_run(id).await.unwrap().unwrap();
+    let outcome = engine
+        .execute_within(run, &NoHeartbeat, Deadline::after(Duration::from_secs(5)))
+        .await
+        .unwrap();
+
+    // THEN it took the step over although a POST is not safe to repeat (nothing was sent),
+    // called the tool once, and the run succeeded
+    assert_eq!(outcome, Outcome::Succeeded);
+    let steps = app.state.store.all_steps(id).await.unwrap();
+    assert_eq!(steps[0].status, StepStatus::Succeeded);
+    assert_eq!(steps[0].attempts, 2);
+    assert!(!steps[0].yielded);
+    assert_eq!(
+        server.received_requests().await.unwrap_or_default().len(),
+        1
+    );
 }

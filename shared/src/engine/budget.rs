@@ -11,6 +11,9 @@
 //!    [`MAX_STEP`]. Every outbound call of the step (tool, webhook, each model turn and tool
 //!    call of a prompt) shares it: attempt timeouts and retries are clamped to it
 //!    ([`crate::outbound::send`]).
+//! 4. A step that cannot go on without waiting past its budget (a tool over its rate limit)
+//!    gives its attempt back before sending anything ([`Engine::give_back`]): the slice ends
+//!    with `continue`, and the next one takes the step over, even one not safe to repeat.
 //!
 //! [`SLICE`]: super::run::SLICE
 
@@ -18,7 +21,9 @@ use std::time::{Duration, Instant};
 
 pub use crate::outbound::send::Budget;
 
-use super::run::{Slice, SLICE};
+use super::run::{Engine, Outcome, Slice, StepFlow, SLICE};
+use super::steps::StepResult;
+use crate::run::{LogLine, StepRecord};
 
 /// Time kept back from a Lambda invocation's deadline to record results and answer the batch.
 pub const SAFETY_MARGIN: Duration = Duration::from_secs(10);
@@ -70,6 +75,41 @@ impl Slice<'_> {
     /// the deadline leaves at least [`MIN_STEP`].
     pub(super) fn may_start_step(&self) -> bool {
         self.started.elapsed() < SLICE && self.deadline.remaining() >= MIN_STEP
+    }
+}
+
+impl Engine {
+    /// Gives a step's attempt back unsent ([`StepResult::yielded`]): its record is marked
+    /// yielded with the lease ended, and the slice ends with `continue`; the next slice takes
+    /// the step over.
+    pub(super) async fn give_back(
+        &self,
+        slice: &mut Slice<'_>,
+        record: StepRecord,
+        result: StepResult,
+    ) -> anyhow::Result<StepFlow> {
+        let at = self.now();
+        if !self.state.store.yield_step(&record, at).await? {
+            return Ok(StepFlow::Stop(Outcome::Busy));
+        }
+        let lines: Vec<LogLine> = result
+            .logs
+            .into_iter()
+            .map(|(level, message)| LogLine {
+                at,
+                level,
+                step_id: Some(record.step_id.clone()),
+                message,
+            })
+            .collect();
+        self.state.store.note(slice.run.id, &lines).await;
+        let yielded = StepRecord {
+            yielded: true,
+            lease_until: Some(at),
+            ..record
+        };
+        slice.records.insert(yielded.sk(), yielded);
+        Ok(StepFlow::Stop(Outcome::Continue))
     }
 }
 

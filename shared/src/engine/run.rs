@@ -358,7 +358,7 @@ impl Engine {
                 if existing.lease_until.is_some_and(|lease| lease > now) {
                     return Ok(Err(StepFlow::Stop(Outcome::Busy)));
                 }
-                if !self.safe_to_repeat(kind).await {
+                if !existing.yielded && !self.safe_to_repeat(kind).await {
                     let error = "the worker running this step stopped mid-call, and the step is \
                                  not safe to repeat automatically; retry the run to run it again";
                     let result = StepResult::failed(existing.request.clone(), error);
@@ -465,6 +465,9 @@ impl Engine {
         record: StepRecord,
         result: StepResult,
     ) -> anyhow::Result<StepFlow> {
+        if result.status == StepStatus::Running {
+            return self.give_back(slice, record, result).await;
+        }
         let at = self.now();
         let end = StepEnd {
             status: result.status,

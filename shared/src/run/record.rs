@@ -163,6 +163,10 @@ pub struct StepRecord {
     /// the steps that failed in an earlier round.
     #[serde(default)]
     pub round: u32,
+    /// The attempt was given back before anything was sent (a rate limit it could not wait
+    /// out): the next slice takes it over, whether or not the step is safe to repeat.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub yielded: bool,
 }
 
 impl StepRecord {
@@ -198,6 +202,7 @@ impl StepRecord {
             response: None,
             usage: Usage::default(),
             attempts: 1,
+            yielded: false,
             lease_until: Some(lease_until),
             round,
         }

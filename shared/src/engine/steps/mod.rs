@@ -38,6 +38,19 @@ impl StepResult {
         }
     }
 
+    /// An attempt given back before anything was sent, to be taken over by the next slice
+    /// ([`crate::engine::run::Engine::give_back`]); it stays `running`.
+    pub(in crate::engine) fn yielded(request: Value, why: String) -> Self {
+        Self {
+            status: StepStatus::Running,
+            request: Some(request),
+            response: None,
+            error: None,
+            usage: Usage::default(),
+            logs: vec![(LogLevel::Info, why)],
+        }
+    }
+
     pub(in crate::engine) fn failed(request: Option<Value>, error: impl Into<String>) -> Self {
         Self {
             status: StepStatus::Failed,

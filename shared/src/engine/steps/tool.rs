@@ -1,7 +1,7 @@
 //! The `tool` step: renders its input and calls the project's tool through the tool
 //! executor, with a key stable across re-runs of the same attempt round, within the step's
 //! budget. A tool over its `rate_limit_per_min` is waited for when the next window fits in
-//! the budget.
+//! the budget; otherwise the step yields to the next slice, so a rate limit never fails it.
 
 use std::time::Duration;
 
@@ -54,6 +54,16 @@ impl Engine {
                 ));
                 result
             }
+            Err(ToolError::RateLimited {
+                retry_after_secs, ..
+            }) => StepResult::yielded(
+                json!({"tool_id": tool.id, "input": input}),
+                format!(
+                    "tool `{}` is at its rate limit for {retry_after_secs} s more, longer than \
+                     this slice can wait: the step goes on in the next slice",
+                    tool.name
+                ),
+            ),
             Err(error) => StepResult::failed(
                 Some(json!({"tool_id": tool.id, "input": input})),
                 format!("tool `{}`: {error}", tool.name),

@@ -86,7 +86,7 @@ impl Store {
             .set_key(Some(key(run_pk(current.run_id), current.sk())))
             .update_expression(
                 "SET #status = :running, started_at = :at, lease_until = :lease, #round = :round, \
-                 #attempts = :next REMOVE ended_at, duration_ms, error_message",
+                 #attempts = :next REMOVE ended_at, duration_ms, error_message, yielded",
             )
             .condition_expression("#attempts = :attempts AND #status = :current")
             .expression_attribute_names("#status", "status")
@@ -108,6 +108,32 @@ impl Store {
         match self.transact(items, "retake a run step").await {
             Ok(()) => Ok(true),
             Err(err) if err.failed_at(0) || err.failed_at(1) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Gives attempt `record.attempts` back unsent: its lease ends `at` and it is marked
+    /// `yielded`, so the next slice takes it over. `false` if it is no longer ours.
+    pub async fn yield_step(&self, record: &StepRecord, at: DateTime<Utc>) -> StoreResult<bool> {
+        let result = self
+            .ddb
+            .update_item()
+            .table_name(&self.runs_table)
+            .set_key(Some(key(run_pk(record.run_id), record.sk())))
+            .update_expression("SET lease_until = :at, yielded = :yes")
+            .condition_expression("#attempts = :attempts AND #status = :running")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#attempts", "attempts")
+            .expression_attribute_values(":at", s(ts::format(&at)))
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_values(":attempts", n(record.attempts))
+            .expression_attribute_values(":running", s(StepStatus::Running.as_str()))
+            .send()
+            .await
+            .map_err(|e| write_error(e, "yield a run step"));
+        match result {
+            Ok(_) => Ok(true),
+            Err(StoreError::ConditionFailed) => Ok(false),
             Err(err) => Err(err),
         }
     }
