@@ -1,11 +1,10 @@
 //! Every step runs under a budget taken from the worker invocation's deadline, and one tenant's
 //! hostile steps fail alone: its batch-mates from other projects go on.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 use spark_ops::clock::Clock;
 use spark_ops::engine::budget::Deadline;
 use spark_ops::engine::run::Outcome;
@@ -15,50 +14,6 @@ use spark_ops_tests::{allow_list, spawn_app_with, NoHeartbeat, TestApp};
 use uuid::Uuid;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-/// The `execute` messages the lifecycle sends for `runs`, one each.
-async fn execute_messages(app: &TestApp, runs: &[Uuid]) -> Vec<QueueMessage> {
-    let queue = app
-        .state
-        .config
-        .run_queue_url
-        .clone()
-        .expect("the run queue is provisioned");
-    let mut found: BTreeMap<Uuid, QueueMessage> = BTreeMap::new();
-    let give_up = Instant::now() + Duration::from_secs(60);
-    while found.len() < runs.len() {
-        assert!(
-            Instant::now() < give_up,
-            "no execute message for some of {runs:?} within 60 s"
-        );
-        let out = app
-            .state
-            .clients
-            .sqs
-            .receive_message()
-            .queue_url(&queue)
-            .max_number_of_messages(10)
-            .wait_time_seconds(2)
-            .send()
-            .await
-            .expect("the run queue answers");
-        for message in out.messages.unwrap_or_default() {
-            let body = message.body.unwrap_or_default();
-            let task: Value = serde_json::from_str(&body).unwrap_or_default();
-            let run = task["run_id"]
-                .as_str()
-                .and_then(|id| Uuid::parse_str(id).ok());
-            if let Some(run) = run.filter(|r| task["kind"] == "execute" && runs.contains(r)) {
-                found.entry(run).or_insert(QueueMessage {
-                    message_id: message.message_id.unwrap_or_default(),
-                    receipt_handle: None,
-                    body,
-                });
-            }
-        }
-    }
-    found.into_values().collect()
-}
 
 #[tokio::test]
 async fn a_tarpit_model_and_a_cel_bomb_fail_their_own_steps_while_another_tenant_succeeds() {
@@ -122,7 +77,10 @@ async fn a_tarpit_model_and_a_cel_bomb_fail_their_own_steps_while_another_tenant
             json!({"workflow_id": trivial, "agent_id": y_agent, "env": "dev", "input": {"ok": true}}),
         )
         .await;
-    let mut batch = execute_messages(&app, &[tarpit_run, bomb_run, neighbour_run]).await;
+    let runs = [tarpit_run, bomb_run, neighbour_run].map(|id| id.to_string());
+    let mut batch = app
+        .run_messages("execute", &runs.each_ref().map(String::as_str))
+        .await;
     // AND a message that is no run task at all
     batch.push(QueueMessage {
         message_id: "garbage".into(),

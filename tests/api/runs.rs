@@ -7,7 +7,6 @@
 //! The app has no worker: a run stays `queued` unless a test drives the engine or the worker.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
@@ -1708,52 +1707,13 @@ async fn a_run_cost_is_the_exact_sum_of_its_step_costs() {
 // The worker and the engine, in-process
 // ---------------------------------------------------------------------------------------
 
-/// Waits for the lifecycle to send a `kind` message about `run_id` on the run queue.
-async fn next_message(app: &TestApp, kind: &str, run_id: &str) -> QueueMessage {
-    let queue = app
-        .state
-        .config
-        .run_queue_url
-        .clone()
-        .expect("the run queue is provisioned");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = app
-            .state
-            .clients
-            .sqs
-            .receive_message()
-            .queue_url(&queue)
-            .max_number_of_messages(10)
-            .wait_time_seconds(2)
-            .send()
-            .await
-            .expect("the run queue answers");
-        for message in out.messages.unwrap_or_default() {
-            let body = message.body.unwrap_or_default();
-            let task: Value = serde_json::from_str(&body).unwrap_or_default();
-            if task["kind"] == kind && task["run_id"] == run_id {
-                return QueueMessage {
-                    message_id: message.message_id.unwrap_or_default(),
-                    receipt_handle: None,
-                    body,
-                };
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no `{kind}` message for run {run_id} within 60 s"
-        );
-    }
-}
-
 #[tokio::test]
 async fn a_malformed_message_goes_to_the_dead_letter_queue_while_its_batch_mate_is_handled() {
     // GIVEN a run whose lifecycle has asked a worker to execute it
     let w = world().await;
     let app = &w.app;
     let id = id_of(&start(app, &w.owner, run_body(&w.workflow, &w.agent)).await);
-    let execute = next_message(app, "execute", &id).await;
+    let execute = app.run_messages("execute", &[id.as_str()]).await.remove(0);
 
     // WHEN a worker handles it in one batch with messages it cannot read
     let worker = Worker::new(app.state.clone())

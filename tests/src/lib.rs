@@ -19,6 +19,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use spark_ops::clock::ManualClock;
 use spark_ops::engine::run::Engine;
+use spark_ops::engine::worker::QueueMessage;
 use spark_ops::outbound::{Egress, EgressPolicy, HostPort};
 use spark_ops::state::Clients;
 use spark_ops::store::provision::provision;
@@ -606,6 +607,53 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// Waits (up to 60 s) for the lifecycle to send a `kind` message about each of `runs` on
+    /// the run queue; the first of each, in the order of `runs`. Other messages received
+    /// meanwhile stay hidden for the queue's visibility timeout.
+    pub async fn run_messages(&self, kind: &str, runs: &[&str]) -> Vec<QueueMessage> {
+        let queue = self
+            .state
+            .config
+            .run_queue_url
+            .clone()
+            .expect("the run queue is provisioned");
+        let mut found: Vec<Option<QueueMessage>> = vec![None; runs.len()];
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while found.iter().any(Option::is_none) {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "no `{kind}` message for some of {runs:?} within 60 s"
+            );
+            let out = self
+                .state
+                .clients
+                .sqs
+                .receive_message()
+                .queue_url(&queue)
+                .max_number_of_messages(10)
+                .wait_time_seconds(2)
+                .send()
+                .await
+                .expect("the run queue answers");
+            for message in out.messages.unwrap_or_default() {
+                let body = message.body.unwrap_or_default();
+                let task: Value = serde_json::from_str(&body).unwrap_or_default();
+                let place = runs.iter().position(|run| task["run_id"] == *run);
+                if let Some(slot) = place
+                    .filter(|_| task["kind"] == kind)
+                    .map(|i| &mut found[i])
+                {
+                    slot.get_or_insert(QueueMessage {
+                        message_id: message.message_id.unwrap_or_default(),
+                        receipt_handle: None,
+                        body,
+                    });
+                }
+            }
+        }
+        found.into_iter().flatten().collect()
+    }
+
     /// The bodies waiting in the run queue's dead-letter queue (received, so hidden for a
     /// while from the next call).
     pub async fn dead_letters(&self) -> Vec<String> {
