@@ -14,6 +14,7 @@ mod members;
 mod projects;
 mod run_governance;
 mod run_loops;
+mod run_payloads;
 mod run_prompt;
 mod run_recovery;
 mod runs;

@@ -6,6 +6,7 @@
 pub mod cost;
 pub mod lifecycle;
 pub mod llm;
+mod outputs;
 pub mod run;
 mod steps;
 pub mod tool;
