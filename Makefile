@@ -4,7 +4,7 @@
 
 SCRIPTS := infra/local
 
-.PHONY: help dev test build lint services stop status install lock clean-local
+.PHONY: help dev test test-long-loop build lint services stop status install lock clean-local
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "  make %-12s %s\n", $$1, $$2 }'
@@ -17,6 +17,9 @@ test: ## Lint, then run every test against local services (what CI runs)
 
 build: ## Build the Lambda artifacts (release, x86_64) with cargo-lambda
 	@bash $(SCRIPTS)/build.sh
+
+test-long-loop: ## The 1000-iteration loop test, with its figures (needs `make services`)
+	@bash -c 'source $(SCRIPTS)/lib.sh && aws_env && cargo test -p spark-ops-tests --test api a_loop_of_1000_iterations -- --ignored --nocapture'
 
 lint: ## rustfmt check, clippy -D warnings, cfn-lint template.yaml
 	@bash $(SCRIPTS)/lint.sh

@@ -14,6 +14,8 @@ pub struct Clients {
     pub secrets: aws_sdk_secretsmanager::Client,
     /// Step Functions.
     pub sfn: aws_sdk_sfn::Client,
+    /// S3, for step payloads too large for their records.
+    pub s3: aws_sdk_s3::Client,
 }
 
 impl Clients {
@@ -24,6 +26,16 @@ impl Clients {
             sqs: aws_sdk_sqs::Client::new(sdk),
             secrets: aws_sdk_secretsmanager::Client::new(sdk),
             sfn: aws_sdk_sfn::Client::new(sdk),
+            s3: s3_client(sdk),
         }
     }
+}
+
+/// An S3 client; with an endpoint override (LocalStack) it addresses buckets by path, since
+/// `<bucket>.127.0.0.1` does not resolve.
+pub fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(sdk.endpoint_url().is_some())
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
 }

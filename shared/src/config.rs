@@ -6,6 +6,9 @@ use anyhow::{bail, Context};
 
 use crate::outbound::{EgressPolicy, DEPLOYMENT_ENDPOINT_VARS};
 
+/// Default of [`Config::payload_slice_cap`]: 16 MiB.
+pub const DEFAULT_PAYLOAD_SLICE_CAP: u64 = 16 * 1024 * 1024;
+
 /// Settings shared by every function and the dev server.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -57,6 +60,12 @@ pub struct Config {
     /// the dev server's polling loop and engines driven without one
     /// (`RUN_WORKER_INVOCATION_SECONDS`, default 150, the template's worker `Timeout`).
     pub run_worker_invocation: Duration,
+    /// The S3 bucket keeping step payloads too large for their records (`PAYLOAD_BUCKET`,
+    /// default `{prefix}-payloads` lowercased, `_` and `.` as `-`); see [`crate::payload`].
+    pub payload_bucket: String,
+    /// Bytes of stored step outputs one slice may hold in memory for templates
+    /// (`PAYLOAD_SLICE_CAP_BYTES`, default 16 MiB); a step that would need more fails.
+    pub payload_slice_cap: u64,
 }
 
 impl Config {
@@ -131,7 +140,20 @@ impl Config {
             allow,
             EgressPolicy::deployment_endpoints(deployment.iter().map(|(k, v)| (*k, v.as_str()))),
         );
+        let payload_bucket = optional("PAYLOAD_BUCKET").unwrap_or_else(|| {
+            format!("{prefix}-payloads")
+                .to_lowercase()
+                .replace(['_', '.'], "-")
+        });
+        let payload_slice_cap = match lookup("PAYLOAD_SLICE_CAP_BYTES") {
+            None => DEFAULT_PAYLOAD_SLICE_CAP,
+            Some(raw) => raw.parse().ok().filter(|n| *n >= 1).with_context(|| {
+                format!("PAYLOAD_SLICE_CAP_BYTES must be a whole number of bytes, got {raw:?}")
+            })?,
+        };
         Ok(Self {
+            payload_bucket,
+            payload_slice_cap,
             egress,
             run_state_machine_arn: optional("RUN_STATE_MACHINE_ARN"),
             run_queue_url: optional("RUN_QUEUE_URL"),
@@ -216,6 +238,9 @@ mod tests {
         assert_eq!(config.run_queue_name(), "demo-runs");
         assert_eq!(config.jwt_secret_name(), "demo/jwt-signing-key");
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(config.payload_bucket, "demo-payloads");
+        let odd = Config::from_lookup(lookup(&[("SPARK_OPS_PREFIX", "My_Demo.1")])).unwrap();
+        assert_eq!(odd.payload_bucket, "my-demo-1-payloads");
     }
 
     #[test]

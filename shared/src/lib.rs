@@ -18,6 +18,7 @@ pub mod governance;
 pub mod health;
 pub mod manifest;
 pub mod outbound;
+pub mod payload;
 pub mod run;
 pub mod state;
 pub mod store;

@@ -12,6 +12,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::health::HealthCache;
 use crate::manifest::ManifestSigner;
+use crate::payload::Payloads;
 use crate::store::secrets::SecretStore;
 use crate::store::Store;
 
@@ -24,6 +25,8 @@ pub struct AppState {
     pub store: Store,
     /// User-supplied secrets (tool credentials, LLM keys).
     pub secrets: SecretStore,
+    /// Step payloads too large for their records.
+    pub payloads: Payloads,
     /// Token and cursor keys; absent in the run worker, which serves no requests.
     keys: Option<Arc<Keys>>,
     /// The time source.
@@ -55,6 +58,7 @@ impl AppState {
         Self {
             store: Store::new(clients.ddb.clone(), &config),
             secrets: SecretStore::new(clients.secrets.clone(), &config),
+            payloads: Payloads::new(clients.s3.clone(), &config),
             config: Arc::new(config),
             keys: None,
             clock,

@@ -15,6 +15,7 @@ mod projects;
 mod run_deadlines;
 mod run_governance;
 mod run_loops;
+mod run_payloads;
 mod run_prompt;
 mod run_recovery;
 mod runs;

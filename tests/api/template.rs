@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
 use serde_yaml::Value;
+use spark_ops::payload::PAYLOAD_RETENTION_DAYS;
 use spark_ops::store::provision::{
     RUN_LIFECYCLE_ASL, RUN_QUEUE_MAX_RECEIVES, RUN_QUEUE_VISIBILITY_SECONDS,
 };
@@ -571,4 +572,58 @@ fn an_alarm_watches_the_run_dead_letter_queue() {
         watched,
         "no alarm on the visible messages of RunDeadLetterQueue"
     );
+}
+
+#[test]
+fn the_payload_bucket_is_private_tls_only_and_expires_run_payloads_as_the_code_says() {
+    // GIVEN the payload bucket
+    let template = template();
+    let buckets = resources_of(&template, "AWS::S3::Bucket");
+    let (_, bucket) = buckets
+        .iter()
+        .find(|(name, _)| name == "PayloadBucket")
+        .expect("a PayloadBucket");
+
+    // THEN it expires `runs/` after the retention the code documents
+    let rule = &bucket["LifecycleConfiguration"]["Rules"][0];
+    assert_eq!(rule["Status"], "Enabled");
+    assert_eq!(text(&rule["Prefix"]), "runs/");
+    assert_eq!(
+        rule["ExpirationInDays"].as_i64(),
+        Some(i64::from(PAYLOAD_RETENTION_DAYS))
+    );
+    // AND it is encrypted and never public
+    assert!(!bucket["BucketEncryption"].is_null());
+    let block = &bucket["PublicAccessBlockConfiguration"];
+    for setting in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(block[setting], Value::Bool(true), "{setting}");
+    }
+    // AND its policy refuses every request without TLS
+    let policies = resources_of(&template, "AWS::S3::BucketPolicy");
+    let (_, policy) = policies
+        .iter()
+        .find(|(_, p)| reference(&p["Bucket"], None).as_deref() == Some("PayloadBucket"))
+        .expect("a policy on the payload bucket");
+    let statements = policy["PolicyDocument"]["Statement"].as_sequence().unwrap();
+    assert!(statements.iter().any(|s| s["Effect"] == "Deny"
+        && text(&s["Condition"]["Bool"]["aws:SecureTransport"]) == "false"));
+
+    // AND the run functions are told its name
+    for binary in ["runs", "run-worker"] {
+        let (logical, function) = function(&template, binary);
+        assert_eq!(
+            reference(
+                &function["Environment"]["Variables"]["PAYLOAD_BUCKET"],
+                None
+            )
+            .as_deref(),
+            Some("PayloadBucket"),
+            "{logical} PAYLOAD_BUCKET"
+        );
+    }
 }

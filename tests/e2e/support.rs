@@ -61,6 +61,7 @@ pub async fn local_clients() -> Clients {
         sqs: aws_sdk_sqs::Client::new(&sdk),
         secrets: aws_sdk_secretsmanager::Client::new(&sdk),
         sfn: aws_sdk_sfn::Client::new(&sdk),
+        s3: spark_ops::clients::s3_client(&sdk),
     }
 }
 

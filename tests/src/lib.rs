@@ -223,6 +223,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         sqs: aws_sdk_sqs::Client::new(&sdk),
         secrets: aws_sdk_secretsmanager::Client::new(&sdk),
         sfn: aws_sdk_sfn::Client::new(&sdk),
+        s3: spark_ops::clients::s3_client(&sdk),
     };
     provision(&clients, &mut config)
         .await

@@ -25,6 +25,7 @@ use crate::auth::tokens::digest;
 use crate::auth::{authorize, Principal, ProjectAccess};
 use crate::domain::{ts, Env};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::payload::PayloadRef;
 use crate::run::{
     Approval, LogLevel, LogLine, Run, RunStatus, StepRecord, StepStatus, StepsSummary, Trigger,
 };
@@ -173,10 +174,15 @@ pub struct StepView {
     pub duration_ms: Option<u64>,
     /// Why it failed.
     pub error_message: Option<String>,
-    /// What it sent (secrets redacted).
+    /// What it sent (secrets redacted); `null` when it is too large to show inline (see
+    /// `request_ref`).
     pub request: Option<Value>,
-    /// What it produced.
+    /// What it produced; `null` when it is too large to show inline (see `response_ref`).
     pub response: Option<Value>,
+    /// Set when the request is larger than 32 KiB of JSON: a link to the whole of it.
+    pub request_ref: Option<PayloadLinkView>,
+    /// Set when the response is larger than 32 KiB of JSON: a link to the whole of it.
+    pub response_ref: Option<PayloadLinkView>,
     /// Input tokens over every attempt.
     pub tokens_prompt: u64,
     /// Output tokens over every attempt.
@@ -188,9 +194,40 @@ pub struct StepView {
     pub attempts: u32,
 }
 
-impl From<StepRecord> for StepView {
-    fn from(step: StepRecord) -> Self {
-        Self {
+/// A step payload kept outside its record, and a link to read it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PayloadLinkView {
+    /// Bytes of JSON.
+    pub size: u64,
+    /// Hex SHA-256 of those bytes.
+    pub sha256: String,
+    /// A presigned URL: a plain `GET`, without credentials, answers the JSON.
+    pub url: String,
+    /// When `url` stops working (15 minutes after the listing); list again for a new one.
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: String,
+}
+
+impl StepView {
+    /// The view of `step`, with links to its payloads kept in S3.
+    async fn of(state: &AppState, step: StepRecord) -> ApiResult<Self> {
+        let link = |stored: Option<PayloadRef>| async move {
+            let Some(stored) = stored else {
+                return Ok::<_, ApiError>(None);
+            };
+            let link = state
+                .payloads
+                .link(&stored)
+                .await
+                .map_err(ApiError::Internal)?;
+            Ok(Some(PayloadLinkView {
+                size: stored.size,
+                sha256: stored.sha256,
+                url: link.url,
+                expires_at: ts::format(&link.expires_at),
+            }))
+        };
+        Ok(Self {
             run_id: step.run_id,
             idx: step.idx,
             step_id: step.step_id,
@@ -205,11 +242,13 @@ impl From<StepRecord> for StepView {
             error_message: step.error_message,
             request: step.request,
             response: step.response,
+            request_ref: link(step.request_ref).await?,
+            response_ref: link(step.response_ref).await?,
             tokens_prompt: step.usage.tokens_prompt,
             tokens_completion: step.usage.tokens_completion,
             usd_cost: decimal_text(step.usage.usd_cost),
             attempts: step.attempts,
-        }
+        })
     }
 }
 
@@ -465,7 +504,8 @@ pub async fn list_runs(
     page_request.respond(&state, page)
 }
 
-/// Reads a run, with a summary of its steps.
+/// Reads a run, with a summary of its steps counted on the run item (one read, whatever the
+/// run's size).
 #[utoipa::path(
     get, path = "/api/v1/runs/{id}", tag = "runs",
     security(("bearer" = []), ("api_key" = [])),
@@ -481,16 +521,14 @@ pub async fn get_run(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let (run, _) = visible_run(&state, &principal, &id, Action::ReadRuns).await?;
-    let steps = state.store.all_steps(run.id).await?;
     let version = run.version;
-    let summary = StepsSummary::of(run.steps_total, &steps);
+    let summary = StepsSummary::of(run.steps_total, run.step_counts);
     let mut view = RunView::from(run);
     view.steps_summary = Some(summary);
     Ok(with_etag(version, Json(view)))
 }
 
 /// Cancels a run that has not ended: its execution stops, and a worker mid-run stops at
-/// the next step boundary./// Cancels a run that has not ended: its execution stops, and a worker mid-run stops at
 /// the next step boundary.
 #[utoipa::path(
     patch, path = "/api/v1/runs/{id}/cancel", tag = "runs",
@@ -615,7 +653,10 @@ pub async fn reject_run(
     Ok(Json(RunView::from(run)))
 }
 
-/// Lists a run's step records in execution order; loop iterations follow their loop.
+/// Lists a run's step records in execution order; loop iterations follow their loop. A
+/// request or response larger than 32 KiB of JSON is kept whole outside the record: it shows
+/// as `null`, and its `request_ref` / `response_ref` gives its size, SHA-256 and a presigned
+/// URL (valid 15 minutes) that answers it to a plain `GET`.
 #[utoipa::path(
     get, path = "/api/v1/runs/{id}/steps", tag = "runs",
     security(("bearer" = []), ("api_key" = [])),
@@ -634,11 +675,16 @@ pub async fn list_steps(
 ) -> ApiResult<Json<Page<StepView>>> {
     let (run, _) = visible_run(&state, &principal, &id, Action::ReadRuns).await?;
     let request = page.resolve(&state, format!("runs:{}:steps", run.id))?;
-    let page = state
+    let mut page = state
         .store
         .list_steps(run.id, request.limit, request.start.clone())
         .await?;
-    request.respond(&state, page)
+    let next_cursor = request.next_cursor(&state, &page)?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for step in std::mem::take(&mut page.items) {
+        items.push(StepView::of(&state, step).await?);
+    }
+    Ok(Json(Page { items, next_cursor }))
 }
 
 /// Lists a run's log lines, oldest first.

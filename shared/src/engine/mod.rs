@@ -7,6 +7,7 @@ pub mod budget;
 pub mod cost;
 pub mod lifecycle;
 pub mod llm;
+mod outputs;
 pub mod run;
 mod steps;
 pub mod tool;

@@ -24,7 +24,7 @@
 //! The run itself moves (started, waiting for input, ended) through [`Move`]s applied by
 //! [`crate::store::Store::move_run`], as the API's moves are.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,10 +36,12 @@ use uuid::Uuid;
 
 use super::budget::Deadline;
 use super::llm::ChatClient;
+use super::outputs::{output_view, step_outputs};
 use super::steps::{self, clip, StepResult};
 use super::tool::{self, ToolExecutor};
 use super::webhook::WebhookSender;
 use crate::outbound::Egress;
+use crate::payload::Payload;
 use crate::run::{
     elapsed_ms, execution_order, step_sk, LogLevel, LogLine, Move, Run, RunStatus, StepRecord,
     StepStatus,
@@ -126,6 +128,8 @@ pub(super) struct Slice<'a> {
     pub(super) heartbeat: &'a dyn Heartbeat,
     pub(super) started: Instant,
     pub(super) deadline: Deadline,
+    /// Bytes of stored (S3) payloads the slice holds in memory, or would need to.
+    pub(super) held: u64,
 }
 
 pub(super) enum StepFlow {
@@ -204,7 +208,7 @@ impl Engine {
             );
             return self.finish_run(&run, RunStatus::Failed, Some(error)).await;
         };
-        let records: HashMap<String, StepRecord> = self
+        let mut records: BTreeMap<String, StepRecord> = self
             .state
             .store
             .all_steps(run.id)
@@ -212,7 +216,7 @@ impl Engine {
             .into_iter()
             .map(|r| (r.sk(), r))
             .collect();
-        let mut outputs = Map::new();
+        let held = self.load_outputs(&mut records).await?;
         let run_view = json!({
             "id": run.id,
             "project_id": run.project_id,
@@ -223,24 +227,17 @@ impl Engine {
             "trigger": run.trigger,
             "retries": run.retries,
         });
-        for record in records.values().filter(|r| r.iteration.is_none()) {
-            if matches!(record.status, StepStatus::Succeeded | StepStatus::Skipped) {
-                outputs.insert(
-                    record.step_id.clone(),
-                    json!({"output": record.response.clone().unwrap_or(Value::Null),
-                           "status": record.status}),
-                );
-            }
-        }
+        let outputs = step_outputs(&records);
         let mut slice = Slice {
             run,
             definition: definition.clone(),
-            records,
+            records: records.into_iter().collect(),
             outputs,
             run_view,
             heartbeat,
             started: Instant::now(),
             deadline,
+            held,
         };
         for (idx, &position) in execution_order(&definition).iter().enumerate() {
             let step = &definition.steps[position];
@@ -286,7 +283,7 @@ impl Engine {
             .await;
             slice.outputs.insert(
                 step.id.as_str().to_owned(),
-                json!({"output": null, "status": StepStatus::Skipped}),
+                output_view(Value::Null, StepStatus::Skipped),
             );
             return Ok(StepFlow::Next);
         }
@@ -295,6 +292,16 @@ impl Engine {
             Ok(record) => record,
             Err(flow) => return Ok(flow),
         };
+        if let Some(error) = self.over_cap(slice) {
+            return self
+                .conclude(
+                    slice,
+                    step.id.as_str(),
+                    record,
+                    StepResult::failed(None, error),
+                )
+                .await;
+        }
         if let StepKind::Loop(config) = &step.kind {
             return self.run_loop(slice, idx, step, config, record).await;
         }
@@ -469,13 +476,22 @@ impl Engine {
             return self.give_back(slice, record, result).await;
         }
         let at = self.now();
+        let payloads = &self.state.payloads;
+        let request = match result.request.clone() {
+            Some(value) => Some(payloads.keep(slice.run.id, value).await?),
+            None => None,
+        };
+        let response = match result.response.clone() {
+            Some(value) => Some(payloads.keep(slice.run.id, value).await?),
+            None => None,
+        };
         let end = StepEnd {
             status: result.status,
             at,
             duration_ms: elapsed_ms(record.started_at, at),
             error_message: result.error.clone(),
-            request: result.request.clone(),
-            response: result.response.clone(),
+            request,
+            response,
             usage: result.usage,
         };
         if !self.state.store.finish_step(&record, &end).await? {
@@ -512,12 +528,19 @@ impl Engine {
             },
         });
         self.state.store.note(slice.run.id, &lines).await;
+        // The output stays in memory for later steps' templates; a stored request does not.
+        slice.held += end.response.as_ref().map_or(0, Payload::stored_bytes);
+        let (request, request_ref) = match end.request {
+            Some(Payload::Stored(stored)) => (None, Some(stored)),
+            _ => (result.request, record.request_ref.clone()),
+        };
         let finished = StepRecord {
             status: result.status,
             ended_at: Some(at),
             duration_ms: Some(end.duration_ms),
             error_message: result.error.clone(),
-            request: result.request,
+            request,
+            request_ref,
             response: result.response.clone(),
             lease_until: None,
             ..record
@@ -528,7 +551,10 @@ impl Engine {
                 if finished.iteration.is_none() {
                     slice.outputs.insert(
                         step_id.to_owned(),
-                        json!({"output": result.response.unwrap_or(Value::Null), "status": StepStatus::Succeeded}),
+                        output_view(
+                            result.response.unwrap_or(Value::Null),
+                            StepStatus::Succeeded,
+                        ),
                     );
                 }
                 Ok(StepFlow::Next)

@@ -2,7 +2,9 @@
 //! `Idempotency-Key` that created it, as the store keeps them.
 //!
 //! Inputs, outputs and metadata are stored as JSON text: their nesting is the client's and
-//! could exceed DynamoDB's 32 levels. Money is exact: see [`Usage`].
+//! could exceed DynamoDB's 32 levels. A step's request or response too large for its record
+//! is kept in S3 and the record points to it ([`crate::payload`]). Money is exact: see
+//! [`Usage`].
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,8 +13,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::status::{RunStatus, StepStatus, Trigger};
+use super::steps::StepCounts;
 use super::usage::Usage;
 use crate::domain::{json_text, ts, Env};
+use crate::payload::PayloadRef;
 
 /// An approval decision.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -79,6 +83,9 @@ pub struct Run {
     /// Steps in its workflow version (loop iterations not counted), for summaries.
     #[serde(default)]
     pub steps_total: u32,
+    /// Its top-level step records by status.
+    #[serde(flatten)]
+    pub step_counts: StepCounts,
     /// AWS region it ran in.
     pub region: String,
     /// Why it failed or was rejected.
@@ -151,6 +158,12 @@ pub struct StepRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub response: Option<Value>,
+    /// Where `request` is kept when too large for the record (`request` is absent then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_ref: Option<PayloadRef>,
+    /// Where `response` is kept when too large for the record (`response` is absent then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_ref: Option<PayloadRef>,
     /// Tokens and cost over every attempt.
     #[serde(flatten)]
     pub usage: Usage,
@@ -200,6 +213,8 @@ impl StepRecord {
             error_message: None,
             request: None,
             response: None,
+            request_ref: None,
+            response_ref: None,
             usage: Usage::default(),
             attempts: 1,
             yielded: false,
@@ -236,6 +251,28 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// Longest message a stored log line keeps, in bytes: one line as large as a DynamoDB item
+/// would make its whole batch fail. A longer one is cut and says so, with its length.
+pub const MAX_LOG_MESSAGE_BYTES: usize = 8 * 1024;
+
+impl LogLine {
+    /// The line with its message cut to [`MAX_LOG_MESSAGE_BYTES`] (on a character
+    /// boundary), ending with a note of the original length, if it was longer.
+    pub fn bounded(mut self) -> Self {
+        let length = self.message.len();
+        if length > MAX_LOG_MESSAGE_BYTES {
+            let note = format!(" … [cut: the message had {length} bytes]");
+            let mut end = MAX_LOG_MESSAGE_BYTES - note.len();
+            while !self.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.message.truncate(end);
+            self.message.push_str(&note);
+        }
+        self
+    }
+}
+
 /// An `Idempotency-Key` and the run it created.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
@@ -256,3 +293,26 @@ pub struct IdempotencyRecord {
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_TTL: chrono::Duration = chrono::Duration::hours(24);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_log_message_is_cut_to_the_bound_and_says_how_long_it_was() {
+        let line = |message: String| LogLine {
+            at: Utc::now(),
+            level: LogLevel::Info,
+            step_id: None,
+            message,
+        };
+        assert_eq!(line("short".into()).bounded().message, "short");
+        let cut = line("é".repeat(300_000)).bounded().message;
+        assert!(cut.len() <= MAX_LOG_MESSAGE_BYTES, "{}", cut.len());
+        assert!(
+            cut.ends_with("[cut: the message had 600000 bytes]"),
+            "{cut}"
+        );
+        assert!(cut.starts_with("éé"));
+    }
+}

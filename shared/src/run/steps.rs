@@ -1,4 +1,5 @@
-//! Step keys and the order steps execute in, and the summary of a run's step records.
+//! Step keys and the order steps execute in, the counts of a run's step records by status,
+//! and the summary built from them.
 //!
 //! A step's place in [`execution_order`] is its `idx`; its record's sort key is
 //! [`step_sk`], so one `Query` of the run's partition reads the records in execution order,
@@ -6,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::record::StepRecord;
@@ -26,6 +27,12 @@ pub fn step_sk(idx: u32, iteration: Option<u32>) -> String {
         None => format!("STEP#{idx:04}"),
         Some(i) => format!("STEP#{idx:04}#{i:05}"),
     }
+}
+
+/// Whether `sk` is the sort key of a loop iteration's record (`STEP#<idx>#<iteration>`).
+pub fn is_iteration_sk(sk: &str) -> bool {
+    sk.strip_prefix("STEP#")
+        .is_some_and(|rest| rest.contains('#'))
 }
 
 /// The order steps execute in: dependencies first, otherwise the definition's order.
@@ -54,6 +61,41 @@ pub fn execution_order(definition: &Definition) -> Vec<usize> {
     order
 }
 
+/// Counts of a run's top-level step records (iterations are not counted) by status, kept on
+/// the run item and changed in the same transaction as the record they count, so a run's
+/// summary is read from the run alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepCounts {
+    /// Executing.
+    #[serde(default, rename = "steps_running")]
+    pub running: u32,
+    /// Waiting for input.
+    #[serde(default, rename = "steps_waiting")]
+    pub waiting: u32,
+    /// Done.
+    #[serde(default, rename = "steps_succeeded")]
+    pub succeeded: u32,
+    /// Failed.
+    #[serde(default, rename = "steps_failed")]
+    pub failed: u32,
+    /// Skipped.
+    #[serde(default, rename = "steps_skipped")]
+    pub skipped: u32,
+}
+
+impl StepCounts {
+    /// The run item's attribute counting records in `status`.
+    pub fn attribute(status: StepStatus) -> &'static str {
+        match status {
+            StepStatus::Running => "steps_running",
+            StepStatus::Waiting => "steps_waiting",
+            StepStatus::Succeeded => "steps_succeeded",
+            StepStatus::Failed => "steps_failed",
+            StepStatus::Skipped => "steps_skipped",
+        }
+    }
+}
+
 /// Counts of a run's top-level step records by status, and the steps not reached yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct StepsSummary {
@@ -74,25 +116,19 @@ pub struct StepsSummary {
 }
 
 impl StepsSummary {
-    /// Summarises `records` (iterations are not counted) of a workflow with `total` steps.
-    pub fn of(total: u32, records: &[StepRecord]) -> Self {
-        let mut summary = Self {
+    /// The summary of a workflow with `total` steps whose records are counted in `counts`.
+    pub fn of(total: u32, counts: StepCounts) -> Self {
+        let seen =
+            counts.running + counts.waiting + counts.succeeded + counts.failed + counts.skipped;
+        Self {
             total,
-            ..Self::default()
-        };
-        let mut seen = 0;
-        for record in records.iter().filter(|r| r.iteration.is_none()) {
-            seen += 1;
-            match record.status {
-                StepStatus::Running => summary.running += 1,
-                StepStatus::Waiting => summary.waiting += 1,
-                StepStatus::Succeeded => summary.succeeded += 1,
-                StepStatus::Failed => summary.failed += 1,
-                StepStatus::Skipped => summary.skipped += 1,
-            }
+            pending: total.saturating_sub(seen),
+            running: counts.running,
+            waiting: counts.waiting,
+            succeeded: counts.succeeded,
+            failed: counts.failed,
+            skipped: counts.skipped,
         }
-        summary.pending = total.saturating_sub(seen);
-        summary
     }
 }
 
@@ -100,12 +136,9 @@ impl StepsSummary {
 mod tests {
     use std::collections::HashSet;
 
-    use chrono::Utc;
     use serde_json::json;
-    use uuid::Uuid;
 
     use super::*;
-    use crate::run::StepRecord;
 
     #[test]
     fn step_keys_sort_in_execution_order_with_iterations_after_their_loop() {
@@ -130,28 +163,21 @@ mod tests {
     }
 
     #[test]
+    fn iteration_keys_are_told_from_top_level_ones() {
+        assert!(is_iteration_sk(&step_sk(2, Some(0))));
+        assert!(!is_iteration_sk(&step_sk(2, None)));
+    }
+
+    #[test]
     fn a_summary_counts_top_level_records_and_the_steps_not_reached() {
-        let record = |idx, iteration, status| StepRecord {
-            status,
-            ..StepRecord::claim(
-                Uuid::nil(),
-                idx,
-                iteration,
-                "s",
-                "tool",
-                Utc::now(),
-                Utc::now(),
-                0,
-            )
+        let counts = StepCounts {
+            running: 1,
+            succeeded: 1,
+            skipped: 1,
+            ..StepCounts::default()
         };
-        let records = [
-            record(0, None, StepStatus::Succeeded),
-            record(1, None, StepStatus::Skipped),
-            record(2, None, StepStatus::Running),
-            record(2, Some(0), StepStatus::Succeeded),
-        ];
         assert_eq!(
-            StepsSummary::of(5, &records),
+            StepsSummary::of(5, counts),
             StepsSummary {
                 total: 5,
                 pending: 2,

@@ -6,11 +6,16 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
     ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
+use aws_sdk_s3::types::{
+    BucketLifecycleConfiguration, BucketLocationConstraint, CreateBucketConfiguration,
+    ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+};
 use aws_sdk_sqs::types::QueueAttributeName;
 use rand::distributions::{Alphanumeric, DistString};
 
 use super::schema::{TableDef, TABLES};
 use crate::config::Config;
+use crate::payload::PAYLOAD_RETENTION_DAYS;
 
 /// Receives before a message moves to the dead-letter queue.
 pub const RUN_QUEUE_MAX_RECEIVES: u32 = 5;
@@ -56,6 +61,7 @@ pub async fn provision(
         sqs: &clients.sqs,
         secrets: &clients.secrets,
         sfn: &clients.sfn,
+        s3: &clients.s3,
     }
     .ensure_all(config)
     .await?
@@ -73,12 +79,14 @@ pub struct Provisioner<'a> {
     pub secrets: &'a aws_sdk_secretsmanager::Client,
     /// Step Functions.
     pub sfn: &'a aws_sdk_sfn::Client,
+    /// S3.
+    pub s3: &'a aws_sdk_s3::Client,
 }
 
 impl Provisioner<'_> {
     /// Creates whatever is missing: tables with their indexes and TTL, the run queue and its
-    /// DLQ, the JWT signing key, the manifest signing key and the run lifecycle state
-    /// machine (whose definition is brought up to date).
+    /// DLQ, the JWT signing key, the manifest signing key, the run lifecycle state machine
+    /// (whose definition is brought up to date) and the payload bucket.
     pub async fn ensure_all(&self, config: &Config) -> anyhow::Result<Provisioned> {
         for table in TABLES {
             self.ensure_table(&config.table_name(table.suffix), table)
@@ -93,6 +101,7 @@ impl Provisioner<'_> {
             "Spark-Ops manifest signing key seed",
         )
         .await?;
+        self.ensure_payload_bucket(&config.payload_bucket).await?;
         Ok(Provisioned {
             run_queue_url,
             state_machine_arn,
@@ -284,6 +293,54 @@ impl Provisioner<'_> {
             .queue_url()
             .map(str::to_owned)
             .context("CreateQueue returned no URL")
+    }
+
+    /// Creates the step payload bucket if it does not exist, and sets its lifecycle rule:
+    /// `runs/` objects expire after [`PAYLOAD_RETENTION_DAYS`] days.
+    pub async fn ensure_payload_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        let mut create = self.s3.create_bucket().bucket(bucket);
+        // us-east-1 takes no location constraint; every other region needs one.
+        if let Some(region) = self.s3.config().region().map(|r| r.as_ref().to_owned()) {
+            if region != "us-east-1" {
+                create = create.create_bucket_configuration(
+                    CreateBucketConfiguration::builder()
+                        .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                        .build(),
+                );
+            }
+        }
+        if let Err(err) = create.send().await {
+            let exists = err.as_service_error().is_some_and(|e| {
+                e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists()
+            });
+            if !exists {
+                return Err(err).with_context(|| format!("Failed to create bucket {bucket}"));
+            }
+        }
+        let expire = LifecycleRule::builder()
+            .id("expire-run-payloads")
+            .filter(LifecycleRuleFilter::builder().prefix("runs/").build())
+            .expiration(
+                LifecycleExpiration::builder()
+                    .days(PAYLOAD_RETENTION_DAYS)
+                    .build(),
+            )
+            .status(ExpirationStatus::Enabled)
+            .build()
+            .context("Failed to build the payload lifecycle rule")?;
+        self.s3
+            .put_bucket_lifecycle_configuration()
+            .bucket(bucket)
+            .lifecycle_configuration(
+                BucketLifecycleConfiguration::builder()
+                    .rules(expire)
+                    .build()
+                    .context("Failed to build the payload lifecycle configuration")?,
+            )
+            .send()
+            .await
+            .with_context(|| format!("Failed to set the lifecycle of bucket {bucket}"))?;
+        Ok(())
     }
 
     /// Creates a secret of 64 random characters if it does not exist.

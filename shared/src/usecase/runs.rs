@@ -25,8 +25,8 @@ use crate::domain::Env;
 use crate::engine::lifecycle;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::run::{
-    elapsed_ms, IdempotencyRecord, LogLevel, LogLine, Move, Run, RunStatus, Trigger, Usage,
-    IDEMPOTENCY_TTL,
+    elapsed_ms, IdempotencyRecord, LogLevel, LogLine, Move, Run, RunStatus, StepCounts, Trigger,
+    Usage, IDEMPOTENCY_TTL,
 };
 use crate::state::AppState;
 use crate::store::workflows::{VersionStatus, WorkflowVersion};
@@ -178,6 +178,7 @@ pub async fn start(
         retries: 0,
         has_human_in_loop: has_human_step(&version.definition),
         steps_total: u32::try_from(version.definition.steps.len()).unwrap_or(u32::MAX),
+        step_counts: StepCounts::default(),
         region: state.config.region.clone(),
         error_message: None,
         approval: None,
@@ -397,6 +398,11 @@ pub async fn resume(
         .get_step(run.id, &step_sk)
         .await?
         .map_or(0, |step| elapsed_ms(step.started_at, now));
+    let input = state
+        .payloads
+        .keep(run.id, input)
+        .await
+        .map_err(ApiError::Internal)?;
     match state
         .store
         .resume_human_step(run, &step_sk, &input, now, waited)

@@ -1,9 +1,12 @@
 //! The `loop` step: runs its inner step once per item of `over` (or while `while` holds), each
-//! iteration claimed and recorded on its own, and fails with the first failed iteration.
+//! iteration claimed and recorded on its own, and fails with the first failed iteration. The
+//! loop's record keeps only `{"iterations": n}`; later steps see the iterations' outputs as
+//! `steps.<loop>.output.outputs`, assembled in memory ([`crate::engine::outputs`]).
 
 use serde_json::{json, Value};
 
 use super::StepResult;
+use crate::engine::outputs::{loop_output, output_view};
 use crate::engine::run::{Engine, Outcome, Slice, StepFlow};
 use crate::run::{elapsed_ms, step_sk, StepRecord, StepStatus, Usage};
 use crate::store::runs::StepEnd;
@@ -87,6 +90,11 @@ impl Engine {
                     if !slice.may_start_step() {
                         return Ok(StepFlow::Stop(Outcome::Continue));
                     }
+                    if let Some(error) = self.over_cap(slice) {
+                        return self
+                            .conclude(slice, step_id, record, StepResult::failed(None, error))
+                            .await;
+                    }
                     let iteration =
                         self.new_record(slice, idx, Some(round), step_id, kind.type_name());
                     let iteration = match self.acquire(slice, iteration, &kind).await? {
@@ -151,14 +159,22 @@ impl Engine {
             Some(items) => json!({"over": items}),
             None => json!({"while": true}),
         };
-        let response = json!({"iterations": round, "outputs": outputs});
-        self.conclude(
-            slice,
-            step_id,
-            record,
-            StepResult::succeeded(request, response),
-        )
-        .await
+        // The record keeps the count; the outputs stay in the iterations' records.
+        let flow = self
+            .conclude(
+                slice,
+                step_id,
+                record,
+                StepResult::succeeded(request, json!({"iterations": round})),
+            )
+            .await?;
+        if let StepFlow::Next = flow {
+            slice.outputs.insert(
+                step_id.to_owned(),
+                output_view(loop_output(round, outputs), StepStatus::Succeeded),
+            );
+        }
+        Ok(flow)
     }
 }
 

@@ -1,22 +1,30 @@
-//! A run's log lines.
+//! A run's log lines: bounded one by one, written in batches that retry what DynamoDB left
+//! unprocessed or throttled.
+
+use std::time::Duration;
 
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+use rand::Rng;
 use uuid::Uuid;
 
 use super::run_pk;
 use crate::run::LogLine;
 use crate::store::{cursor, item, Page, Store, StoreResult};
 
+/// Batch writes tried before the lines they still hold are given up.
+const LOG_WRITE_ATTEMPTS: u32 = 8;
+
 impl Store {
-    /// Appends log lines to a run, 25 per request.
+    /// Appends log lines to a run, 25 per request, each message bounded
+    /// ([`LogLine::bounded`]).
     pub async fn append_logs(&self, run_id: Uuid, lines: &[LogLine]) -> StoreResult<()> {
         for chunk in lines.chunks(25) {
-            let mut requests = chunk
+            let requests = chunk
                 .iter()
                 .map(|line| {
                     let item = item(
-                        line,
+                        &line.clone().bounded(),
                         &[
                             ("pk", run_pk(run_id)),
                             ("sk", format!("LOG#{}", Uuid::now_v7())),
@@ -29,27 +37,53 @@ impl Store {
                     Ok(WriteRequest::builder().put_request(put).build())
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            for _attempt in 0..5 {
-                let out = self
-                    .ddb
-                    .batch_write_item()
-                    .request_items(&self.runs_table, requests)
-                    .send()
-                    .await
-                    .context("Failed to write run logs")?;
-                requests = out
-                    .unprocessed_items
-                    .and_then(|mut u| u.remove(&self.runs_table))
-                    .unwrap_or_default();
-                if requests.is_empty() {
-                    break;
-                }
-            }
-            if !requests.is_empty() {
-                return Err(anyhow::anyhow!("DynamoDB kept leaving run logs unprocessed").into());
-            }
+            self.write_log_batch(requests).await?;
         }
         Ok(())
+    }
+
+    /// Writes one batch, retrying the items left unprocessed and throttled requests with
+    /// jittered exponential backoff, at most [`LOG_WRITE_ATTEMPTS`] times.
+    async fn write_log_batch(&self, mut requests: Vec<WriteRequest>) -> StoreResult<()> {
+        for attempt in 0..LOG_WRITE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            let sent = self
+                .ddb
+                .batch_write_item()
+                .request_items(&self.runs_table, requests.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(out) => {
+                    requests = out
+                        .unprocessed_items
+                        .and_then(|mut u| u.remove(&self.runs_table))
+                        .unwrap_or_default();
+                    if requests.is_empty() {
+                        return Ok(());
+                    }
+                }
+                Err(err)
+                    if err.as_service_error().is_some_and(|e| {
+                        e.is_provisioned_throughput_exceeded_exception()
+                            || e.is_request_limit_exceeded()
+                            || e.is_throttling_exception()
+                            || e.is_internal_server_error()
+                    }) => {}
+                Err(err) => {
+                    return Err(anyhow::Error::new(err)
+                        .context("Failed to write run logs")
+                        .into())
+                }
+            }
+        }
+        Err(anyhow::anyhow!(
+            "DynamoDB kept leaving {} run log lines unwritten after {LOG_WRITE_ATTEMPTS} attempts",
+            requests.len()
+        )
+        .into())
     }
 
     /// A page of a run's log lines, oldest first.
@@ -68,5 +102,23 @@ impl Store {
         if let Err(error) = self.append_logs(run_id, lines).await {
             tracing::warn!(%run_id, error = %error, "could not store run log lines");
         }
+    }
+}
+
+/// The wait before retry `attempt` (from 1): a random share of 25 ms × 2^attempt, at most 2 s.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = (25u64 << attempt.min(7)).min(2000);
+    Duration::from_millis(rand::thread_rng().gen_range(ceiling / 2..=ceiling))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        assert!(backoff(1) <= Duration::from_millis(50));
+        assert!(backoff(20) <= Duration::from_secs(2));
+        assert!(backoff(20) >= Duration::from_secs(1));
     }
 }

@@ -22,10 +22,10 @@ use anyhow::Context;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use uuid::Uuid;
 
 use super::{cursor, item, key, s, Item, Page, Store, StoreResult};
+use crate::payload::Payload;
 use crate::run::{RunStatus, StepRecord, StepStatus, Trigger, Usage};
 
 mod log;
@@ -72,10 +72,10 @@ pub struct StepEnd {
     pub duration_ms: u64,
     /// Why it failed.
     pub error_message: Option<String>,
-    /// What it sent.
-    pub request: Option<Value>,
-    /// What it produced.
-    pub response: Option<Value>,
+    /// What it sent, as the record keeps it.
+    pub request: Option<Payload>,
+    /// What it produced, as the record keeps it.
+    pub response: Option<Payload>,
     /// What the attempt spent.
     pub usage: Usage,
 }
