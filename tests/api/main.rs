@@ -19,6 +19,7 @@ mod run_recovery;
 mod runs;
 mod security;
 mod sessions;
+mod store_races;
 mod template;
 mod throttle;
 mod tools;

@@ -7,7 +7,6 @@
 //! The app has no worker: a run stays `queued` unless a test drives the engine or the worker.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
@@ -16,7 +15,7 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 use spark_ops::engine::run::{Engine, Outcome};
 use spark_ops::engine::worker::{QueueMessage, Worker};
-use spark_ops::run::{step_sk, Run, RunChange, RunStatus, StepRecord, StepStatus, Usage};
+use spark_ops::run::{step_sk, Run, StepRecord, StepStatus, Usage};
 use spark_ops::store::runs::{Claim, StepEnd};
 use spark_ops_tests::{spawn_app, NoHeartbeat, Reply, TestApp};
 use uuid::Uuid;
@@ -265,17 +264,7 @@ async fn steps(app: &TestApp, token: &str, id: &str) -> Vec<Value> {
 
 /// Moves a queued run to `running`, as a worker starting it would.
 async fn to_running(app: &TestApp, id: &str) -> Run {
-    let run = stored_run(app, id).await;
-    let now = app.state.clock.now();
-    let change = RunChange {
-        started_at: Some(now),
-        ..RunChange::default()
-    };
-    app.state
-        .store
-        .transition_run(&run, RunStatus::Running, now, change)
-        .await
-        .expect("a queued run starts")
+    app.run_to_running(id.parse().expect("a run id")).await
 }
 
 /// A fresh record of top-level step `idx`, as a worker claiming it would write.
@@ -1710,41 +1699,7 @@ async fn a_run_cost_is_the_exact_sum_of_its_step_costs() {
 
 /// Waits for the lifecycle to send a `kind` message about `run_id` on the run queue.
 async fn next_message(app: &TestApp, kind: &str, run_id: &str) -> QueueMessage {
-    let queue = app
-        .state
-        .config
-        .run_queue_url
-        .clone()
-        .expect("the run queue is provisioned");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = app
-            .state
-            .clients
-            .sqs
-            .receive_message()
-            .queue_url(&queue)
-            .max_number_of_messages(10)
-            .wait_time_seconds(2)
-            .send()
-            .await
-            .expect("the run queue answers");
-        for message in out.messages.unwrap_or_default() {
-            let body = message.body.unwrap_or_default();
-            let task: Value = serde_json::from_str(&body).unwrap_or_default();
-            if task["kind"] == kind && task["run_id"] == run_id {
-                return QueueMessage {
-                    message_id: message.message_id.unwrap_or_default(),
-                    receipt_handle: None,
-                    body,
-                };
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no `{kind}` message for run {run_id} within 60 s"
-        );
-    }
+    app.next_lifecycle_message(kind, run_id).await
 }
 
 #[tokio::test]
