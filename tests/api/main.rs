@@ -11,6 +11,7 @@ mod health;
 mod lambda_events;
 mod manifests;
 mod members;
+mod project_settings;
 mod projects;
 mod run_governance;
 mod run_loops;

@@ -9,6 +9,7 @@ use super::access::check_version;
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::{Name, Role, Slug};
+use crate::engine::cost;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::governance::Governance;
 use crate::state::AppState;
@@ -30,7 +31,9 @@ pub struct CreateProject {
     pub description: Option<String>,
     /// Settings object (at most 32 KiB). Free-form, except the governance settings
     /// `approvals.allow_self_approval` (boolean, default `false`) and `trusted_publishers`
-    /// (key ids, or `<key id>/<project id>`; default empty, accepting any trusted signature).
+    /// (key ids, or `<key id>/<project id>`; default empty, accepting any trusted signature),
+    /// and `model_prices` (model → `{input_per_million, output_per_million}`, decimal strings
+    /// or numbers), all checked when saved.
     #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -52,8 +55,9 @@ pub struct UpdateProject {
     pub version: Option<u64>,
 }
 
-/// Records errors for settings that are too large, that DynamoDB cannot store, or whose
-/// governance settings are invalid.
+/// Records errors for settings that are too large, that DynamoDB cannot store, or that the
+/// platform reads and cannot parse: the governance settings and `model_prices`, each checked
+/// by the parser its reader uses, so what is saved is what runs.
 fn check_settings(
     settings: &serde_json::Map<String, serde_json::Value>,
     errors: &mut Vec<FieldError>,
@@ -62,6 +66,7 @@ fn check_settings(
     if let Err(invalid) = Governance::parse(settings) {
         errors.extend(invalid);
     }
+    errors.extend(cost::validate_model_prices(settings));
 }
 
 /// Parses a project id from the path; a malformed one cannot name a project, so `404`.
