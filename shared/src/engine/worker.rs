@@ -304,21 +304,7 @@ impl Worker {
     }
 
     async fn queue_url(&self) -> anyhow::Result<String> {
-        if let Some(url) = &self.state.config.run_queue_url {
-            return Ok(url.clone());
-        }
-        let name = self.state.config.run_queue_name();
-        let out = self
-            .state
-            .clients
-            .sqs
-            .get_queue_url()
-            .queue_name(&name)
-            .send()
-            .await
-            .with_context(|| format!("Failed to find queue {name}"))?;
-        out.queue_url
-            .with_context(|| format!("queue {name} has no URL"))
+        lifecycle::run_queue_url(&self.state).await
     }
 
     /// Long-polls the run queue until `shutdown` resolves, handling what arrives. Handled
