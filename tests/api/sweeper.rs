@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde_json::{json, Value};
 use spark_ops::engine::lifecycle::{self, Execution};
 use spark_ops::engine::run::Outcome;
-use spark_ops::engine::sweeper::{self, SweepReport, QUIET};
+use spark_ops::engine::sweeper::{self, SweepReport, QUIET, STALLED};
 use spark_ops::engine::worker::{QueueMessage, Worker};
 use spark_ops::run::{Run, RunStatus, MAX_TURNS};
 use spark_ops_tests::{spawn_app, unique_slug, NoHeartbeat, TestApp};
@@ -147,6 +147,33 @@ async fn an_approved_run_whose_approval_was_never_parked_goes_on_and_is_not_canc
     // is still queued, never cancelled
     take_message(&app, "execute", id).await;
     assert_eq!(stored(&app, id).await.status, RunStatus::Queued);
+}
+
+#[tokio::test]
+async fn an_execute_task_unanswered_too_long_is_sent_again_and_a_fresh_one_is_not() {
+    // GIVEN a run whose `execute` message was lost
+    let app = spawn_app().await;
+    let (owner, body) = world(&app).await;
+    let id = app.start_run(&owner, body).await;
+    take_message(&app, "execute", id).await;
+
+    // WHEN the sweeper runs before the task counts as stalled
+    let early = sweep_later(&app).await;
+
+    // THEN it leaves the task alone
+    assert_eq!((early.examined, early.redelivered), (1, 0), "{early:?}");
+
+    // WHEN it runs once the task has waited longer than a slice and a step's lease
+    app.clock
+        .advance(chrono::Duration::from_std(STALLED).unwrap());
+    let late = sweeper::sweep(&app.state).await.unwrap();
+
+    // THEN the same task is on the run queue again, and a worker runs the slice
+    assert_eq!(late.redelivered, 1, "{late:?}");
+    let message = take_message(&app, "execute", id).await;
+    let worker = Worker::new(app.state.clone()).await.unwrap();
+    assert!(worker.handle_batch(vec![message]).await.is_empty());
+    assert_eq!(stored(&app, id).await.status, RunStatus::AwaitingInput);
 }
 
 #[tokio::test]
