@@ -22,7 +22,7 @@ use axum::http::{Method, StatusCode};
 use futures::future::join_all;
 use rust_decimal::Decimal;
 use serde_json::json;
-use spark_ops::run::{RunStatus, StepRecord, StepStatus, Usage};
+use spark_ops::run::{Run, RunStatus, StepRecord, StepStatus, Usage};
 use spark_ops::store::runs::{Claim, StepEnd};
 use spark_ops::store::{Store, StoreError};
 use spark_ops_tests::{dynamodb_url, local_sdk_config, spawn_app, TestApp};
@@ -34,57 +34,18 @@ const STEPS: u32 = 16;
 async fn a_cancel_racing_many_step_commits_loses_no_tokens_or_cost() {
     // GIVEN a running run with many claimed steps
     let app = spawn_app().await;
-    let owner = app.user("Owner").await;
-    let project = app.project(&owner, "Races").await;
-    let agent = app.agent(&owner, &project, "gpt-4o-mini").await;
-    let definition = json!({"steps": [
-        {"id": "ask", "type": "human", "config": {"instructions": "Check it"}}
-    ]});
-    let workflow = app.released_workflow(&owner, &project, definition).await;
-    let id = app
-        .start_run(
-            &owner,
-            json!({"workflow_id": workflow, "agent_id": agent, "env": "dev"}),
-        )
-        .await;
+    let (owner, run) = running_run(&app).await;
+    let id = run.id;
     let store = &app.state.store;
-    let run = app.run_to_running(id).await;
     let now = app.state.clock.now();
     let mut records = Vec::new();
     for idx in 0..STEPS {
-        let record = StepRecord::claim(
-            run.id,
-            idx,
-            None,
-            &format!("s{idx}"),
-            "prompt",
-            now,
-            now + chrono::Duration::minutes(5),
-            0,
-        );
-        assert!(matches!(
-            store.claim_step(&record).await.unwrap(),
-            Claim::Claimed
-        ));
-        records.push(record);
+        records.push(claimed(&app, &run, idx).await);
     }
 
     // WHEN every step commits its usage at once while the owner cancels the run
-    let end = |idx: u32| StepEnd {
-        status: StepStatus::Succeeded,
-        at: now,
-        duration_ms: 5,
-        error_message: None,
-        request: None,
-        response: Some(json!({"n": idx})),
-        usage: Usage {
-            tokens_prompt: 3,
-            tokens_completion: 2,
-            usd_cost: Decimal::new(i64::from(idx) + 1, 4),
-        },
-    };
     let commits = join_all(records.iter().map(|r| {
-        let end = end(r.idx);
+        let end = costing(now, Decimal::new(i64::from(r.idx) + 1, 4));
         async move { store.finish_step(r, &end).await }
     }));
     let cancel_path = format!("/api/v1/runs/{id}/cancel");
@@ -113,7 +74,7 @@ async fn a_cancel_racing_many_step_commits_loses_no_tokens_or_cost() {
         (cost, prompt, completion)
     );
     assert_eq!(cost, Decimal::new(136, 4), "0.0001 + … + 0.0016");
-    assert_eq!(prompt, 3 * u64::from(STEPS));
+    assert_eq!(prompt, 10 * u64::from(STEPS));
 }
 
 /// DynamoDB's answer to a transaction whose second item another transaction holds.
@@ -198,10 +159,10 @@ async fn conflicting_store(app: &TestApp) -> (Store, Arc<Conflicts>) {
     (Store::new(ddb, &app.state.config), conflicts)
 }
 
-/// A running run of one claimed step; returns the step's record.
-async fn one_claimed_step(app: &TestApp) -> StepRecord {
+/// A running run of a one-step workflow, and its owner's token.
+async fn running_run(app: &TestApp) -> (String, Run) {
     let owner = app.user("Owner").await;
-    let project = app.project(&owner, "Conflicts").await;
+    let project = app.project(&owner, "Races").await;
     let agent = app.agent(&owner, &project, "gpt-4o-mini").await;
     let definition = json!({"steps": [
         {"id": "ask", "type": "human", "config": {"instructions": "Check it"}}
@@ -213,13 +174,17 @@ async fn one_claimed_step(app: &TestApp) -> StepRecord {
             json!({"workflow_id": workflow, "agent_id": agent, "env": "dev"}),
         )
         .await;
-    let run = app.run_to_running(id).await;
+    (owner, app.run_to_running(id).await)
+}
+
+/// Claims step `idx` of a running run; returns its record.
+async fn claimed(app: &TestApp, run: &Run, idx: u32) -> StepRecord {
     let now = app.state.clock.now();
     let record = StepRecord::claim(
         run.id,
-        0,
+        idx,
         None,
-        "ask",
+        &format!("s{idx}"),
         "prompt",
         now,
         now + chrono::Duration::minutes(5),
@@ -232,6 +197,13 @@ async fn one_claimed_step(app: &TestApp) -> StepRecord {
     record
 }
 
+/// A running run of one claimed step; returns the step's record.
+async fn one_claimed_step(app: &TestApp) -> StepRecord {
+    let (_, run) = running_run(app).await;
+    claimed(app, &run, 0).await
+}
+
+/// A successful attempt's end that spent 10 + 5 tokens costing `cost`.
 fn costing(at: chrono::DateTime<chrono::Utc>, cost: Decimal) -> StepEnd {
     StepEnd {
         status: StepStatus::Succeeded,

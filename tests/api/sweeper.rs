@@ -53,6 +53,22 @@ async fn take_message(app: &TestApp, kind: &str, run_id: Uuid) -> QueueMessage {
     app.next_lifecycle_message(kind, &run_id.to_string()).await
 }
 
+/// A run waiting for approval whose approval message was lost before a worker parked its
+/// token; returns `(owner token, run id)`.
+async fn approval_lost(app: &TestApp) -> (String, Uuid) {
+    let (owner, mut body) = world(app).await;
+    body["require_approval"] = json!(true);
+    let id = app.start_run(&owner, body).await;
+    take_message(app, "approval", id).await;
+    (owner, id)
+}
+
+/// Has a worker handle `message`, which must succeed.
+async fn handle(app: &TestApp, message: QueueMessage) {
+    let worker = Worker::new(app.state.clone()).await.unwrap();
+    assert!(worker.handle_batch(vec![message]).await.is_empty());
+}
+
 /// A copy of the stored run `id` under a new id, stored without an execution, as when the
 /// lifecycle's start failed after the run was written.
 async fn orphan_of(app: &TestApp, id: Uuid) -> Run {
@@ -96,10 +112,7 @@ async fn a_lost_approval_message_is_sent_again_and_its_token_parked() {
     // GIVEN a run waiting for approval whose approval message was lost before a worker
     // parked its token
     let app = spawn_app().await;
-    let (owner, mut body) = world(&app).await;
-    body["require_approval"] = json!(true);
-    let id = app.start_run(&owner, body).await;
-    take_message(&app, "approval", id).await;
+    let (_, id) = approval_lost(&app).await;
     assert!(stored(&app, id).await.task_token.is_none());
 
     // WHEN the sweeper runs
@@ -107,9 +120,7 @@ async fn a_lost_approval_message_is_sent_again_and_its_token_parked() {
 
     // THEN the approval message is on the run queue again, and a worker parks its token
     assert_eq!(report.redelivered, 1, "{report:?}");
-    let message = take_message(&app, "approval", id).await;
-    let worker = Worker::new(app.state.clone()).await.unwrap();
-    assert!(worker.handle_batch(vec![message]).await.is_empty());
+    handle(&app, take_message(&app, "approval", id).await).await;
     let run = stored(&app, id).await;
     assert_eq!(run.status, RunStatus::AwaitingApproval);
     assert!(run.task_token.is_some());
@@ -123,10 +134,7 @@ async fn an_approved_run_whose_approval_was_never_parked_goes_on_and_is_not_canc
     // GIVEN a run approved while its approval message was lost (no token was parked, so the
     // approval answered nothing)
     let app = spawn_app().await;
-    let (owner, mut body) = world(&app).await;
-    body["require_approval"] = json!(true);
-    let id = app.start_run(&owner, body).await;
-    take_message(&app, "approval", id).await;
+    let (owner, id) = approval_lost(&app).await;
     let approved = app
         .post(
             &format!("/api/v1/runs/{id}/approve"),
@@ -139,9 +147,7 @@ async fn an_approved_run_whose_approval_was_never_parked_goes_on_and_is_not_canc
     // WHEN the sweeper runs and a worker handles what it sent again
     let report = sweep_later(&app).await;
     assert_eq!(report.redelivered, 1, "{report:?}");
-    let message = take_message(&app, "approval", id).await;
-    let worker = Worker::new(app.state.clone()).await.unwrap();
-    assert!(worker.handle_batch(vec![message]).await.is_empty());
+    handle(&app, take_message(&app, "approval", id).await).await;
 
     // THEN the worker answered the approval: the lifecycle asks to execute the run, which
     // is still queued, never cancelled
@@ -170,9 +176,7 @@ async fn an_execute_task_unanswered_too_long_is_sent_again_and_a_fresh_one_is_no
 
     // THEN the same task is on the run queue again, and a worker runs the slice
     assert_eq!(late.redelivered, 1, "{late:?}");
-    let message = take_message(&app, "execute", id).await;
-    let worker = Worker::new(app.state.clone()).await.unwrap();
-    assert!(worker.handle_batch(vec![message]).await.is_empty());
+    handle(&app, take_message(&app, "execute", id).await).await;
     assert_eq!(stored(&app, id).await.status, RunStatus::AwaitingInput);
 }
 
