@@ -203,6 +203,10 @@ async fn one_claimed_step(app: &TestApp) -> StepRecord {
     claimed(app, &run, 0).await
 }
 
+async fn stored(app: &TestApp, id: uuid::Uuid) -> Run {
+    app.state.store.get_run(id).await.unwrap().unwrap()
+}
+
 /// A successful attempt's end that spent 10 + 5 tokens costing `cost`.
 fn costing(at: chrono::DateTime<chrono::Utc>, cost: Decimal) -> StepEnd {
     StepEnd {
@@ -240,13 +244,7 @@ async fn a_commit_that_loses_races_is_retried_until_it_lands_once() {
     // THEN it landed on the fourth attempt, and the run counts its usage once
     assert!(landed);
     assert_eq!(conflicts.sent.load(Ordering::SeqCst), 4);
-    let run = app
-        .state
-        .store
-        .get_run(record.run_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let run = stored(&app, record.run_id).await;
     assert_eq!(
         (run.usage.usd_cost, run.usage.tokens_prompt),
         (Decimal::new(25, 3), 10)
@@ -264,13 +262,7 @@ async fn a_commit_that_loses_races_is_retried_until_it_lands_once() {
     // THEN that is final at once: one more transaction, nothing counted
     assert!(!again);
     assert_eq!(conflicts.sent.load(Ordering::SeqCst), 5);
-    let run = app
-        .state
-        .store
-        .get_run(record.run_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let run = stored(&app, record.run_id).await;
     assert_eq!(run.usage.usd_cost, Decimal::new(25, 3));
 }
 
@@ -295,12 +287,6 @@ async fn a_commit_that_keeps_losing_races_gives_up_with_the_conflict() {
         "{err:?}"
     );
     assert_eq!(conflicts.sent.load(Ordering::SeqCst), 8);
-    let run = app
-        .state
-        .store
-        .get_run(record.run_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let run = stored(&app, record.run_id).await;
     assert_eq!(run.usage.usd_cost, Decimal::ZERO);
 }
