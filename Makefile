@@ -4,7 +4,7 @@
 
 SCRIPTS := infra/local
 
-.PHONY: help dev test test-long-loop build lint services stop status install lock clean-local
+.PHONY: help dev test test-long-loop build lint services stop status install lock clean-local redrive
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "  make %-12s %s\n", $$1, $$2 }'
@@ -42,3 +42,6 @@ lock: ## Regenerate the Python lock files from infra/local/versions.env
 
 clean-local: ## Stop the services and delete .local/
 	@bash $(SCRIPTS)/clean-local.sh
+
+redrive: ## Move the run dead-letter queue's messages back to the run queue (SPARK_OPS_PREFIX, default spark-ops-dev)
+	@bash -c 'source $(SCRIPTS)/lib.sh && aws_env && cargo build -q -p spark-ops-dev-server && SPARK_OPS_PREFIX="$${SPARK_OPS_PREFIX:-spark-ops-dev}" "$$(cargo_target_dir)/debug/spark-ops-dev" redrive'

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use spark_ops::engine::run::{Engine, Outcome};
 use spark_ops::engine::worker::{QueueMessage, Worker};
 use spark_ops::payload::Payload;
-use spark_ops::run::{step_sk, Run, RunChange, RunStatus, StepRecord, StepStatus, Usage};
+use spark_ops::run::{step_sk, Run, StepRecord, StepStatus, Usage};
 use spark_ops::store::runs::{Claim, StepEnd};
 use spark_ops_tests::{spawn_app, NoHeartbeat, Reply, TestApp};
 use uuid::Uuid;
@@ -265,17 +265,7 @@ async fn steps(app: &TestApp, token: &str, id: &str) -> Vec<Value> {
 
 /// Moves a queued run to `running`, as a worker starting it would.
 async fn to_running(app: &TestApp, id: &str) -> Run {
-    let run = stored_run(app, id).await;
-    let now = app.state.clock.now();
-    let change = RunChange {
-        started_at: Some(now),
-        ..RunChange::default()
-    };
-    app.state
-        .store
-        .transition_run(&run, RunStatus::Running, now, change)
-        .await
-        .expect("a queued run starts")
+    app.run_to_running(id.parse().expect("a run id")).await
 }
 
 /// A fresh record of top-level step `idx`, as a worker claiming it would write.

@@ -534,7 +534,7 @@ fn the_run_queue_hides_a_message_for_at_least_six_worker_timeouts() {
 #[test]
 fn the_run_functions_are_told_the_state_machine_and_the_run_queue() {
     let template = template();
-    for binary in ["runs", "run-worker"] {
+    for binary in ["runs", "run-worker", "sweeper"] {
         // GIVEN the function's environment
         let (logical, function) = function(&template, binary);
         let variables = &function["Environment"]["Variables"];
@@ -551,6 +551,19 @@ fn the_run_functions_are_told_the_state_machine_and_the_run_queue() {
             "{logical} RUN_QUEUE_URL"
         );
     }
+}
+
+#[test]
+fn the_sweeper_runs_on_a_rate_schedule_and_nothing_else() {
+    let template = template();
+    let (logical, sweeper) = function(&template, "sweeper");
+    let events: Vec<&Value> = sweeper["Events"].as_mapping().unwrap().values().collect();
+    assert_eq!(events.len(), 1, "{logical} has one event");
+    assert_eq!(events[0]["Type"], "Schedule");
+    assert!(
+        text(&events[0]["Properties"]["Schedule"]).starts_with("rate("),
+        "{logical} runs on a rate"
+    );
 }
 
 #[test]

@@ -17,10 +17,11 @@ use axum::Router;
 use chrono::Utc;
 use http_body_util::BodyExt;
 use serde_json::Value;
-use spark_ops::clock::ManualClock;
+use spark_ops::clock::{Clock, ManualClock};
 use spark_ops::engine::run::Engine;
 use spark_ops::engine::worker::QueueMessage;
 use spark_ops::outbound::{Egress, EgressPolicy, HostPort};
+use spark_ops::run::{Run, RunChange, RunStatus};
 use spark_ops::state::Clients;
 use spark_ops::store::provision::provision;
 use spark_ops::{api, AppState, Config};
@@ -653,6 +654,74 @@ impl TestApp {
             }
         }
         found.into_iter().flatten().collect()
+    }
+
+    /// Waits (60 s at most) for the lifecycle to send a `kind` message about `run_id` on the
+    /// run queue. It and every message read before it leave the queue, as if a worker took
+    /// them: hand it to a [`Worker`](spark_ops::engine::worker::Worker), or drop it to lose it.
+    pub async fn next_lifecycle_message(&self, kind: &str, run_id: &str) -> QueueMessage {
+        let queue = self
+            .state
+            .config
+            .run_queue_url
+            .clone()
+            .expect("the run queue is provisioned");
+        let sqs = &self.state.clients.sqs;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let out = sqs
+                .receive_message()
+                .queue_url(&queue)
+                .max_number_of_messages(10)
+                .wait_time_seconds(2)
+                .send()
+                .await
+                .expect("the run queue answers");
+            for message in out.messages.unwrap_or_default() {
+                if let Some(receipt) = &message.receipt_handle {
+                    sqs.delete_message()
+                        .queue_url(&queue)
+                        .receipt_handle(receipt)
+                        .send()
+                        .await
+                        .expect("the run queue deletes a message");
+                }
+                let body = message.body.unwrap_or_default();
+                let task: Value = serde_json::from_str(&body).unwrap_or_default();
+                if task["kind"] == kind && task["run_id"] == run_id {
+                    return QueueMessage {
+                        message_id: message.message_id.unwrap_or_default(),
+                        receipt_handle: None,
+                        body,
+                    };
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{kind}` message for run {run_id} within 60 s"
+            );
+        }
+    }
+
+    /// Moves the stored run `id` to `running`, as a worker starting it would.
+    pub async fn run_to_running(&self, id: uuid::Uuid) -> Run {
+        let run = self
+            .state
+            .store
+            .get_run(id)
+            .await
+            .expect("the run reads")
+            .expect("the run exists");
+        let now = self.clock.now();
+        let change = RunChange {
+            started_at: Some(now),
+            ..RunChange::default()
+        };
+        self.state
+            .store
+            .transition_run(&run, RunStatus::Running, now, change)
+            .await
+            .expect("the run starts")
     }
 
     /// The bodies waiting in the run queue's dead-letter queue (received, so hidden for a

@@ -1,14 +1,20 @@
 //! The local control plane: provisions the resources on the local AWS services, then serves
 //! every router on one port (`PORT`, default 3000) with the same code the Lambda functions run,
 //! and runs the run worker's queue loops in the same process (`RUN_WORKER_LOOPS`, default 4;
-//! `RUN_WORKER_ENABLED=false` turns them off, for a worker run elsewhere).
+//! `RUN_WORKER_ENABLED=false` turns them off, for a worker run elsewhere) and the sweeper
+//! every `SWEEPER_INTERVAL_SECONDS` (default 60; `0` turns it off).
+//!
+//! `spark-ops-dev redrive` instead moves the run dead-letter queue's messages back to the run
+//! queue and exits (`make redrive`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use spark_ops::clock::SystemClock;
 use spark_ops::engine::worker::Worker;
+use spark_ops::engine::{redrive, sweeper};
 use spark_ops::state::Clients;
 use spark_ops::store::provision::provision;
 use spark_ops::{api, bootstrap, AppState, Config};
@@ -25,6 +31,21 @@ async fn main() -> anyhow::Result<()> {
     };
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let clients = Clients::new(&sdk);
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("redrive") => {
+            let moved = redrive::redrive(&clients.sqs, &config).await?;
+            println!("moved {moved} message(s) from the run dead-letter queue to the run queue");
+            return Ok(());
+        }
+        Some(other) => anyhow::bail!("unknown command {other:?}; the only one is `redrive`"),
+    }
+    let sweep_every: u64 = match std::env::var("SWEEPER_INTERVAL_SECONDS") {
+        Ok(raw) => raw.parse().with_context(|| {
+            format!("SWEEPER_INTERVAL_SECONDS must be a number of seconds, got {raw:?}")
+        })?,
+        Err(_) => 60,
+    };
     provision(&clients, &mut config)
         .await
         .context("Failed to provision the local resources; are the local services running?")?;
@@ -61,16 +82,37 @@ async fn main() -> anyhow::Result<()> {
             }));
         }
     }
+    if sweep_every > 0 {
+        let state = state.clone();
+        let mut stopped = worker_stopped.clone();
+        workers.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(sweep_every));
+            loop {
+                tokio::select! {
+                    _ = stopped.wait_for(|stop| *stop) => return,
+                    _ = ticks.tick() => {}
+                }
+                if let Err(error) = sweeper::sweep(&state).await {
+                    tracing::warn!(error = ?error, "a sweep failed");
+                }
+            }
+        }));
+    }
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("Failed to listen on {addr}; set PORT to use another port"))?;
     let base = format!("http://{addr}");
     tracing::info!(%base, "Spark-Ops dev server listening");
-    let worker_note = if workers.is_empty() {
+    let worker_note = if worker_loops == 0 {
         "off (RUN_WORKER_ENABLED=false)".to_owned()
     } else {
-        format!("{} loop(s) polling the run queue", workers.len())
+        format!("{worker_loops} loop(s) polling the run queue")
+    };
+    let sweeper_note = if sweep_every == 0 {
+        "off (SWEEPER_INTERVAL_SECONDS=0)".to_owned()
+    } else {
+        format!("every {sweep_every} s")
     };
     let egress = &state.config.egress.allow;
     let egress_note = if egress.is_empty() {
@@ -79,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
         let allowed: Vec<String> = egress.iter().map(ToString::to_string).collect();
         format!("public internet, and {} (EGRESS_ALLOW)", allowed.join(", "))
     };
-    println!("\nSpark-Ops control plane is up:\n  API     {base}/api/v1\n  Docs    {base}/docs\n  OpenAPI {base}/api/v1/openapi.json\n  Health  {base}/health\n  Worker  {worker_note}\n  Egress  {egress_note}\nPress Ctrl-C to stop.\n");
+    println!("\nSpark-Ops control plane is up:\n  API     {base}/api/v1\n  Docs    {base}/docs\n  OpenAPI {base}/api/v1/openapi.json\n  Health  {base}/health\n  Worker  {worker_note}\n  Sweeper {sweeper_note}\n  Egress  {egress_note}\nPress Ctrl-C to stop.\n");
     // The peer address feeds the per-address login and registration throttles.
     let app = api::app(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)

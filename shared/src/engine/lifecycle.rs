@@ -2,10 +2,14 @@
 //!
 //! Each run has exactly one execution, named by the run id, of the state machine in
 //! `infra/statemachine/run-lifecycle.asl.json`. Starting it again with the same name and
-//! input returns the same execution, so a retried request starts nothing twice.
+//! input returns the same execution, so a retried request starts nothing twice. The sweeper
+//! reads an execution's state and the task it waits on (from the end of its history) here,
+//! and sends a lost task's message again.
 
 use anyhow::Context;
 use aws_sdk_sfn::error::ProvideErrorMetadata;
+use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -72,8 +76,19 @@ pub async fn stop(state: &AppState, run_id: Uuid, cause: &str) -> anyhow::Result
     }
 }
 
-/// Whether a run's execution is still going (and so can still be answered).
-pub async fn is_running(state: &AppState, run_id: Uuid) -> anyhow::Result<bool> {
+/// Where a run's execution is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Execution {
+    /// It was never started (or has expired from Step Functions' records).
+    Missing,
+    /// It is still going.
+    Running,
+    /// It ended, with this Step Functions status (`SUCCEEDED`, `FAILED`, `TIMED_OUT`, …).
+    Ended(String),
+}
+
+/// Where run `run_id`'s execution is.
+pub async fn execution(state: &AppState, run_id: Uuid) -> anyhow::Result<Execution> {
     let arn = execution_arn(state_machine_arn(state)?, run_id);
     match state
         .clients
@@ -83,9 +98,133 @@ pub async fn is_running(state: &AppState, run_id: Uuid) -> anyhow::Result<bool> 
         .send()
         .await
     {
-        Ok(execution) => Ok(execution.status() == &aws_sdk_sfn::types::ExecutionStatus::Running),
-        Err(err) if err.code() == Some("ExecutionDoesNotExist") => Ok(false),
+        Ok(execution) => Ok(match execution.status() {
+            ExecutionStatus::Running => Execution::Running,
+            other => Execution::Ended(other.as_str().to_owned()),
+        }),
+        Err(err) if err.code() == Some("ExecutionDoesNotExist") => Ok(Execution::Missing),
         Err(err) => Err(anyhow::Error::new(err).context("Failed to read the run's execution")),
+    }
+}
+
+/// Whether a run's execution is still going (and so can still be answered).
+pub async fn is_running(state: &AppState, run_id: Uuid) -> anyhow::Result<bool> {
+    Ok(execution(state, run_id).await? == Execution::Running)
+}
+
+/// The task a running execution waits on: the message its current state sent to the run
+/// queue, which carries the task token.
+#[derive(Clone, Debug)]
+pub struct PendingTask {
+    /// The message as the state machine sent it (`{kind, run_id, task_token}`).
+    pub message: Value,
+    /// The task's token.
+    pub token: String,
+    /// When the state machine sent it.
+    pub sent_at: DateTime<Utc>,
+}
+
+/// Events read back from the end of an execution's history to find its current task:
+/// scheduling a task adds three events (scheduled, started, submitted), and a waiting
+/// execution adds none until the task is answered.
+const HISTORY_TAIL: i32 = 10;
+
+/// The task run `run_id`'s execution waits on, read from the end of its history: the
+/// latest `TaskScheduled` event not yet followed by the task's end. `None` between tasks,
+/// or if the execution does not exist.
+pub async fn pending_task(state: &AppState, run_id: Uuid) -> anyhow::Result<Option<PendingTask>> {
+    let arn = execution_arn(state_machine_arn(state)?, run_id);
+    let history = match state
+        .clients
+        .sfn
+        .get_execution_history()
+        .execution_arn(arn)
+        .reverse_order(true)
+        .max_results(HISTORY_TAIL)
+        .send()
+        .await
+    {
+        Ok(history) => history,
+        Err(err) if err.code() == Some("ExecutionDoesNotExist") => return Ok(None),
+        Err(err) => {
+            return Err(
+                anyhow::Error::new(err).context("Failed to read the run's execution history")
+            )
+        }
+    };
+    for event in history.events() {
+        match event.r#type() {
+            HistoryEventType::TaskScheduled => {
+                let Some(details) = event.task_scheduled_event_details() else {
+                    return Ok(None);
+                };
+                let parameters: Value = serde_json::from_str(details.parameters())
+                    .context("A task's parameters are not JSON")?;
+                // The body is an object in the definition; Step Functions may hand it back
+                // as JSON text.
+                let message = match &parameters["MessageBody"] {
+                    Value::String(text) => {
+                        serde_json::from_str(text).context("A task's message body is not JSON")?
+                    }
+                    other => other.clone(),
+                };
+                let Some(token) = message["task_token"].as_str().map(str::to_owned) else {
+                    return Ok(None);
+                };
+                let at = event.timestamp();
+                let sent_at = DateTime::from_timestamp(at.secs(), at.subsec_nanos())
+                    .context("A history event's time is out of range")?;
+                return Ok(Some(PendingTask {
+                    message,
+                    token,
+                    sent_at,
+                }));
+            }
+            HistoryEventType::TaskSucceeded
+            | HistoryEventType::TaskFailed
+            | HistoryEventType::TaskTimedOut
+            | HistoryEventType::TaskStartFailed
+            | HistoryEventType::TaskSubmitFailed => return Ok(None),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Sends `message` to the run queue again, as the state machine sent it: the worker
+/// handles a duplicate as it handles every redelivery.
+pub async fn redeliver(state: &AppState, message: &Value) -> anyhow::Result<()> {
+    let queue_url = run_queue_url(state).await?;
+    state
+        .clients
+        .sqs
+        .send_message()
+        .queue_url(queue_url)
+        .message_body(message.to_string())
+        .send()
+        .await
+        .context("Failed to send a lifecycle task to the run queue again")?;
+    Ok(())
+}
+
+/// The run queue's URL: configured, or looked up by its name.
+pub async fn run_queue_url(state: &AppState) -> anyhow::Result<String> {
+    super::redrive::run_queue_url(&state.clients.sqs, &state.config).await
+}
+
+/// Ends the lifecycle of a run that was just cancelled or rejected: fails the task parked
+/// on the run, if any (the state machine routes that to its `Cancelled` end; a worker that
+/// parks a token later finds the run cancelled and fails it itself), and stops the
+/// execution. The run's status already says it ended, so a failure here is logged, not
+/// returned.
+pub async fn end(state: &AppState, run: &Run, cause: &str) {
+    if let Some(token) = &run.task_token {
+        if let Err(error) = fail(state, token, CANCELLED_ERROR, cause).await {
+            tracing::error!(run_id = %run.id, error = ?error, "could not end the run's waiting task");
+        }
+    }
+    if let Err(error) = stop(state, run.id, cause).await {
+        tracing::error!(run_id = %run.id, error = ?error, "could not stop the run's execution");
     }
 }
 

@@ -201,6 +201,12 @@ impl Engine {
             RunStatus::Running => run,
             other => return Ok(Outcome::of(other)),
         };
+        if super::teardown::project_gone(&self.state, run.project_id).await? {
+            let error = "the run's project was deleted".to_owned();
+            return self
+                .finish_run(&run, RunStatus::Cancelled, Some(error))
+                .await;
+        }
         let Some(definition) = self.definition(&run).await? else {
             let error = format!(
                 "workflow {} version {} no longer exists",
@@ -579,7 +585,11 @@ impl Engine {
         match self
             .state
             .store
-            .move_run(run, Move::await_input(step.sk()), self.now())
+            .move_run(
+                run,
+                Move::await_input(run, step.sk(), self.now()),
+                self.now(),
+            )
             .await
         {
             Ok(run) => Ok(run.status),

@@ -267,7 +267,7 @@ impl Inner {
     async fn dead_letter(&self, message: &QueueMessage, error: &serde_json::Error) -> bool {
         let sent = async {
             let name = self.state.config.run_dlq_name();
-            let url = self.queue_url_of(&name).await?;
+            let url = super::redrive::queue_url(&self.state.clients.sqs, &name).await?;
             self.state
                 .clients
                 .sqs
@@ -448,24 +448,7 @@ impl Inner {
     }
 
     async fn queue_url(&self) -> anyhow::Result<String> {
-        if let Some(url) = &self.state.config.run_queue_url {
-            return Ok(url.clone());
-        }
-        self.queue_url_of(&self.state.config.run_queue_name()).await
-    }
-
-    async fn queue_url_of(&self, name: &str) -> anyhow::Result<String> {
-        let out = self
-            .state
-            .clients
-            .sqs
-            .get_queue_url()
-            .queue_name(name)
-            .send()
-            .await
-            .with_context(|| format!("Failed to find queue {name}"))?;
-        out.queue_url
-            .with_context(|| format!("queue {name} has no URL"))
+        lifecycle::run_queue_url(&self.state).await
     }
 
     async fn run(&self, worker: &Worker, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {

@@ -18,7 +18,7 @@ pub mod status;
 pub mod steps;
 pub mod usage;
 
-pub use moves::{elapsed_ms, Move, RunChange};
+pub use moves::{elapsed_ms, Move, RunChange, MAX_TURNS};
 pub use record::{
     Approval, IdempotencyRecord, LogLevel, LogLine, Run, StepRecord, IDEMPOTENCY_TTL,
     MAX_LOG_MESSAGE_BYTES,

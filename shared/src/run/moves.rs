@@ -26,7 +26,15 @@ pub struct RunChange {
     pub retried: bool,
     /// Set (`Some(Some)`) or remove (`Some(None)`) `waiting_step`.
     pub waiting_step: Option<Option<String>>,
+    /// Add one to `waits`.
+    pub waited: bool,
 }
+
+/// Most lifecycle turns (waits for input plus retries) one run may take. Each turn adds 14
+/// events to the run's Step Functions execution (an `execute` task and its route, 8; the
+/// wait, 6), whose history holds at most 25,000: 1,000 turns leave room for some 1,300
+/// one-minute execution slices (8 events each). The README shows the arithmetic.
+pub const MAX_TURNS: u32 = 1000;
 
 /// A move of a run to `to`, with the fields that change and the run-level log line that
 /// tells it, if any.
@@ -73,13 +81,22 @@ impl Move {
     }
 
     /// A running run waits for input on the `human` step whose record is `step_sk`; the
-    /// step's own log line tells it.
-    pub fn await_input(step_sk: String) -> Self {
+    /// step's own log line tells it. A run that has taken its [`MAX_TURNS`] fails instead,
+    /// before its execution's history overflows.
+    pub fn await_input(run: &Run, step_sk: String, at: DateTime<Utc>) -> Self {
+        if run.waits.saturating_add(run.retries) >= MAX_TURNS {
+            let error = format!(
+                "the run has waited for input or been retried {MAX_TURNS} times, the most one \
+                 run may (its lifecycle's history would overflow); start a new run"
+            );
+            return Self::finish(run, RunStatus::Failed, Some(error), at);
+        }
         Self {
             to: RunStatus::AwaitingInput,
             change: RunChange {
                 from: vec![RunStatus::Running],
                 waiting_step: Some(Some(step_sk)),
+                waited: true,
                 ..RunChange::default()
             },
             line: None,
@@ -136,6 +153,29 @@ impl Move {
             },
             line: None,
         }
+    }
+
+    /// The sweeper ends a run that nothing will move any more (its lifecycle is gone or
+    /// over), saying why: it fails, or is cancelled if it was waiting for input (which
+    /// cannot fail). `None` if it already ended.
+    pub fn abandoned(run: &Run, reason: &str, at: DateTime<Utc>) -> Option<Self> {
+        let to = match run.status {
+            RunStatus::Queued | RunStatus::AwaitingApproval | RunStatus::Running => {
+                RunStatus::Failed
+            }
+            RunStatus::AwaitingInput => RunStatus::Cancelled,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled => return None,
+        };
+        Some(Self {
+            to,
+            change: RunChange {
+                from: vec![run.status],
+                ended: Some((at, elapsed_ms(run.started_at.unwrap_or(run.created_at), at))),
+                error_message: Some(Some(reason.to_owned())),
+                ..RunChange::default()
+            },
+            line: Some((LogLevel::Error, format!("run {}: {reason}", to.as_str()))),
+        })
     }
 
     /// `by` cancels a run that has not ended.

@@ -78,6 +78,9 @@ pub struct Run {
     /// Times it was retried.
     #[serde(default)]
     pub retries: u32,
+    /// Times it waited for input; with `retries`, bounded by [`MAX_TURNS`](super::MAX_TURNS).
+    #[serde(default)]
+    pub waits: u32,
     /// Whether it has a `human` step.
     pub has_human_in_loop: bool,
     /// Steps in its workflow version (loop iterations not counted), for summaries.

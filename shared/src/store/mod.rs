@@ -19,6 +19,7 @@ pub mod users;
 pub mod workflows;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::Context;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -249,36 +250,116 @@ impl Store {
         })
     }
 
+    /// Runs a transaction, retrying it while it only lost a race ([`retryable`]): another
+    /// transaction held one of its items, or DynamoDB throttled it. Each retry waits a
+    /// jittered, doubling delay; after [`TRANSACT_ATTEMPTS`] the last error is returned. A
+    /// failed condition is final at once.
     async fn transact(&self, items: Vec<TransactWriteItem>, what: &str) -> StoreResult<()> {
-        match self
+        let mut attempt = 1;
+        loop {
+            match self.transact_once(items.clone(), what).await {
+                Err(failure) if failure.retry && attempt < TRANSACT_ATTEMPTS => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(failure) => return Err(failure.error),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    async fn transact_once(
+        &self,
+        items: Vec<TransactWriteItem>,
+        what: &str,
+    ) -> Result<(), TransactFailure> {
+        let error = match self
             .ddb
             .transact_write_items()
             .set_transact_items(Some(items))
             .send()
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => return Ok(()),
             Err(SdkError::ServiceError(service)) => match service.err() {
                 TransactWriteItemsError::TransactionCanceledException(cancelled) => {
-                    Err(StoreError::Cancelled(
-                        cancelled
-                            .cancellation_reasons()
-                            .iter()
-                            .map(|r| r.code().filter(|c| *c != "None").map(str::to_owned))
-                            .collect(),
-                    ))
+                    let reasons: Vec<Option<String>> = cancelled
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code().filter(|c| *c != "None").map(str::to_owned))
+                        .collect();
+                    return Err(TransactFailure {
+                        retry: retryable(&reasons),
+                        error: StoreError::Cancelled(reasons),
+                    });
                 }
-                other => Err(
-                    anyhow::anyhow!("{}: {other:?}", other.code().unwrap_or("unknown"))
-                        .context(format!("Failed to {what}"))
-                        .into(),
-                ),
+                other => {
+                    let code = other.code().unwrap_or("unknown");
+                    let retry = RETRYABLE_CODES.contains(&code);
+                    return Err(TransactFailure {
+                        retry,
+                        error: anyhow::anyhow!("{code}: {other:?}")
+                            .context(format!("Failed to {what}"))
+                            .into(),
+                    });
+                }
             },
-            Err(other) => Err(anyhow::Error::new(other)
+            Err(other) => other,
+        };
+        Err(TransactFailure {
+            retry: false,
+            error: anyhow::Error::new(error)
                 .context(format!("Failed to {what}"))
-                .into()),
-        }
+                .into(),
+        })
     }
+}
+
+/// Attempts a transaction gets when it keeps losing races.
+const TRANSACT_ATTEMPTS: u32 = 8;
+
+/// The first retry's delay; each further retry doubles it, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(25);
+
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(1_000);
+
+/// Codes of a transaction (or of one of its items) that lost a race or was throttled:
+/// trying again later may succeed.
+const RETRYABLE_CODES: &[&str] = &[
+    "TransactionConflict",
+    "TransactionInProgressException",
+    "ThrottlingError",
+    "ThrottlingException",
+    "ProvisionedThroughputExceeded",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+];
+
+/// A failed attempt of a transaction, and whether another attempt may succeed.
+struct TransactFailure {
+    retry: bool,
+    error: StoreError,
+}
+
+/// Whether a cancelled transaction may succeed if tried again: some item lost a race and
+/// none failed for good (a failed condition, a validation error).
+fn retryable(reasons: &[Option<String>]) -> bool {
+    let failed: Vec<&str> = reasons.iter().flatten().map(String::as_str).collect();
+    !failed.is_empty() && failed.iter().all(|code| RETRYABLE_CODES.contains(code))
+}
+
+/// The wait before retry `attempt` (from 1): a uniform draw between half the doubling cap
+/// and the cap, so transactions that collided do not collide again in step.
+fn backoff(attempt: u32) -> Duration {
+    let cap = FIRST_BACKOFF
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(rand::Rng::gen_range(
+        &mut rand::thread_rng(),
+        millis / 2..=millis,
+    ))
 }
 
 /// Maps an SDK error of a single-item write, separating a failed condition from the rest.
@@ -323,4 +404,40 @@ fn n(value: impl ToString) -> AttributeValue {
 /// The `pk`/`sk` key of an item.
 fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
     HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reasons(codes: &[Option<&str>]) -> Vec<Option<String>> {
+        codes.iter().map(|c| c.map(str::to_owned)).collect()
+    }
+
+    #[test]
+    fn only_a_lost_race_is_retried_never_a_failed_condition() {
+        assert!(retryable(&reasons(&[None, Some("TransactionConflict")])));
+        assert!(retryable(&reasons(&[Some("ThrottlingError"), None])));
+        assert!(!retryable(&reasons(&[
+            Some("TransactionConflict"),
+            Some("ConditionalCheckFailed")
+        ])));
+        assert!(!retryable(&reasons(&[Some("ValidationError")])));
+        assert!(!retryable(&reasons(&[None, None])));
+    }
+
+    #[test]
+    fn retries_wait_longer_each_time_up_to_a_cap() {
+        for attempt in 1..=TRANSACT_ATTEMPTS {
+            let cap = FIRST_BACKOFF
+                .saturating_mul(1 << (attempt - 1))
+                .min(MAX_BACKOFF);
+            let wait = backoff(attempt);
+            assert!(
+                wait <= cap && wait >= cap / 2,
+                "attempt {attempt}: {wait:?}"
+            );
+        }
+        assert_eq!(backoff(40).max(MAX_BACKOFF), MAX_BACKOFF);
+    }
 }

@@ -44,6 +44,9 @@ pub struct Project {
     /// Set when the project was deleted.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "ts::option")]
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Who deleted it; its unfinished runs are cancelled in their name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_by: Option<Uuid>,
     /// Optimistic-concurrency version, bumped by every change.
     pub version: u64,
     /// Number of owners; kept so the last owner can never be removed.
@@ -77,6 +80,9 @@ pub struct Membership {
 pub fn project_pk(id: Uuid) -> String {
     format!("PROJECT#{id}")
 }
+
+/// The gsi1 partition of deleted projects whose teardown is not finished.
+const TEARDOWN_GSI: &str = "TEARDOWN";
 
 fn slug_pk(creator: Uuid, slug: &str) -> String {
     format!("SLUG#{creator}#{slug}")
@@ -337,14 +343,31 @@ impl Store {
         .await
     }
 
-    /// Soft-deletes a project and frees its slug.
-    pub async fn delete_project(&self, project: &Project, now: DateTime<Utc>) -> StoreResult<()> {
+    /// Soft-deletes a project, frees its slug and lists it for teardown
+    /// ([`Store::projects_to_tear_down`]) until [`Store::torn_down`].
+    pub async fn delete_project(
+        &self,
+        project: &Project,
+        by: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         let mark = Update::builder()
             .table_name(&self.projects_table)
             .set_key(Some(key(project_pk(project.id), "PROJECT")))
-            .update_expression("SET deleted_at = :now, updated_at = :now ADD version :one")
+            .update_expression(
+                "SET deleted_at = :now, updated_at = :now, deleted_by = :by, \
+                 #gsi1pk = :teardown, #gsi1sk = :teardown_sk ADD version :one",
+            )
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(deleted_at)")
+            .expression_attribute_names("#gsi1pk", GSI1.pk)
+            .expression_attribute_names("#gsi1sk", GSI1.sk)
             .expression_attribute_values(":now", s(ts::format(&now)))
+            .expression_attribute_values(":by", s(by.to_string()))
+            .expression_attribute_values(":teardown", s(TEARDOWN_GSI))
+            .expression_attribute_values(
+                ":teardown_sk",
+                s(format!("{}#{}", ts::format(&now), project.id)),
+            )
             .expression_attribute_values(":one", n(1))
             .build()
             .context("Failed to build the project deletion")?;
@@ -356,6 +379,30 @@ impl Store {
             "delete a project",
         )
         .await
+    }
+
+    /// Deleted projects whose teardown is not finished, longest deleted first.
+    pub async fn projects_to_tear_down(&self, limit: i32) -> StoreResult<Vec<Project>> {
+        let query = self
+            .index_query(&self.projects_table, &GSI1, TEARDOWN_GSI)
+            .limit(limit);
+        Ok(self.query_page(query, "projects to tear down").await?.items)
+    }
+
+    /// Takes a deleted project off the teardown list: its runs, keys and secrets are done.
+    pub async fn torn_down(&self, project_id: Uuid) -> StoreResult<()> {
+        self.ddb
+            .update_item()
+            .table_name(&self.projects_table)
+            .set_key(Some(key(project_pk(project_id), "PROJECT")))
+            .update_expression("REMOVE #gsi1pk, #gsi1sk")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#gsi1pk", GSI1.pk)
+            .expression_attribute_names("#gsi1sk", GSI1.sk)
+            .send()
+            .await
+            .map_err(|e| super::write_error(e, "finish a project's teardown"))?;
+        Ok(())
     }
 
     /// Members of a project, in user-id order.

@@ -20,7 +20,7 @@
 //!
 //! | pk | sk | gsi1pk | gsi1sk | item |
 //! |---|---|---|---|---|
-//! | `PROJECT#<project_id>` | `PROJECT` | | | project |
+//! | `PROJECT#<project_id>` | `PROJECT` | `TEARDOWN`, once deleted until torn down | `<deleted_at>#<project_id>` | project |
 //! | `SLUG#<creator>#<slug>` | `SLUG` | | | slug → project id; makes slugs unique per creator |
 //! | `PROJECT#<project_id>` | `MEMBER#<user_id>` | `USER#<user_id>` | `PROJECT#<project_id>` | membership |
 //! | `APIKEY#<key_id>` | `APIKEY` | `PROJECT#<project_id>#APIKEYS` | `APIKEY#<key_id>` | API key (digest only) |
@@ -45,16 +45,24 @@
 //!
 //! ## `{prefix}-runs`: runs, their steps and logs, idempotency keys
 //!
-//! A run's items share its partition; every index key starts with the project id and sorts
+//! A run's items share its partition; the index keys of gsi1 to gsi5 start with the project id and sort
 //! by `<created_at>#<run_id>`, so each list filter is a `Query` on one index, newest first.
 //!
 //! | pk | sk | index keys | item |
 //! |---|---|---|---|
-//! | `RUN#<id>` | `RUN` | gsi1 `PROJECT#<p>#RUNS`, gsi2 `…#STATUS#<status>`, gsi3 `…#WORKFLOW#<id>`, gsi4 `…#AGENT#<id>`, gsi5 `…#TRIGGER#<trigger>` | run |
+//! | `RUN#<id>` | `RUN` | gsi1 `PROJECT#<p>#RUNS`, gsi2 `…#STATUS#<status>`, gsi3 `…#WORKFLOW#<id>`, gsi4 `…#AGENT#<id>`, gsi5 `…#TRIGGER#<trigger>`, gsi6 `ACTIVE#<shard>` / `<updated_at>#<id>` while in motion | run |
 //! | `RUN#<id>` | `STEP#<idx, 4 digits>` | | step record; `idx` is the step's place in the definition's execution order |
 //! | `RUN#<id>` | `STEP#<idx>#<iteration, 5 digits>` | | one loop iteration |
 //! | `RUN#<id>` | `LOG#<uuidv7>` | | one log line |
 //! | `IDEMPOTENCY#<project_id>#<sha256 of key>` | `IDEMPOTENCY` | | `Idempotency-Key` → run id and request digest (`ttl`) |
+//!
+//! The sparse index gsi6 lists the runs **in motion**, for the sweeper
+//! ([`crate::engine::sweeper`]): `ACTIVE#<shard>` (the run id modulo
+//! [`ACTIVE_SHARDS`](crate::store::runs::ACTIVE_SHARDS)) sorted by `<updated_at>#<run_id>`.
+//! The writes that move a run set these keys (every move but to `succeeded` or `cancelled`);
+//! parking the lifecycle's task token on a waiting run removes them, as does the sweeper when
+//! it finds a failed run's lifecycle over. So the index holds only runs that should be moving
+//! on by themselves, oldest change first, never the runs that ended or wait on a person.
 
 /// A global secondary index with string keys and all attributes projected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +125,13 @@ pub const GSI5: IndexDef = IndexDef {
     sk: "gsi5sk",
 };
 
+/// The index over `gsi6pk`/`gsi6sk`: sparse, only runs in motion carry its keys.
+pub const GSI6: IndexDef = IndexDef {
+    name: "gsi6",
+    pk: "gsi6pk",
+    sk: "gsi6sk",
+};
+
 /// Identities and sessions.
 pub const AUTH: TableDef = TableDef {
     suffix: "auth",
@@ -149,7 +164,7 @@ pub const RUNS: TableDef = TableDef {
     suffix: "runs",
     pk: "pk",
     sk: "sk",
-    indexes: &[GSI1, GSI2, GSI3, GSI4, GSI5],
+    indexes: &[GSI1, GSI2, GSI3, GSI4, GSI5, GSI6],
     ttl_attribute: "ttl",
 };
 

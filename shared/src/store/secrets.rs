@@ -163,7 +163,8 @@ impl SecretStore {
         }
     }
 
-    /// Schedules the secret at `path` for deletion; a missing secret is fine.
+    /// Schedules the secret at `path` for deletion; a missing secret, or one already
+    /// scheduled, is fine.
     pub async fn schedule_deletion(&self, path: &str) -> anyhow::Result<()> {
         let name = self.name(path);
         match self
@@ -175,10 +176,12 @@ impl SecretStore {
             .await
         {
             Ok(_) => Ok(()),
+            // This request is always well-formed: `InvalidRequest` here means the secret
+            // is already scheduled for deletion.
             Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+                if err.as_service_error().is_some_and(|e| {
+                    e.is_resource_not_found_exception() || e.is_invalid_request_exception()
+                }) =>
             {
                 Ok(())
             }

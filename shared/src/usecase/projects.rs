@@ -9,6 +9,8 @@ use super::access::check_version;
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::{Name, Role, Slug};
+use crate::engine::cost;
+use crate::engine::teardown::{self, Teardown};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::governance::Governance;
 use crate::state::AppState;
@@ -30,7 +32,9 @@ pub struct CreateProject {
     pub description: Option<String>,
     /// Settings object (at most 32 KiB). Free-form, except the governance settings
     /// `approvals.allow_self_approval` (boolean, default `false`) and `trusted_publishers`
-    /// (key ids, or `<key id>/<project id>`; default empty, accepting any trusted signature).
+    /// (key ids, or `<key id>/<project id>`; default empty, accepting any trusted signature),
+    /// and `model_prices` (model → `{input_per_million, output_per_million}`, decimal strings
+    /// or numbers), all checked when saved.
     #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -52,8 +56,9 @@ pub struct UpdateProject {
     pub version: Option<u64>,
 }
 
-/// Records errors for settings that are too large, that DynamoDB cannot store, or whose
-/// governance settings are invalid.
+/// Records errors for settings that are too large, that DynamoDB cannot store, or that the
+/// platform reads and cannot parse: the governance settings and `model_prices`, each checked
+/// by the parser its reader uses, so what is saved is what runs.
 fn check_settings(
     settings: &serde_json::Map<String, serde_json::Value>,
     errors: &mut Vec<FieldError>,
@@ -62,6 +67,7 @@ fn check_settings(
     if let Err(invalid) = Governance::parse(settings) {
         errors.extend(invalid);
     }
+    errors.extend(cost::validate_model_prices(settings));
 }
 
 /// Parses a project id from the path; a malformed one cannot name a project, so `404`.
@@ -100,6 +106,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
         deleted_at: None,
+        deleted_by: None,
         version: 1,
         owner_count: 1,
     };
@@ -177,19 +184,36 @@ pub async fn update(
 }
 
 /// Deletes the project `id` (soft delete); afterwards it answers `404` and its creator may use
-/// its slug again.
+/// its slug again. Its API keys stop working, its unfinished runs are cancelled and its
+/// secrets scheduled for deletion ([`teardown`]); what one request leaves undone, the
+/// sweeper finishes.
 pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
     let access = authorize(state, principal, project_id(id)?, Action::DeleteProject).await?;
-    match state
-        .store
-        .delete_project(&access.project, state.clock.now())
-        .await
-    {
-        Ok(()) => {
-            tracing::info!(project_id = %access.project.id, "project deleted");
-            Ok(())
+    let now = state.clock.now();
+    let by = principal.actor_id();
+    match state.store.delete_project(&access.project, by, now).await {
+        Ok(()) => {}
+        Err(err) if err.failed_at(0) => {
+            return Err(ApiError::NotFound("project not found".to_owned()))
         }
-        Err(err) if err.failed_at(0) => Err(ApiError::NotFound("project not found".to_owned())),
-        Err(err) => Err(err.into()),
+        Err(err) => return Err(err.into()),
     }
+    tracing::info!(project_id = %access.project.id, "project deleted");
+    let deleted = Project {
+        deleted_at: Some(now),
+        deleted_by: Some(by),
+        ..access.project
+    };
+    // The project is gone for its users either way: what fails here is the sweeper's to
+    // finish.
+    match teardown::tear_down(state, &deleted).await {
+        Ok(Teardown::Done) => {}
+        Ok(Teardown::RunsLeft) => {
+            tracing::info!(project_id = %deleted.id, "the sweeper will cancel the deleted project's other runs");
+        }
+        Err(error) => {
+            tracing::warn!(project_id = %deleted.id, error = ?error, "the deleted project's teardown stopped; the sweeper will finish it");
+        }
+    }
+    Ok(())
 }

@@ -26,7 +26,7 @@ use crate::engine::lifecycle;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::run::{
     elapsed_ms, IdempotencyRecord, LogLevel, LogLine, Move, Run, RunStatus, StepCounts, Trigger,
-    Usage, IDEMPOTENCY_TTL,
+    Usage, IDEMPOTENCY_TTL, MAX_TURNS,
 };
 use crate::state::AppState;
 use crate::store::workflows::{VersionStatus, WorkflowVersion};
@@ -176,6 +176,7 @@ pub async fn start(
         duration_ms: None,
         usage: Usage::default(),
         retries: 0,
+        waits: 0,
         has_human_in_loop: has_human_step(&version.definition),
         steps_total: u32::try_from(version.definition.steps.len()).unwrap_or(u32::MAX),
         step_counts: StepCounts::default(),
@@ -347,7 +348,7 @@ pub async fn visible(
 pub async fn cancel(state: &AppState, principal: &Principal, run: &Run) -> ApiResult<Run> {
     let at = state.clock.now();
     let run = apply(state, run, Move::cancel(run, principal.actor_id(), at)).await?;
-    stop_lifecycle(state, &run, "cancelled").await;
+    lifecycle::end(state, &run, "cancelled").await;
     Ok(run)
 }
 
@@ -366,6 +367,12 @@ pub async fn retry(state: &AppState, principal: &Principal, run: &Run) -> ApiRes
         return Err(ApiError::Conflict(
             "the run's lifecycle has ended, so it cannot be retried; start a new run".into(),
         ));
+    }
+    if run.waits.saturating_add(run.retries) >= MAX_TURNS {
+        return Err(ApiError::Conflict(format!(
+            "the run has waited for input or been retried {MAX_TURNS} times, the most one run \
+             may; start a new run"
+        )));
     }
     let run = apply(state, run, Move::retry(run, principal.actor_id())).await?;
     release(state, &run, json!({"retried": true})).await?;
@@ -475,7 +482,7 @@ pub async fn reject(
         Move::reject(run, principal.actor_id(), reason, at),
     )
     .await?;
-    stop_lifecycle(state, &run, "rejected").await;
+    lifecycle::end(state, &run, "rejected").await;
     Ok(run)
 }
 
@@ -559,21 +566,6 @@ async fn release(state: &AppState, run: &Run, output: Value) -> ApiResult<()> {
             .map_err(ApiError::Internal)?;
     }
     Ok(())
-}
-
-/// Ends a cancelled run's execution: fails the task parked on the run, if any (the state
-/// machine routes that to its `Cancelled` end; a worker that parks a token later finds the
-/// run cancelled and fails it itself), and stops the execution. The run's status already
-/// says it ended, so a failure here is logged, not returned.
-async fn stop_lifecycle(state: &AppState, run: &Run, cause: &str) {
-    if let Some(token) = &run.task_token {
-        if let Err(error) = lifecycle::fail(state, token, lifecycle::CANCELLED_ERROR, cause).await {
-            tracing::error!(run_id = %run.id, error = ?error, "could not end the run's waiting task");
-        }
-    }
-    if let Err(error) = lifecycle::stop(state, run.id, cause).await {
-        tracing::error!(run_id = %run.id, error = ?error, "could not stop the run's execution");
-    }
 }
 
 fn has_human_step(definition: &Definition) -> bool {

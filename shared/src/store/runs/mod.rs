@@ -31,6 +31,7 @@ use crate::run::{RunStatus, StepRecord, StepStatus, Trigger, Usage};
 mod log;
 mod run;
 mod step;
+mod sweep;
 
 /// Which runs a list returns; each filter narrows it. The most selective filter picks the
 /// index, the others filter its pages.
@@ -93,6 +94,25 @@ fn project_runs(project_id: Uuid) -> String {
 
 fn status_gsi(project_id: Uuid, status: RunStatus) -> String {
     format!("{}#STATUS#{}", project_runs(project_id), status.as_str())
+}
+
+/// Partitions of the index of runs in motion (gsi6), so no partition runs hot.
+pub const ACTIVE_SHARDS: u32 = 4;
+
+/// The gsi6 partition of a run in motion.
+fn active_pk(run_id: Uuid) -> String {
+    format!("ACTIVE#{}", run_id.as_u128() % u128::from(ACTIVE_SHARDS))
+}
+
+/// The gsi6 sort key of a run in motion that last changed `at`.
+fn active_sk(run_id: Uuid, at: &DateTime<Utc>) -> String {
+    format!("{}#{run_id}", crate::domain::ts::format(at))
+}
+
+/// Whether a run moving to `status` is listed as in motion: every status but the two that
+/// end a run for good. A waiting run leaves the list once its task token is parked.
+fn in_motion(status: RunStatus) -> bool {
+    !matches!(status, RunStatus::Succeeded | RunStatus::Cancelled)
 }
 
 fn idempotency_pk(project_id: Uuid, key_digest: &str) -> String {

@@ -6,12 +6,12 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    exact_item, exact_page, exact_record, idempotency_pk, project_runs, put, run_pk, status_gsi,
-    status_list, RunFilter, RUN_SK,
+    active_pk, active_sk, exact_item, exact_page, exact_record, idempotency_pk, in_motion,
+    project_runs, put, run_pk, status_gsi, status_list, RunFilter, RUN_SK,
 };
 use crate::domain::ts;
 use crate::run::{IdempotencyRecord, LogLine, Move, Run, RunChange, RunStatus};
-use crate::store::schema::{GSI1, GSI2, GSI3, GSI4, GSI5};
+use crate::store::schema::{GSI1, GSI2, GSI3, GSI4, GSI5, GSI6};
 use crate::store::{cursor, item, key, n, s, write_error, Page, Store, StoreError, StoreResult};
 
 impl Store {
@@ -42,6 +42,8 @@ impl Store {
                     format!("{project}#TRIGGER#{}", run.trigger.as_str()),
                 ),
                 (GSI5.sk, created),
+                (GSI6.pk, active_pk(run.id)),
+                (GSI6.sk, active_sk(run.id, &run.created_at)),
             ],
         )?;
         let mut items = vec![put(&self.runs_table, record, "attribute_not_exists(pk)")?];
@@ -213,6 +215,13 @@ impl Store {
             (":now".into(), s(ts::format(&at))),
             (":one".into(), n(1)),
         ];
+        if in_motion(to) {
+            set.push(format!("{} = :active, {} = :active_sk", GSI6.pk, GSI6.sk));
+            values.push((":active".into(), s(active_pk(run.id))));
+            values.push((":active_sk".into(), s(active_sk(run.id, &at))));
+        } else {
+            remove.extend([GSI6.pk, GSI6.sk]);
+        }
         if let Some(started) = change.started_at {
             set.push("started_at = if_not_exists(started_at, :started)".into());
             values.push((":started".into(), s(ts::format(&started))));
@@ -236,6 +245,9 @@ impl Store {
             let value = serde_dynamo::to_attribute_value(approval)
                 .context("Failed to serialise an approval")?;
             values.push((":approval".into(), value));
+        }
+        if change.waited {
+            add.push("waits :one".into());
         }
         if change.retried {
             add.push("#retries :one".into());
@@ -286,8 +298,9 @@ impl Store {
         Ok(exact_record(attributes)?)
     }
 
-    /// Parks the lifecycle's task token on a run that is still `status`. `ConditionFailed`
-    /// if it moved on meanwhile.
+    /// Parks the lifecycle's task token on a run that is still `status`, which takes it off
+    /// the list of runs in motion: it waits on a person now. `ConditionFailed` if it moved
+    /// on meanwhile.
     pub async fn park_task_token(
         &self,
         run_id: Uuid,
@@ -298,7 +311,10 @@ impl Store {
             .update_item()
             .table_name(&self.runs_table)
             .set_key(Some(key(run_pk(run_id), RUN_SK)))
-            .update_expression("SET task_token = :token")
+            .update_expression(format!(
+                "SET task_token = :token REMOVE {}, {}",
+                GSI6.pk, GSI6.sk
+            ))
             .condition_expression("attribute_exists(pk) AND #status = :status")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":token", s(token))

@@ -9,12 +9,13 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    exact_item, exact_page, put, run_pk, running_check, status_gsi, Claim, StepEnd, RUN_SK,
+    active_pk, active_sk, exact_item, exact_page, put, run_pk, running_check, status_gsi, Claim,
+    StepEnd, RUN_SK,
 };
 use crate::domain::ts;
 use crate::payload::Payload;
 use crate::run::{is_iteration_sk, Run, RunStatus, StepCounts, StepRecord, StepStatus, Usage};
-use crate::store::schema::GSI2;
+use crate::store::schema::{GSI2, GSI6};
 use crate::store::{cursor, key, n, s, write_error, Page, Store, StoreError, StoreResult};
 
 impl Store {
@@ -312,12 +313,17 @@ impl Store {
             .table_name(&self.runs_table)
             .set_key(Some(key(run_pk(run.id), RUN_SK)))
             .update_expression(format!(
-                "SET #status = :running, updated_at = :now, #gsi = :status_gsi \
+                "SET #status = :running, updated_at = :now, #gsi = :status_gsi, \
+                 #active = :active, #active_sk = :active_sk \
                  ADD version :one{counts} REMOVE waiting_step"
             ))
             .condition_expression("#status = :awaiting AND waiting_step = :step")
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#gsi", GSI2.pk)
+            .expression_attribute_names("#active", GSI6.pk)
+            .expression_attribute_names("#active_sk", GSI6.sk)
+            .expression_attribute_values(":active", s(active_pk(run.id)))
+            .expression_attribute_values(":active_sk", s(active_sk(run.id, &at)))
             .expression_attribute_values(":running", s(RunStatus::Running.as_str()))
             .expression_attribute_values(":awaiting", s(RunStatus::AwaitingInput.as_str()))
             .expression_attribute_values(
