@@ -21,6 +21,7 @@
 //! - a prompt iterates 1-50 times, a loop 1-1000 times; a loop's step is not a decision or
 //!   a loop.
 
+mod cel_syntax;
 pub mod condition;
 pub mod definition;
 mod parse;
