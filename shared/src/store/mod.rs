@@ -324,3 +324,6 @@ fn n(value: impl ToString) -> AttributeValue {
 fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
     HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
 }
+
+#[cfg(test)]
+mod properties;

@@ -57,4 +57,6 @@ pub fn under(field: &str, errors: Vec<FieldError>) -> Vec<FieldError> {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
