@@ -5,6 +5,7 @@
 SCRIPTS := infra/local
 
 .PHONY: help dev test build lint services stop status install lock clean-local
+.PHONY: fuzz schemathesis
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "  make %-12s %s\n", $$1, $$2 }'
@@ -39,3 +40,12 @@ lock: ## Regenerate the Python lock files from infra/local/versions.env
 
 clean-local: ## Stop the services and delete .local/
 	@bash $(SCRIPTS)/clean-local.sh
+
+# Proof under hostile input: longer runs of what `make test` runs bounded.
+fuzz: ## Run the property tests with 20000 cases each (PROPTEST_CASES to change)
+	@bash $(SCRIPTS)/fuzz.sh
+
+schemathesis: ## Schema-driven API tests against a dev server, longer than in `make test`
+	@SCHEMATHESIS_MAX_EXAMPLES=$${SCHEMATHESIS_MAX_EXAMPLES:-100} SCHEMATHESIS_MAX_TIME=$${SCHEMATHESIS_MAX_TIME:-1500} \
+		bash $(SCRIPTS)/schemathesis.sh
+

@@ -2,7 +2,8 @@
 # Shared helpers for the local-stack scripts. Source it; don't run it.
 #
 # Everything the scripts install or create lives in <repo>/.local/ (git-ignored):
-#   uv-venv/  localstack-venv/  tools-venv/  dynamodb-local/   installed by install.sh
+#   uv-venv/  localstack-venv/  tools-venv/  schemathesis-venv/  dynamodb-local/
+#                                                              installed by install.sh
 #   log/      run/                                             logs and pid files
 #   localstack/<port>/  dynamodb-data/                         emulator data
 #
@@ -28,6 +29,8 @@ TOOLS_VENV="$STATE_DIR/tools-venv"
 DYNAMODB_LOCAL_DIR="$STATE_DIR/dynamodb-local"
 LOCALSTACK_LOCK="$LOCAL_SCRIPTS_DIR/localstack-requirements.lock"
 TOOLS_LOCK="$LOCAL_SCRIPTS_DIR/tools-requirements.txt"
+SCHEMATHESIS_VENV="$STATE_DIR/schemathesis-venv"
+SCHEMATHESIS_LOCK="$LOCAL_SCRIPTS_DIR/schemathesis-requirements.txt"
 
 LOCALSTACK_PORT="${LOCALSTACK_PORT:-4566}"
 DYNAMODB_PORT="${DYNAMODB_PORT:-8000}"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make test` (and CI): install the local stack, run the linters (lint.sh), start the services
 # unless they already run (a fresh DynamoDB Local is in memory), check that they listen on
-# loopback only, then `cargo test --workspace` against them. Tests isolate their data with unique prefixes, so reused services are fine.
+# loopback only, then `cargo test --workspace` against them (the property tests among them,
+# PROPTEST_CASES each, 64 unless set), then a bounded schemathesis run against the dev server
+# (schemathesis.sh). Tests isolate their data with unique prefixes, so reused services are fine.
 # Stops at the first failure, and in any case stops the services this script started.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
@@ -27,4 +29,5 @@ bash "$LOCAL_SCRIPTS_DIR/services.sh" check
 aws_env
 mapfile -t ci_flags < <(cargo_ci_flags)
 step cargo test --workspace "${ci_flags[@]}"
+step bash "$LOCAL_SCRIPTS_DIR/schemathesis.sh"
 log "all checks passed in $(elapsed_since "$started_at")"
