@@ -5,7 +5,7 @@
 SCRIPTS := infra/local
 
 .PHONY: help dev test build lint services stop status install lock clean-local
-.PHONY: fuzz schemathesis
+.PHONY: fuzz schemathesis load
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "  make %-12s %s\n", $$1, $$2 }'
@@ -41,7 +41,7 @@ lock: ## Regenerate the Python lock files from infra/local/versions.env
 clean-local: ## Stop the services and delete .local/
 	@bash $(SCRIPTS)/clean-local.sh
 
-# Proof under hostile input: longer runs of what `make test` runs bounded.
+# Proof under hostile input: longer runs of what `make test` runs bounded, and the load bench.
 fuzz: ## Run the property tests with 20000 cases each (PROPTEST_CASES to change)
 	@bash $(SCRIPTS)/fuzz.sh
 
@@ -49,3 +49,5 @@ schemathesis: ## Schema-driven API tests against a dev server, longer than in `m
 	@SCHEMATHESIS_MAX_EXAMPLES=$${SCHEMATHESIS_MAX_EXAMPLES:-100} SCHEMATHESIS_MAX_TIME=$${SCHEMATHESIS_MAX_TIME:-1500} \
 		bash $(SCRIPTS)/schemathesis.sh
 
+load: ## Load bench: 200 clients for 30 s on a mixed workload (LOAD_ARGS="--url … --seconds …")
+	@bash $(SCRIPTS)/load.sh $(LOAD_ARGS)
