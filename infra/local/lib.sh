@@ -231,3 +231,28 @@ cargo_ci_flags() {
     printf '%s\n' --locked
   fi
 }
+
+# stop_on_exit RECORD: when the script exits (also on Ctrl-C or SIGTERM), stop the dev server
+# whose pid is in `server_pid`, if one runs (SIGTERM, then SIGKILL after 10 s), then the
+# services recorded in RECORD by `services.sh start --record`. The exit status is kept, or
+# made 1 if stopping the services fails.
+stop_on_exit() {
+  stop_record="$1"
+  trap stop_started EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+stop_started() {
+  local rc=$? waited=0
+  trap - EXIT INT TERM
+  if [[ -n "${server_pid:-}" ]] && pid_alive "$server_pid"; then
+    log "stopping the dev server (pid $server_pid)"
+    kill -TERM "$server_pid" 2>/dev/null || true
+    while pid_alive "$server_pid" && ((waited++ < 100)); do sleep 0.1; done
+    pid_alive "$server_pid" && kill -KILL "$server_pid" 2>/dev/null
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  bash "$LOCAL_SCRIPTS_DIR/services.sh" stop --record "$stop_record" || rc=1
+  exit "$rc"
+}

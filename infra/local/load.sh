@@ -8,7 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
 record="$RUN_DIR/started-by-load-$$"
-trap 'bash "$LOCAL_SCRIPTS_DIR/services.sh" stop --record "$record"' EXIT
+stop_on_exit "$record"
 
 bash "$LOCAL_SCRIPTS_DIR/install.sh" uv localstack dynamodb
 DYNAMODB_IN_MEMORY=1 bash "$LOCAL_SCRIPTS_DIR/services.sh" start --record "$record"

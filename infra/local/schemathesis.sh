@@ -26,20 +26,7 @@ MAX_TIME="${SCHEMATHESIS_MAX_TIME:-180}"
 REPORT_DIR="$STATE_DIR/schemathesis"
 record="$RUN_DIR/started-by-schemathesis-$$"
 server_pid=""
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if [[ -n "$server_pid" ]] && pid_alive "$server_pid"; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
-  bash "$LOCAL_SCRIPTS_DIR/services.sh" stop --record "$record" || rc=1
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+stop_on_exit "$record"
 
 started_at="$(now)"
 bash "$LOCAL_SCRIPTS_DIR/install.sh" uv localstack dynamodb schemathesis

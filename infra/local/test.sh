@@ -9,15 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
 record="$RUN_DIR/started-by-test-$$"
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  bash "$LOCAL_SCRIPTS_DIR/services.sh" stop --record "$record" || rc=1
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+stop_on_exit "$record"
 
 started_at="$(now)"
 bash "$LOCAL_SCRIPTS_DIR/install.sh"
