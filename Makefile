@@ -5,6 +5,7 @@
 SCRIPTS := infra/local
 
 .PHONY: help dev test test-long-loop build lint services stop status install lock clean-local redrive
+.PHONY: fuzz schemathesis load
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "  make %-12s %s\n", $$1, $$2 }'
@@ -45,3 +46,14 @@ clean-local: ## Stop the services and delete .local/
 
 redrive: ## Move the run dead-letter queue's messages back to the run queue (SPARK_OPS_PREFIX, default spark-ops-dev)
 	@bash -c 'source $(SCRIPTS)/lib.sh && aws_env && cargo build -q -p spark-ops-dev-server && SPARK_OPS_PREFIX="$${SPARK_OPS_PREFIX:-spark-ops-dev}" "$$(cargo_target_dir)/debug/spark-ops-dev" redrive'
+
+# Proof under hostile input: longer runs of what `make test` runs bounded, and the load bench.
+fuzz: ## Run the property tests with 20000 cases each (PROPTEST_CASES to change)
+	@bash $(SCRIPTS)/fuzz.sh
+
+schemathesis: ## Schema-driven API tests against a dev server, longer than in `make test`
+	@SCHEMATHESIS_MAX_EXAMPLES=$${SCHEMATHESIS_MAX_EXAMPLES:-100} SCHEMATHESIS_MAX_TIME=$${SCHEMATHESIS_MAX_TIME:-1500} \
+		bash $(SCRIPTS)/schemathesis.sh
+
+load: ## Load bench: 200 clients for 30 s on a mixed workload (LOAD_ARGS="--url … --seconds …")
+	@bash $(SCRIPTS)/load.sh $(LOAD_ARGS)

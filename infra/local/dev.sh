@@ -18,23 +18,7 @@ cd "$REPO_ROOT"
 
 record="$RUN_DIR/started-by-dev-$$"
 server_pid=""
-
-cleanup() {
-  local rc=$? waited=0
-  trap - EXIT INT TERM
-  if [[ -n "$server_pid" ]] && pid_alive "$server_pid"; then
-    log "stopping the dev server (pid $server_pid)"
-    kill -TERM "$server_pid" 2>/dev/null || true
-    while pid_alive "$server_pid" && ((waited++ < 100)); do sleep 0.1; done
-    pid_alive "$server_pid" && kill -KILL "$server_pid" 2>/dev/null
-    wait "$server_pid" 2>/dev/null || true
-  fi
-  bash "$LOCAL_SCRIPTS_DIR/services.sh" stop --record "$record" || rc=1
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+stop_on_exit "$record"
 
 bash "$LOCAL_SCRIPTS_DIR/install.sh" uv localstack dynamodb
 bash "$LOCAL_SCRIPTS_DIR/services.sh" start --record "$record"

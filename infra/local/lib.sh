@@ -2,7 +2,8 @@
 # Shared helpers for the local-stack scripts. Source it; don't run it.
 #
 # Everything the scripts install or create lives in <repo>/.local/ (git-ignored):
-#   uv-venv/  localstack-venv/  tools-venv/  dynamodb-local/   installed by install.sh
+#   uv-venv/  localstack-venv/  tools-venv/  schemathesis-venv/  dynamodb-local/
+#                                                              installed by install.sh
 #   log/      run/                                             logs and pid files
 #   localstack/<port>/  dynamodb-data/                         emulator data
 #
@@ -28,6 +29,8 @@ TOOLS_VENV="$STATE_DIR/tools-venv"
 DYNAMODB_LOCAL_DIR="$STATE_DIR/dynamodb-local"
 LOCALSTACK_LOCK="$LOCAL_SCRIPTS_DIR/localstack-requirements.lock"
 TOOLS_LOCK="$LOCAL_SCRIPTS_DIR/tools-requirements.txt"
+SCHEMATHESIS_VENV="$STATE_DIR/schemathesis-venv"
+SCHEMATHESIS_LOCK="$LOCAL_SCRIPTS_DIR/schemathesis-requirements.txt"
 
 LOCALSTACK_PORT="${LOCALSTACK_PORT:-4566}"
 DYNAMODB_PORT="${DYNAMODB_PORT:-8000}"
@@ -227,4 +230,29 @@ cargo_ci_flags() {
   if [[ -n "${CI:-}" && "${CI:-}" != false ]]; then
     printf '%s\n' --locked
   fi
+}
+
+# stop_on_exit RECORD: when the script exits (also on Ctrl-C or SIGTERM), stop the dev server
+# whose pid is in `server_pid`, if one runs (SIGTERM, then SIGKILL after 10 s), then the
+# services recorded in RECORD by `services.sh start --record`. The exit status is kept, or
+# made 1 if stopping the services fails.
+stop_on_exit() {
+  stop_record="$1"
+  trap stop_started EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+stop_started() {
+  local rc=$? waited=0
+  trap - EXIT INT TERM
+  if [[ -n "${server_pid:-}" ]] && pid_alive "$server_pid"; then
+    log "stopping the dev server (pid $server_pid)"
+    kill -TERM "$server_pid" 2>/dev/null || true
+    while pid_alive "$server_pid" && ((waited++ < 100)); do sleep 0.1; done
+    pid_alive "$server_pid" && kill -KILL "$server_pid" 2>/dev/null
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  bash "$LOCAL_SCRIPTS_DIR/services.sh" stop --record "$stop_record" || rc=1
+  exit "$rc"
 }

@@ -223,17 +223,51 @@ mod tests {
 }
 
 /// Serde for values stored as JSON text: nesting DynamoDB could not store (over 32 levels)
-/// is the client's to choose.
+/// is the client's to choose, up to [`json_text::MAX_DEPTH`], the most `serde_json` reads
+/// back. A value nested deeper (a template that puts a deep input inside an object) is
+/// refused when written rather than stored as a record that can no longer be read.
 pub(crate) mod json_text {
     use serde::de::DeserializeOwned;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Deepest nesting of arrays and objects `serde_json` reads.
+    pub const MAX_DEPTH: usize = 127;
 
     pub fn serialize<T: Serialize, S: Serializer>(
         value: &T,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
-        serializer.serialize_str(&text)
+        serializer.serialize_str(&text(value).map_err(serde::ser::Error::custom)?)
+    }
+
+    /// `value` as JSON text, if it nests at most [`MAX_DEPTH`] levels.
+    fn text<T: Serialize>(value: &T) -> Result<String, String> {
+        let text = serde_json::to_string(value).map_err(|e| e.to_string())?;
+        match depth(&text) {
+            depth if depth > MAX_DEPTH => Err(format!(
+                "the value nests {depth} levels deep; at most {MAX_DEPTH} can be stored"
+            )),
+            _ => Ok(text),
+        }
+    }
+
+    /// How deep arrays and objects nest in JSON text.
+    fn depth(text: &str) -> usize {
+        let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+        for byte in text.bytes() {
+            match (in_string, byte) {
+                (true, _) if escaped => escaped = false,
+                (true, b'\\') => escaped = true,
+                (true, b'"') | (false, b'"') => in_string = !in_string,
+                (false, b'[' | b'{') => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                (false, b']' | b'}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
     }
 
     pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
@@ -253,8 +287,7 @@ pub(crate) mod json_text {
         ) -> Result<S::Ok, S::Error> {
             match value {
                 Some(value) => {
-                    let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
-                    serializer.serialize_some(&text)
+                    serializer.serialize_some(&text(value).map_err(serde::ser::Error::custom)?)
                 }
                 None => serializer.serialize_none(),
             }

@@ -27,6 +27,9 @@ pub mod usecase;
 pub mod validate;
 pub mod workflow;
 
+#[cfg(test)]
+mod properties;
+
 pub use config::Config;
 pub use error::ApiError;
 pub use state::AppState;

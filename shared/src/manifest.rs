@@ -165,10 +165,17 @@ impl ManifestError {
     }
 }
 
-/// Parses a YAML or JSON manifest into a JSON mapping.
+/// Parses a YAML or JSON manifest into a JSON mapping. Text is read as JSON first: not every
+/// JSON document is one a YAML parser accepts (a string holding U+0085 or another control
+/// character, for one), and a manifest exported as JSON must import with the same content
+/// and checksum.
 pub fn parse(text: &str) -> Result<Map<String, Value>, ManifestError> {
-    let value: Value =
-        serde_yaml::from_str(text).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+    let value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(_) => {
+            serde_yaml::from_str(text).map_err(|e| ManifestError::Malformed(e.to_string()))?
+        }
+    };
     match value {
         Value::Object(map) => Ok(map),
         _ => Err(ManifestError::Malformed(

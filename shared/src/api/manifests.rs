@@ -210,7 +210,7 @@ async fn sealed_yaml(
     security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "Agent id")),
     responses(
-        (status = 200, description = "The manifest, YAML, with `checksum_sha256`, `publisher` and `signature`", body = String, content_type = "application/yaml"),
+        (status = 200, description = "The manifest, YAML, with `checksum_sha256`, `publisher` and `signature`", body = Object, content_type = "application/yaml"),
         (status = 404, description = "No such agent visible to the caller", body = Problem),
     )
 )]
@@ -250,7 +250,7 @@ pub async fn export_agent(
     security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "Tool id")),
     responses(
-        (status = 200, description = "The manifest, YAML, with `checksum_sha256`, `publisher` and `signature`", body = String, content_type = "application/yaml"),
+        (status = 200, description = "The manifest, YAML, with `checksum_sha256`, `publisher` and `signature`", body = Object, content_type = "application/yaml"),
         (status = 404, description = "No such tool visible to the caller", body = Problem),
     )
 )]

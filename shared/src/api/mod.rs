@@ -102,9 +102,10 @@ pub fn all_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of every route, generated from the handlers.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, api) = OpenApiRouter::with_openapi(docs::base())
+    let (_, mut api) = OpenApiRouter::with_openapi(docs::base())
         .merge(all_routes())
         .split_for_parts();
+    docs::apply_conventions(&mut api);
     api
 }
 

@@ -441,3 +441,6 @@ mod tests {
         assert_eq!(backoff(40).max(MAX_BACKOFF), MAX_BACKOFF);
     }
 }
+
+#[cfg(test)]
+mod properties;

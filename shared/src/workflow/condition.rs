@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
 use super::cel_cost::{Sizes, MAX_COST};
-use super::{Scope, StepId};
+use super::{cel_syntax, Scope, StepId};
 
 /// Largest accepted expression, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
@@ -86,20 +86,24 @@ impl Expression {
         if source.len() > MAX_EXPRESSION_BYTES {
             return Err(format!("must be at most {MAX_EXPRESSION_BYTES} bytes"));
         }
-        let program = Program::compile(source).map_err(|errors| {
-            let first = errors.errors.first();
-            match first {
-                Some(e) => format!(
-                    "is not a valid CEL expression: {} (line {}, column {})",
-                    e.msg,
-                    e.pos.0,
-                    e.pos.1 + 1
-                ),
-                None => "is not a valid CEL expression".to_owned(),
-            }
+        cel_syntax::check_nesting(source)?;
+        let (program, found) = cel_syntax::on_parser_stack(|| {
+            let program = Program::compile(source).map_err(|errors| {
+                let first = errors.errors.first();
+                match first {
+                    Some(e) => format!(
+                        "is not a valid CEL expression: {} (line {}, column {})",
+                        e.msg,
+                        e.pos.0,
+                        e.pos.1 + 1
+                    ),
+                    None => "is not a valid CEL expression".to_owned(),
+                }
+            })?;
+            let mut found = Found::default();
+            visit(program.expression(), &mut Vec::new(), &mut found)?;
+            Ok((program, found))
         })?;
-        let mut found = Found::default();
-        visit(program.expression(), &mut Vec::new(), &mut found)?;
         Ok(Self {
             source: source.to_owned(),
             program: Arc::new(program),

@@ -22,6 +22,7 @@
 //!   a loop.
 
 mod cel_cost;
+mod cel_syntax;
 pub mod condition;
 pub mod definition;
 mod parse;
@@ -56,5 +57,7 @@ pub fn under(field: &str, errors: Vec<FieldError>) -> Vec<FieldError> {
         .collect()
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;
