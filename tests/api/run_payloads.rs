@@ -308,6 +308,12 @@ async fn a_loop_record_keeps_its_count_and_a_later_slice_still_sees_every_output
     assert_eq!(check.response.as_ref().unwrap()["result"], true);
     let no = records.iter().find(|r| r.step_id == "no").unwrap();
     assert_eq!(no.status, StepStatus::Skipped);
+    // AND the run counts the loop, not its iterations, and the skipped branch
+    let run = w.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(
+        run["steps_summary"],
+        json!({"total": 5, "pending": 0, "running": 0, "waiting": 1, "succeeded": 3, "failed": 0, "skipped": 1})
+    );
 }
 
 /// `GET /runs/{id}`: authentication and authorization cost 2 requests on every project

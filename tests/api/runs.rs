@@ -1942,6 +1942,11 @@ async fn a_failed_tool_step_fails_the_run_and_retry_resumes_from_it() {
     assert_eq!(run["retries"], 1);
     assert_eq!(run["error_message"], Value::Null);
     assert_eq!(run["usd_cost"], "0.000027");
+    // AND the retaken step moved from failed to succeeded in the run's counts
+    assert_eq!(
+        run["steps_summary"],
+        json!({"total": 2, "pending": 0, "running": 0, "waiting": 0, "succeeded": 2, "failed": 0, "skipped": 0})
+    );
     assert_eq!(run["tokens_prompt"], 100);
     let llm_calls = llm.received_requests().await.unwrap_or_default();
     assert_eq!(llm_calls.len(), 1, "the prompt ran once");

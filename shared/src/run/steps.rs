@@ -63,24 +63,25 @@ pub fn execution_order(definition: &Definition) -> Vec<usize> {
 
 /// Counts of a run's top-level step records (iterations are not counted) by status, kept on
 /// the run item and changed in the same transaction as the record they count, so a run's
-/// summary is read from the run alone.
+/// summary is read from the run alone. Signed: a run created before the counters existed
+/// counts from zero and may go below it; the summary shows such a count as 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepCounts {
     /// Executing.
     #[serde(default, rename = "steps_running")]
-    pub running: u32,
+    pub running: i64,
     /// Waiting for input.
     #[serde(default, rename = "steps_waiting")]
-    pub waiting: u32,
+    pub waiting: i64,
     /// Done.
     #[serde(default, rename = "steps_succeeded")]
-    pub succeeded: u32,
+    pub succeeded: i64,
     /// Failed.
     #[serde(default, rename = "steps_failed")]
-    pub failed: u32,
+    pub failed: i64,
     /// Skipped.
     #[serde(default, rename = "steps_skipped")]
-    pub skipped: u32,
+    pub skipped: i64,
 }
 
 impl StepCounts {
@@ -118,16 +119,25 @@ pub struct StepsSummary {
 impl StepsSummary {
     /// The summary of a workflow with `total` steps whose records are counted in `counts`.
     pub fn of(total: u32, counts: StepCounts) -> Self {
-        let seen =
-            counts.running + counts.waiting + counts.succeeded + counts.failed + counts.skipped;
+        let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+        let (running, waiting, succeeded, failed, skipped) = (
+            count(counts.running),
+            count(counts.waiting),
+            count(counts.succeeded),
+            count(counts.failed),
+            count(counts.skipped),
+        );
+        let seen = [running, waiting, succeeded, failed, skipped]
+            .into_iter()
+            .fold(0u32, u32::saturating_add);
         Self {
             total,
             pending: total.saturating_sub(seen),
-            running: counts.running,
-            waiting: counts.waiting,
-            succeeded: counts.succeeded,
-            failed: counts.failed,
-            skipped: counts.skipped,
+            running,
+            waiting,
+            succeeded,
+            failed,
+            skipped,
         }
     }
 }
@@ -188,6 +198,14 @@ mod tests {
                 skipped: 1,
             }
         );
+        // A run older than its counters may count below zero: never shown as such.
+        let older = StepCounts {
+            running: -1,
+            succeeded: 1,
+            ..StepCounts::default()
+        };
+        assert_eq!(StepsSummary::of(2, older).running, 0);
+        assert_eq!(StepsSummary::of(2, older).pending, 1);
     }
 
     fn definition(steps: serde_json::Value) -> Definition {
