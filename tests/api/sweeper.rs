@@ -10,6 +10,8 @@ use spark_ops::engine::run::Outcome;
 use spark_ops::engine::sweeper::{self, SweepReport, QUIET, STALLED};
 use spark_ops::engine::worker::{QueueMessage, Worker};
 use spark_ops::run::{Run, RunStatus, MAX_TURNS};
+use spark_ops::store::provision::Provisioner;
+use spark_ops::store::schema::{TableDef, GSI1, GSI2, GSI3, GSI4, GSI5, RUNS};
 use spark_ops_tests::{spawn_app, unique_slug, NoHeartbeat, TestApp};
 use uuid::Uuid;
 
@@ -321,4 +323,45 @@ async fn redrive_moves_every_dead_letter_back_to_the_run_queue() {
         .await
         .unwrap();
     assert!(left.messages.unwrap_or_default().is_empty());
+}
+
+#[tokio::test]
+async fn provisioning_adds_the_index_of_runs_in_motion_to_an_older_runs_table() {
+    // GIVEN a runs table created before the index of runs in motion existed
+    let app = spawn_app().await;
+    let clients = &app.state.clients;
+    let provisioner = Provisioner {
+        ddb: &clients.ddb,
+        sqs: &clients.sqs,
+        secrets: &clients.secrets,
+        sfn: &clients.sfn,
+    };
+    let name = format!("{}-older-runs", app.prefix);
+    let older = TableDef {
+        indexes: &[GSI1, GSI2, GSI3, GSI4, GSI5],
+        ..RUNS
+    };
+    provisioner.ensure_table(&name, &older).await.unwrap();
+
+    // WHEN it is provisioned with today's schema
+    provisioner.ensure_table(&name, &RUNS).await.unwrap();
+
+    // THEN it has every index of the schema
+    let described = clients
+        .ddb
+        .describe_table()
+        .table_name(&name)
+        .send()
+        .await
+        .unwrap();
+    let mut indexes: Vec<String> = described
+        .table()
+        .unwrap()
+        .global_secondary_indexes()
+        .iter()
+        .filter_map(|i| i.index_name().map(str::to_owned))
+        .collect();
+    indexes.sort();
+    let _ = clients.ddb.delete_table().table_name(&name).send().await;
+    assert_eq!(indexes, ["gsi1", "gsi2", "gsi3", "gsi4", "gsi5", "gsi6"]);
 }

@@ -3,8 +3,9 @@
 
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
+    GlobalSecondaryIndexUpdate, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, BucketLocationConstraint, CreateBucketConfiguration,
@@ -13,7 +14,7 @@ use aws_sdk_s3::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use rand::distributions::{Alphanumeric, DistString};
 
-use super::schema::{TableDef, TABLES};
+use super::schema::{IndexDef, TableDef, TABLES};
 use crate::config::Config;
 use crate::payload::PAYLOAD_RETENTION_DAYS;
 
@@ -155,11 +156,26 @@ impl Provisioner<'_> {
         Ok(created.state_machine_arn().to_owned())
     }
 
-    /// Creates a table if it does not exist.
+    /// Creates a table if it does not exist; adds to an existing one the indexes it lacks
+    /// (a table created before an index was added to the schema).
     pub async fn ensure_table(&self, name: &str, table: &TableDef) -> anyhow::Result<()> {
         let described = self.ddb.describe_table().table_name(name).send().await;
         match described {
-            Ok(_) => return Ok(()),
+            Ok(described) => {
+                let existing: Vec<&str> = described
+                    .table()
+                    .map(|t| {
+                        t.global_secondary_indexes()
+                            .iter()
+                            .filter_map(|i| i.index_name())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for index in table.indexes.iter().filter(|i| !existing.contains(&i.name)) {
+                    self.add_index(name, index).await?;
+                }
+                return Ok(());
+            }
             Err(err)
                 if err
                     .as_service_error()
@@ -168,13 +184,6 @@ impl Provisioner<'_> {
                 return Err(err).with_context(|| format!("Failed to describe table {name}"))
             }
         }
-        let key_element = |name: &str, kind| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-                .context("Failed to build a key element")
-        };
         let mut attributes = vec![table.pk, table.sk];
         let mut indexes = Vec::new();
         for index in table.indexes {
@@ -184,24 +193,14 @@ impl Provisioner<'_> {
                     .index_name(index.name)
                     .key_schema(key_element(index.pk, KeyType::Hash)?)
                     .key_schema(key_element(index.sk, KeyType::Range)?)
-                    .projection(
-                        Projection::builder()
-                            .projection_type(ProjectionType::All)
-                            .build(),
-                    )
+                    .projection(all_attributes())
                     .build()
                     .context("Failed to build an index")?,
             );
         }
         let definitions = attributes
             .into_iter()
-            .map(|name| {
-                AttributeDefinition::builder()
-                    .attribute_name(name)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .context("Failed to build an attribute definition")
-            })
+            .map(string_attribute)
             .collect::<anyhow::Result<Vec<_>>>()?;
         let created = self
             .ddb
@@ -248,6 +247,41 @@ impl Provisioner<'_> {
                     Err(err).with_context(|| format!("Failed to enable TTL on {name}"))
                 }
             })
+    }
+
+    /// Adds `index` to the existing table `name`; one that another process is adding
+    /// meanwhile is fine.
+    async fn add_index(&self, name: &str, index: &IndexDef) -> anyhow::Result<()> {
+        let create = CreateGlobalSecondaryIndexAction::builder()
+            .index_name(index.name)
+            .key_schema(key_element(index.pk, KeyType::Hash)?)
+            .key_schema(key_element(index.sk, KeyType::Range)?)
+            .projection(all_attributes())
+            .build()
+            .context("Failed to build an index")?;
+        let added = self
+            .ddb
+            .update_table()
+            .table_name(name)
+            .attribute_definitions(string_attribute(index.pk)?)
+            .attribute_definitions(string_attribute(index.sk)?)
+            .global_secondary_index_updates(
+                GlobalSecondaryIndexUpdate::builder().create(create).build(),
+            )
+            .send()
+            .await;
+        match added {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_in_use_exception()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err)
+                .with_context(|| format!("Failed to add index {} to table {name}", index.name)),
+        }
     }
 
     /// Creates the run queue and its dead-letter queue; returns the run queue's URL.
@@ -377,4 +411,27 @@ impl Provisioner<'_> {
             Err(err) => Err(err).with_context(|| format!("Failed to create secret {name}")),
         }
     }
+}
+
+fn key_element(name: &str, kind: KeyType) -> anyhow::Result<KeySchemaElement> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(kind)
+        .build()
+        .context("Failed to build a key element")
+}
+
+fn string_attribute(name: &str) -> anyhow::Result<AttributeDefinition> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .context("Failed to build an attribute definition")
+}
+
+/// Every index projects all attributes.
+fn all_attributes() -> Projection {
+    Projection::builder()
+        .projection_type(ProjectionType::All)
+        .build()
 }
