@@ -1,7 +1,7 @@
 //! The run engine: the worker that consumes the run queue ([`worker`]), the slice loop that
-//! claims and records a run's steps ([`run`]), one executor per step type (`steps`), the
-//! run's Step Functions execution ([`lifecycle`]), and the clients the executors use:
-//! tools, webhooks, LLMs and token prices.
+//! claims and records a run's steps ([`run`]) under the invocation's deadline ([`budget`]),
+//! one executor per step type (`steps`), the run's Step Functions execution ([`lifecycle`]),
+//! and the clients the executors use: tools, webhooks, LLMs and token prices.
 
 pub mod budget;
 pub mod cost;
