@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use serde_json::json;
 use spark_ops::clock::Clock;
-use spark_ops::engine::budget::Deadline;
+use spark_ops::engine::budget::{Deadline, MIN_STEP};
 use spark_ops::engine::run::Outcome;
 use spark_ops::engine::worker::{QueueMessage, Worker, OVERRUN_GRACE};
 use spark_ops::run::{RunStatus, StepStatus};
@@ -240,4 +240,42 @@ async fn a_tool_at_its_rate_limit_yields_to_the_next_slice_instead_of_failing_th
         server.received_requests().await.unwrap_or_default().len(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_step_that_cannot_fit_before_the_deadline_waits_for_the_next_slice() {
+    // GIVEN a run of one trivial step
+    let app = spawn_app_with(|_| {}).await;
+    let owner = app.user("Owner").await;
+    let project = app.project(&owner, "Late").await;
+    let agent = app.agent(&owner, &project, "house-model").await;
+    let definition = json!({"steps": [{"id": "route", "type": "decision",
+                                       "config": {"condition": "true", "then": [], "else": []}}]});
+    let workflow = app.released_workflow(&owner, &project, definition).await;
+    let id = app
+        .start_run(
+            &owner,
+            json!({"workflow_id": workflow, "agent_id": agent, "env": "dev", "input": {}}),
+        )
+        .await;
+    let engine = app.engine_allowing(&[]);
+
+    // WHEN a slice starts with less than the least time a step is given
+    let run = app.state.store.get_run(id).await.unwrap().unwrap();
+    let outcome = engine
+        .execute_within(run, &NoHeartbeat, Deadline::after(MIN_STEP / 2))
+        .await
+        .unwrap();
+
+    // THEN it starts nothing and asks to continue
+    assert_eq!(outcome, Outcome::Continue);
+    assert!(app.state.store.all_steps(id).await.unwrap().is_empty());
+
+    // AND the next slice, with time left, runs the step
+    let run = app.state.store.get_run(id).await.unwrap().unwrap();
+    let outcome = engine
+        .execute_within(run, &NoHeartbeat, Deadline::after(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
 }
