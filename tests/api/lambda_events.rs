@@ -43,7 +43,8 @@ async fn the_run_worker_event_settles_the_missing_run_and_dead_letters_the_unrea
         app.state.clock.clone(),
     );
     let worker = spark_ops::engine::worker::Worker::new(state).await.unwrap();
-    let response = worker.handle_event(event).await;
+    let deadline = spark_ops::engine::budget::Deadline::after(std::time::Duration::from_secs(60));
+    let response = worker.handle_event_until(event, deadline).await;
 
     // THEN the task for the missing run is settled (its task is failed, not retried), and the
     // unreadable message went to the dead-letter queue at once: nothing is redelivered

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use serde_json::json;
 use spark_ops::clock::Clock;
-use spark_ops::engine::budget::Deadline;
-use spark_ops::engine::run::Outcome;
+use spark_ops::engine::budget::{Deadline, MIN_STEP};
+use spark_ops::engine::run::{Engine, Outcome};
 use spark_ops::engine::worker::{QueueMessage, Worker, OVERRUN_GRACE};
 use spark_ops::run::{RunStatus, StepStatus};
 use spark_ops_tests::{allow_list, spawn_app_with, NoHeartbeat, TestApp};
@@ -203,11 +203,7 @@ async fn a_tool_at_its_rate_limit_yields_to_the_next_slice_instead_of_failing_th
     let engine = app.engine_allowing(&[&server.uri()]);
 
     // WHEN a slice with 5 s left runs it: the minute's wait does not fit
-    let run = app.state.store.get_run(id).await.unwrap().unwrap();
-    let outcome = engine
-        .execute_within(run, &NoHeartbeat, Deadline::after(Duration::from_secs(5)))
-        .await
-        .unwrap();
+    let outcome = slice(&app, &engine, id, Duration::from_secs(5)).await;
 
     // THEN the step gave its attempt back unsent, and the slice asks to continue
     assert_eq!(outcome, Outcome::Continue);
@@ -223,11 +219,7 @@ async fn a_tool_at_its_rate_limit_yields_to_the_next_slice_instead_of_failing_th
 
     // WHEN the next slice runs in the next minute
     app.clock.advance(chrono::Duration::seconds(60));
-    let run = app.state.store.get_run(id).await.unwrap().unwrap();
-    let outcome = engine
-        .execute_within(run, &NoHeartbeat, Deadline::after(Duration::from_secs(5)))
-        .await
-        .unwrap();
+    let outcome = slice(&app, &engine, id, Duration::from_secs(5)).await;
 
     // THEN it took the step over although a POST is not safe to repeat (nothing was sent),
     // called the tool once, and the run succeeded
@@ -240,4 +232,43 @@ async fn a_tool_at_its_rate_limit_yields_to_the_next_slice_instead_of_failing_th
         server.received_requests().await.unwrap_or_default().len(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_step_that_cannot_fit_before_the_deadline_waits_for_the_next_slice() {
+    // GIVEN a run of one trivial step
+    let app = spawn_app_with(|_| {}).await;
+    let owner = app.user("Owner").await;
+    let project = app.project(&owner, "Late").await;
+    let agent = app.agent(&owner, &project, "house-model").await;
+    let definition = json!({"steps": [{"id": "route", "type": "decision",
+                                       "config": {"condition": "true", "then": [], "else": []}}]});
+    let workflow = app.released_workflow(&owner, &project, definition).await;
+    let id = app
+        .start_run(
+            &owner,
+            json!({"workflow_id": workflow, "agent_id": agent, "env": "dev", "input": {}}),
+        )
+        .await;
+    let engine = app.engine_allowing(&[]);
+
+    // WHEN a slice starts with less than the least time a step is given
+    let outcome = slice(&app, &engine, id, MIN_STEP / 2).await;
+
+    // THEN it starts nothing and asks to continue
+    assert_eq!(outcome, Outcome::Continue);
+    assert!(app.state.store.all_steps(id).await.unwrap().is_empty());
+
+    // AND the next slice, with time left, runs the step
+    let outcome = slice(&app, &engine, id, Duration::from_secs(30)).await;
+    assert_eq!(outcome, Outcome::Succeeded);
+}
+
+/// Runs one slice of run `id` with `left` before the invocation's deadline.
+async fn slice(app: &TestApp, engine: &Engine, id: Uuid, left: Duration) -> Outcome {
+    let run = app.state.store.get_run(id).await.unwrap().unwrap();
+    engine
+        .execute_within(run, &NoHeartbeat, Deadline::after(left))
+        .await
+        .unwrap()
 }

@@ -330,12 +330,7 @@ async fn provisioning_adds_the_index_of_runs_in_motion_to_an_older_runs_table() 
     // GIVEN a runs table created before the index of runs in motion existed
     let app = spawn_app().await;
     let clients = &app.state.clients;
-    let provisioner = Provisioner {
-        ddb: &clients.ddb,
-        sqs: &clients.sqs,
-        secrets: &clients.secrets,
-        sfn: &clients.sfn,
-    };
+    let provisioner = Provisioner::of(clients);
     let name = format!("{}-older-runs", app.prefix);
     let older = TableDef {
         indexes: &[GSI1, GSI2, GSI3, GSI4, GSI5],

@@ -196,16 +196,6 @@ impl Worker {
         self.inner.run(self, shutdown).await
     }
 
-    /// Handles an SQS event of the Lambda function within an invocation of the configured
-    /// length: the ids of failed messages, for `ReportBatchItemFailures`.
-    pub async fn handle_event(
-        &self,
-        event: aws_lambda_events::event::sqs::SqsEvent,
-    ) -> aws_lambda_events::event::sqs::SqsBatchResponse {
-        let deadline = Deadline::after(self.inner.state.config.run_worker_invocation);
-        self.handle_event_until(event, deadline).await
-    }
-
     /// Handles an SQS event of the Lambda function by `deadline` (the invocation's, see
     /// [`Deadline::of_lambda`]): the ids of failed messages, for `ReportBatchItemFailures`.
     pub async fn handle_event_until(

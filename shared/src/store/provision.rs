@@ -57,16 +57,10 @@ pub async fn provision(
     clients: &crate::clients::Clients,
     config: &mut Config,
 ) -> anyhow::Result<()> {
-    Provisioner {
-        ddb: &clients.ddb,
-        sqs: &clients.sqs,
-        secrets: &clients.secrets,
-        sfn: &clients.sfn,
-        s3: &clients.s3,
-    }
-    .ensure_all(config)
-    .await?
-    .configure(config);
+    Provisioner::of(clients)
+        .ensure_all(config)
+        .await?
+        .configure(config);
     Ok(())
 }
 
@@ -82,6 +76,19 @@ pub struct Provisioner<'a> {
     pub sfn: &'a aws_sdk_sfn::Client,
     /// S3.
     pub s3: &'a aws_sdk_s3::Client,
+}
+
+impl<'a> Provisioner<'a> {
+    /// The provisioner of `clients`.
+    pub fn of(clients: &'a crate::clients::Clients) -> Self {
+        Self {
+            ddb: &clients.ddb,
+            sqs: &clients.sqs,
+            secrets: &clients.secrets,
+            sfn: &clients.sfn,
+            s3: &clients.s3,
+        }
+    }
 }
 
 impl Provisioner<'_> {
