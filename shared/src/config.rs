@@ -50,6 +50,12 @@ pub struct Config {
     /// How long a message the run worker failed stays invisible before its next delivery
     /// (`RUN_WORKER_RETRY_DELAY_SECONDS`, default 30).
     pub run_retry_delay: Duration,
+    /// How long a claimed step is presumed alive without news from its worker
+    /// (`RUN_STEP_LEASE_SECONDS`, default 300); a live worker renews it while the step runs.
+    pub step_lease: Duration,
+    /// How long a run must have stayed unchanged before the sweeper looks at it
+    /// (`SWEEPER_QUIET_SECONDS`, default 120).
+    pub sweeper_quiet: Duration,
     /// The AWS region runs are recorded in (`AWS_REGION`, default `us-east-1`).
     pub region: String,
     /// What outbound calls may reach besides the public internet (`EGRESS_ALLOW`, a
@@ -159,6 +165,8 @@ impl Config {
             run_queue_url: optional("RUN_QUEUE_URL"),
             llm_base_url: optional("LLM_BASE_URL"),
             run_retry_delay: seconds("RUN_WORKER_RETRY_DELAY_SECONDS", 30)?,
+            step_lease: seconds("RUN_STEP_LEASE_SECONDS", 300)?,
+            sweeper_quiet: seconds("SWEEPER_QUIET_SECONDS", 120)?,
             run_worker_invocation: seconds("RUN_WORKER_INVOCATION_SECONDS", 150)?,
             region: optional("AWS_REGION").unwrap_or_else(|| "us-east-1".to_owned()),
             registry_trusted_keys,

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde_json::{json, Value};
 use spark_ops::engine::lifecycle::{self, Execution};
 use spark_ops::engine::run::Outcome;
-use spark_ops::engine::sweeper::{self, SweepReport, QUIET, STALLED};
+use spark_ops::engine::sweeper::{self, SweepReport};
 use spark_ops::engine::worker::{QueueMessage, Worker};
 use spark_ops::run::{Run, RunStatus, MAX_TURNS};
 use spark_ops::store::provision::Provisioner;
@@ -42,10 +42,12 @@ async fn stored(app: &TestApp, id: Uuid) -> Run {
     app.state.store.get_run(id).await.unwrap().unwrap()
 }
 
-/// One sweep, once every change so far is older than [`QUIET`].
+/// One sweep, once every change so far is older than the sweeper's quiet time.
 async fn sweep_later(app: &TestApp) -> SweepReport {
-    app.clock
-        .advance(chrono::Duration::from_std(QUIET).unwrap() + chrono::Duration::seconds(1));
+    app.clock.advance(
+        chrono::Duration::from_std(app.state.config.sweeper_quiet).unwrap()
+            + chrono::Duration::seconds(1),
+    );
     sweeper::sweep(&app.state).await.expect("the sweep runs")
 }
 
@@ -173,7 +175,7 @@ async fn an_execute_task_unanswered_too_long_is_sent_again_and_a_fresh_one_is_no
 
     // WHEN it runs once the task has waited longer than a slice and a step's lease
     app.clock
-        .advance(chrono::Duration::from_std(STALLED).unwrap());
+        .advance(chrono::Duration::from_std(sweeper::stalled(&app.state.config)).unwrap());
     let late = sweeper::sweep(&app.state).await.unwrap();
 
     // THEN the same task is on the run queue again, and a worker runs the slice
@@ -183,8 +185,9 @@ async fn an_execute_task_unanswered_too_long_is_sent_again_and_a_fresh_one_is_no
 }
 
 #[tokio::test]
-async fn a_running_run_without_an_execution_fails_with_the_reason_once() {
-    // GIVEN a running run whose execution is gone
+async fn a_running_run_whose_execution_was_lost_gets_a_new_one_and_goes_on() {
+    // GIVEN a running run whose execution is gone, as when LocalStack restarts and forgets
+    // every execution
     let app = spawn_app().await;
     let (owner, body) = world(&app).await;
     let orphan = orphan_of(&app, app.start_run(&owner, body).await).await;
@@ -193,17 +196,21 @@ async fn a_running_run_without_an_execution_fails_with_the_reason_once() {
     // WHEN the sweeper runs
     let report = sweep_later(&app).await;
 
-    // THEN the run failed, saying why
-    assert_eq!(report.ended, 1, "{report:?}");
-    let run = stored(&app, orphan.id).await;
-    assert_eq!(run.status, RunStatus::Failed);
+    // THEN it started a new execution of the run's lifecycle, which asks a worker to go on
+    // from the run's step records
+    assert_eq!((report.started, report.ended), (1, 0), "{report:?}");
     assert_eq!(
-        run.error_message.as_deref(),
-        Some("the run's lifecycle execution does not exist; start a new run")
+        lifecycle::execution(&app.state, orphan.id).await.unwrap(),
+        Execution::Running
     );
-    // AND it left the list: a later sweep looks only at the other, healthy run
-    let again = sweep_later(&app).await;
-    assert_eq!((again.examined, again.ended), (1, 0), "{again:?}");
+    handle(&app, take_message(&app, "execute", orphan.id).await).await;
+    assert_eq!(
+        stored(&app, orphan.id).await.status,
+        RunStatus::AwaitingInput
+    );
+    // AND a sweep right after starts nothing more
+    let again = sweeper::sweep(&app.state).await.unwrap();
+    assert_eq!(again.started, 0, "{again:?}");
 }
 
 #[tokio::test]

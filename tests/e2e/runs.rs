@@ -19,8 +19,8 @@ use spark_ops::engine::worker::{QueueMessage, Worker};
 use spark_ops::store::provision::provision;
 use spark_ops::{AppState, Config};
 use support::{
-    local_clients, project, start_dev_server, step, step_ids, DevServer, FakeLlm, Project, Script,
-    ToolApi, WebhookReceiver, RUN_DEADLINE,
+    local_clients, project, start_dev_server, start_dev_server_as, step, step_ids, DevServer,
+    FakeLlm, Project, Script, ToolApi, WebhookReceiver, RUN_DEADLINE,
 };
 
 /// A model no built-in price covers: its price comes from the project's settings alone.
@@ -1281,4 +1281,93 @@ async fn a_tool_aimed_at_the_local_secrets_manager_is_refused_and_reads_no_secre
         .expect("the dev server's JWT key exists");
     let shown = format!("{run}{steps:?}{:?}", project.logs(id).await);
     assert!(!shown.contains(&key), "the JWT signing key leaked: {shown}");
+}
+
+#[tokio::test]
+async fn a_run_whose_worker_dies_mid_step_is_finished_by_another_and_counted_once() {
+    // GIVEN a dev server with short leases, slices and sweeps, and a run whose first step
+    // (a prompt) costs money and whose second (an idempotent GET tool) takes 4 s
+    let knobs = [
+        ("RUN_STEP_LEASE_SECONDS", "3"),
+        ("RUN_WORKER_INVOCATION_SECONDS", "12"),
+        ("SWEEPER_QUIET_SECONDS", "1"),
+        ("SWEEPER_INTERVAL_SECONDS", "1"),
+    ];
+    let first = start_dev_server(&knobs).await;
+    let owner = project(
+        &first,
+        Some(
+            json!({MODEL: {"input_per_million": INPUT_PRICE, "output_per_million": OUTPUT_PRICE}}),
+        ),
+    )
+    .await;
+    let tools = ToolApi::start().await;
+    tools
+        .answer_after("/slow", json!({"ok": true}), Duration::from_secs(4))
+        .await;
+    let slow = owner
+        .tool("Slow report", tools.url("/slow"), json!({"method": "GET"}))
+        .await;
+    let llm = FakeLlm::start(Script {
+        tool_call: None,
+        answer: (ANSWER.to_owned(), ANSWER_USAGE),
+    })
+    .await;
+    let agent = owner.agent(MODEL, &llm).await;
+    let workflow = owner
+        .workflow(json!({"steps": [
+            {"id": "triage", "type": "prompt", "config": {"prompt": "Customer {{ input.customer_id }}"}},
+            {"id": "report", "type": "tool", "depends_on": ["triage"],
+             "config": {"tool_id": slow, "input": {}}},
+        ]}))
+        .await;
+    let created = owner
+        .start_run(&workflow, &agent, json!({"customer_id": "c-42"}), json!({}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    // WHEN its worker is killed while the tool answers
+    tools.wait_for_call("/slow").await;
+    let prefix = first.prefix.clone();
+    drop(first);
+    // AND another dev server of the same deployment comes up
+    let second = start_dev_server_as(&prefix, &knobs).await;
+    let owner = owner.on(&second);
+
+    // THEN the sweeper finds the execute task nobody answers, the new worker takes the step
+    // over (its lease expired, and a GET is safe to repeat) and the run succeeds
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let run = loop {
+        let run = owner.run(&id).await;
+        if run["status"] != "running" && run["status"] != "queued" {
+            break run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {id} still `{}` after 90 s\n{}",
+            run["status"],
+            owner.describe(&id).await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(run["status"], "succeeded", "{}", owner.describe(&id).await);
+    // AND the model was asked once, the tool twice (the killed call, then the retake), and
+    // the prompt's tokens and cost were counted exactly once
+    assert_eq!(llm.requests().await.len(), 1);
+    assert_eq!(tools.calls("/slow").await.len(), 2);
+    assert_eq!(
+        (
+            run["tokens_prompt"].as_u64(),
+            run["tokens_completion"].as_u64()
+        ),
+        (Some(ANSWER_USAGE.0), Some(ANSWER_USAGE.1)),
+        "{run:#}"
+    );
+    assert_eq!(
+        cost_of(&run),
+        expected_cost(ANSWER_USAGE.0, ANSWER_USAGE.1).normalize()
+    );
+    let steps = owner.steps(&id).await;
+    let report = steps.iter().find(|s| s["step_id"] == "report").unwrap();
+    assert_eq!(report["attempts"], 2, "{report:#}");
 }

@@ -143,9 +143,16 @@ fn free_port() -> u16 {
 /// Starts the dev server with `env` on top of the local-services settings; returns once it
 /// is healthy.
 pub async fn start_dev_server(env: &[(&str, &str)]) -> DevServer {
-    let port = free_port();
     let prefix = format!("e2r{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let log = std::env::temp_dir().join(format!("spark-ops-{prefix}.log"));
+    start_dev_server_as(&prefix, env).await
+}
+
+/// Starts a dev server with `env` on the deployment `prefix` (another server's, to take
+/// over its tables, queues and executions); returns once it is healthy.
+pub async fn start_dev_server_as(prefix: &str, env: &[(&str, &str)]) -> DevServer {
+    let port = free_port();
+    let prefix = prefix.to_owned();
+    let log = std::env::temp_dir().join(format!("spark-ops-{prefix}-{port}.log"));
     let log_file = std::fs::File::create(&log).expect("the dev server log can be created");
     let mut command = Command::new(env!("CARGO_BIN_EXE_spark-ops-dev"));
     command
@@ -269,6 +276,16 @@ pub async fn project(server: &DevServer, model_prices: Option<Value>) -> Project
 }
 
 impl Project {
+    /// The same project, signed in the same way, through another dev server of its
+    /// deployment.
+    pub fn on(&self, server: &DevServer) -> Project {
+        Project {
+            base: server.base.clone(),
+            log: server.log.clone(),
+            ..self.clone()
+        }
+    }
+
     /// Sends a request with the owner's token (once signed in) and an optional JSON body.
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         let mut request = self.client.request(method, format!("{}{path}", self.base));

@@ -94,6 +94,14 @@ async fn main() -> anyhow::Result<()> {
                 }
                 if let Err(error) = sweeper::sweep(&state).await {
                     tracing::warn!(error = ?error, "a sweep failed");
+                    // LocalStack keeps no state across a restart: put back the queues, state
+                    // machine, bucket and secrets it forgot (names and ARNs are unchanged), so
+                    // the next sweep can give the unfinished runs new executions.
+                    let mut config = (*state.config).clone();
+                    match provision(&state.clients, &mut config).await {
+                        Ok(()) => tracing::info!("provisioned the local resources again"),
+                        Err(error) => tracing::warn!(error = ?error, "the local resources cannot be provisioned yet"),
+                    }
                 }
             }
         }));

@@ -53,10 +53,8 @@ use crate::workflow::{Definition, Scope, Step, StepKind};
 /// How long a worker keeps starting steps before handing the run back to the lifecycle.
 pub const SLICE: Duration = Duration::from_secs(60);
 
-/// How long a claimed step is presumed alive without news from its worker.
-pub const STEP_LEASE: Duration = Duration::from_secs(300);
-
-/// How often a long step renews its lease and heartbeats the task.
+/// How often a long step renews its lease and heartbeats the task, at most: a third of the
+/// lease ([`Config::step_lease`](crate::config::Config::step_lease)) when that is shorter.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
 
 /// How an `execute` slice ended: what the lifecycle does next.
@@ -163,6 +161,11 @@ impl Engine {
 
     pub(super) fn now(&self) -> DateTime<Utc> {
         self.state.clock.now()
+    }
+
+    /// How long a claim holds without news from its worker.
+    fn lease(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.state.config.step_lease).unwrap_or_default()
     }
 
     /// Executes `run`'s ready steps for one slice of a worker invocation of the default
@@ -382,7 +385,7 @@ impl Engine {
                 }
             }
         }
-        let lease = now + chrono::Duration::from_std(STEP_LEASE).unwrap_or_default();
+        let lease = now + self.lease();
         if store
             .retake_step(&existing, now, lease, slice.run.retries)
             .await?
@@ -465,7 +468,7 @@ impl Engine {
             step_id,
             kind,
             now,
-            now + chrono::Duration::from_std(STEP_LEASE).unwrap_or_default(),
+            now + self.lease(),
             slice.run.retries,
         )
     }
@@ -637,14 +640,15 @@ impl Engine {
         future: impl std::future::Future<Output = StepResult>,
     ) -> StepResult {
         tokio::pin!(future);
-        let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
+        let every = HEARTBEAT_EVERY.min(self.state.config.step_lease / 3);
+        let mut ticker = tokio::time::interval(every.max(Duration::from_millis(100)));
         ticker.tick().await;
         loop {
             tokio::select! {
                 result = &mut future => return result,
                 _ = ticker.tick() => {
                     heartbeat.beat().await;
-                    let lease = self.now() + chrono::Duration::from_std(STEP_LEASE).unwrap_or_default();
+                    let lease = self.now() + self.lease();
                     if let Err(err) = self.state.store.renew_step_lease(record, lease).await {
                         tracing::warn!(error = %err, "could not renew a step lease");
                     }

@@ -8,12 +8,11 @@
 //! (the index lags), then:
 //!
 //! 1. its project was deleted: the project's teardown cancels it;
-//! 2. its execution does not exist:
-//!    - `queued` or `awaiting_approval`: the lifecycle's start failed after the run was
-//!      stored. It is started now (starts are idempotent by name); if that fails too, the
-//!      run fails saying so;
-//!    - `running` or `awaiting_input`: nothing can move it; it ends ([`Move::abandoned`]);
-//!    - `failed`: nothing will retry it; it leaves the list;
+//! 2. its execution does not exist (the lifecycle's start failed after the run was stored,
+//!    or the Step Functions state was lost, as when a local LocalStack restarts): it is
+//!    started now (starts are idempotent by name) and routes from where the run is — a
+//!    queued or running run executes, one waiting for input or approval waits again, a
+//!    failed one waits for a retry. If that start fails too, the run ends saying so;
 //! 3. its execution ended: the run ends too, saying how the execution ended (`failed`
 //!    leaves the list);
 //! 4. its execution waits on a task whose token the run does not hold: the task's message
@@ -32,20 +31,21 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::lifecycle::{self, Execution};
-use super::run::{SLICE, STEP_LEASE};
+use super::run::SLICE;
 use super::teardown::{self, Teardown};
+use crate::config::Config;
 use crate::run::{Move, Run, RunStatus};
 use crate::state::AppState;
 use crate::store::runs::ACTIVE_SHARDS;
 use crate::store::StoreError;
 
-/// How long a run must have stayed unchanged before the sweeper looks at it: long enough
-/// that a request or a worker moving it right now is done.
-pub const QUIET: Duration = Duration::from_secs(120);
-
-/// How long an `execute` task may stay unanswered before its message is sent again: a
-/// slice plus a step's lease, which a live worker renews.
-pub const STALLED: Duration = Duration::from_secs(SLICE.as_secs() + STEP_LEASE.as_secs());
+/// How long an `execute` task may stay unanswered before its message is sent again: the
+/// longest slice (a worker invocation may cut it shorter) plus a step's lease, which a live
+/// worker renews. How long a run must stay unchanged before the sweeper looks at it at all
+/// is [`Config::sweeper_quiet`].
+pub fn stalled(config: &Config) -> Duration {
+    SLICE.min(config.run_worker_invocation) + config.step_lease
+}
 
 /// Most runs one sweep examines.
 pub const RUNS_PER_SWEEP: usize = 200;
@@ -106,7 +106,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<SweepReport> {
             }
         }
     }
-    let before = state.clock.now() - chrono::Duration::from_std(QUIET)?;
+    let before = state.clock.now() - chrono::Duration::from_std(state.config.sweeper_quiet)?;
     let mut projects: HashMap<Uuid, Owner> = HashMap::new();
     'shards: for shard in 0..ACTIVE_SHARDS {
         let mut start = None;
@@ -193,26 +193,27 @@ async fn repair(
         }
     }
     match lifecycle::execution(state, run.id).await? {
-        Execution::Missing => match run.status {
-            RunStatus::Queued | RunStatus::AwaitingApproval => {
-                if let Err(error) = lifecycle::start(state, &run).await {
-                    tracing::warn!(error = ?error, "the run's lifecycle still does not start");
-                    let at = state.clock.now();
-                    return end_with(state, &run, Move::start_failed(&run, at)).await;
+        Execution::Missing => {
+            if let Err(error) = lifecycle::start(state, &run).await {
+                tracing::warn!(error = ?error, "the run's lifecycle does not start");
+                if run.status == RunStatus::Failed {
+                    // Nothing can retry it without a lifecycle.
+                    return settle(state, &run).await;
                 }
-                tracing::info!("started the lifecycle of a run whose start had failed");
-                Ok(Repair::Started)
-            }
-            RunStatus::Failed => settle(state, &run).await,
-            _ => {
-                abandon(
+                return abandon(
                     state,
                     &run,
-                    "the run's lifecycle execution does not exist; start a new run",
+                    "the run's lifecycle could not be started; start a new run",
                 )
-                .await
+                .await;
             }
-        },
+            tracing::info!(
+                status = run.status.as_str(),
+                "started the lifecycle of a run that had none"
+            );
+            revisit(state, &run).await?;
+            Ok(Repair::Started)
+        }
         Execution::Ended(how) => {
             if run.status == RunStatus::Failed {
                 return settle(state, &run).await;
@@ -231,7 +232,7 @@ async fn repair(
             let kind = task.message["kind"].as_str().unwrap_or_default();
             let lost = if kind == "execute" {
                 let waited = state.clock.now() - task.sent_at;
-                waited > chrono::Duration::from_std(STALLED)?
+                waited > chrono::Duration::from_std(stalled(&state.config))?
             } else {
                 run.task_token.as_deref() != Some(task.token.as_str())
             };

@@ -42,7 +42,7 @@ use uuid::Uuid;
 
 use super::budget::{Deadline, SAFETY_MARGIN};
 use super::lifecycle;
-use super::run::{Engine, Heartbeat, STEP_LEASE};
+use super::run::{Engine, Heartbeat};
 use crate::run::{Move, Run, RunStatus};
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -312,7 +312,7 @@ impl Inner {
                             .await?;
                         Ok(Handled::Done)
                     }
-                    None => Ok(Handled::Later(STEP_LEASE / 5)),
+                    None => Ok(Handled::Later(self.state.config.step_lease / 5)),
                 }
             }
             Task::Approval { task_token, .. } => {
