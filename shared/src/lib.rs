@@ -7,6 +7,7 @@
 pub mod agent_health;
 pub mod api;
 pub mod auth;
+pub mod backoff;
 pub mod bootstrap;
 pub mod clients;
 pub mod clock;

@@ -29,6 +29,7 @@ use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 
 /// A DynamoDB item.
@@ -259,7 +260,7 @@ impl Store {
         loop {
             match self.transact_once(items.clone(), what).await {
                 Err(failure) if failure.retry && attempt < TRANSACT_ATTEMPTS => {
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(STORE_BACKOFF.delay(attempt - 1)).await;
                     attempt += 1;
                 }
                 Err(failure) => return Err(failure.error),
@@ -318,11 +319,13 @@ impl Store {
 /// Attempts a transaction gets when it keeps losing races.
 const TRANSACT_ATTEMPTS: u32 = 8;
 
-/// The first retry's delay; each further retry doubles it, up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(25);
-
-/// The longest wait between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_millis(1_000);
+/// How long a store write that lost a race or was throttled (a transaction, a batch of log
+/// lines) waits before its next attempt: 25 ms for the first retry, doubling up to 1 s,
+/// jittered so writes that collided do not collide again in step.
+pub(crate) const STORE_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(25),
+    cap: Duration::from_millis(1_000),
+};
 
 /// Codes of a transaction (or of one of its items) that lost a race or was throttled:
 /// trying again later may succeed.
@@ -347,19 +350,6 @@ struct TransactFailure {
 fn retryable(reasons: &[Option<String>]) -> bool {
     let failed: Vec<&str> = reasons.iter().flatten().map(String::as_str).collect();
     !failed.is_empty() && failed.iter().all(|code| RETRYABLE_CODES.contains(code))
-}
-
-/// The wait before retry `attempt` (from 1): a uniform draw between half the doubling cap
-/// and the cap, so transactions that collided do not collide again in step.
-fn backoff(attempt: u32) -> Duration {
-    let cap = FIRST_BACKOFF
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(MAX_BACKOFF);
-    let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX).max(1);
-    Duration::from_millis(rand::Rng::gen_range(
-        &mut rand::thread_rng(),
-        millis / 2..=millis,
-    ))
 }
 
 /// Maps an SDK error of a single-item write, separating a failed condition from the rest.
@@ -424,21 +414,6 @@ mod tests {
         ])));
         assert!(!retryable(&reasons(&[Some("ValidationError")])));
         assert!(!retryable(&reasons(&[None, None])));
-    }
-
-    #[test]
-    fn retries_wait_longer_each_time_up_to_a_cap() {
-        for attempt in 1..=TRANSACT_ATTEMPTS {
-            let cap = FIRST_BACKOFF
-                .saturating_mul(1 << (attempt - 1))
-                .min(MAX_BACKOFF);
-            let wait = backoff(attempt);
-            assert!(
-                wait <= cap && wait >= cap / 2,
-                "attempt {attempt}: {wait:?}"
-            );
-        }
-        assert_eq!(backoff(40).max(MAX_BACKOFF), MAX_BACKOFF);
     }
 }
 

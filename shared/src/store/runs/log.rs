@@ -1,16 +1,13 @@
 //! A run's log lines: bounded one by one, written in batches that retry what DynamoDB left
 //! unprocessed or throttled.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
-use rand::Rng;
 use uuid::Uuid;
 
 use super::run_pk;
 use crate::run::LogLine;
-use crate::store::{cursor, item, Page, Store, StoreResult};
+use crate::store::{cursor, item, Page, Store, StoreResult, STORE_BACKOFF};
 
 /// Batch writes tried before the lines they still hold are given up.
 const LOG_WRITE_ATTEMPTS: u32 = 8;
@@ -47,7 +44,7 @@ impl Store {
     async fn write_log_batch(&self, mut requests: Vec<WriteRequest>) -> StoreResult<()> {
         for attempt in 0..LOG_WRITE_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::time::sleep(STORE_BACKOFF.delay(attempt - 1)).await;
             }
             let sent = self
                 .ddb
@@ -102,23 +99,5 @@ impl Store {
         if let Err(error) = self.append_logs(run_id, lines).await {
             tracing::warn!(%run_id, error = %error, "could not store run log lines");
         }
-    }
-}
-
-/// The wait before retry `attempt` (from 1): a random share of 25 ms × 2^attempt, at most 2 s.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = (25u64 << attempt.min(7)).min(2000);
-    Duration::from_millis(rand::thread_rng().gen_range(ceiling / 2..=ceiling))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_stays_bounded() {
-        assert!(backoff(1) <= Duration::from_millis(50));
-        assert!(backoff(20) <= Duration::from_secs(2));
-        assert!(backoff(20) >= Duration::from_secs(1));
     }
 }
