@@ -1371,3 +1371,118 @@ async fn a_run_whose_worker_dies_mid_step_is_finished_by_another_and_counted_onc
     let report = steps.iter().find(|s| s["step_id"] == "report").unwrap();
     assert_eq!(report["attempts"], 2, "{report:#}");
 }
+
+/// A LocalStack of the test's own, on its own port, started and stopped with the project's
+/// `services.sh`; stopped when dropped.
+struct OwnLocalStack {
+    port: u16,
+    record: std::path::PathBuf,
+}
+
+impl OwnLocalStack {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free local port")
+            .port();
+        let record = std::env::temp_dir().join(format!("spark-ops-localstack-{port}.record"));
+        let own = Self { port, record };
+        own.services("start").await;
+        own
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn services(&self, action: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/local/services.sh");
+        let mut command = std::process::Command::new("bash");
+        command
+            .args([script, action, "--record"])
+            .arg(&self.record)
+            .env("LOCALSTACK_PORT", self.port.to_string());
+        if action == "start" {
+            command.arg("localstack");
+        }
+        let status = tokio::task::spawn_blocking(move || command.status())
+            .await
+            .expect("services.sh finishes")
+            .expect("services.sh runs");
+        assert!(
+            status.success(),
+            "services.sh {action} LocalStack on {}",
+            self.port
+        );
+    }
+}
+
+impl Drop for OwnLocalStack {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/local/services.sh");
+        let _ = std::process::Command::new("bash")
+            .arg(script)
+            .args(["stop", "--record"])
+            .arg(&self.record)
+            .env("LOCALSTACK_PORT", self.port.to_string())
+            .status();
+        let _ = std::fs::remove_file(&self.record);
+    }
+}
+
+#[tokio::test]
+async fn an_unfinished_run_recovers_when_localstack_restarts_under_the_dev_server() {
+    // GIVEN a dev server on a LocalStack of its own, with quick sweeps, and a run whose tool
+    // step is answering when LocalStack goes away
+    let localstack = OwnLocalStack::start().await;
+    let url = localstack.url();
+    let server = start_dev_server(&[
+        ("AWS_ENDPOINT_URL", url.as_str()),
+        ("RUN_STEP_LEASE_SECONDS", "3"),
+        ("RUN_WORKER_INVOCATION_SECONDS", "12"),
+        ("SWEEPER_QUIET_SECONDS", "1"),
+        ("SWEEPER_INTERVAL_SECONDS", "1"),
+    ])
+    .await;
+    let project = project(&server, None).await;
+    let tools = ToolApi::start().await;
+    tools
+        .answer_after("/draft", json!({"draft": "Hello"}), Duration::from_secs(3))
+        .await;
+    let draft = project
+        .tool("Draft", tools.url("/draft"), json!({"method": "GET"}))
+        .await;
+    let llm = unused_llm().await;
+    let agent = project.agent("gpt-4o-mini", &llm).await;
+    let workflow = project
+        .workflow(json!({"steps": [
+            {"id": "draft", "type": "tool", "config": {"tool_id": draft}},
+            {"id": "review", "type": "human", "depends_on": ["draft"],
+             "config": {"instructions": "Check: {{ steps.draft.output.draft }}"}},
+        ]}))
+        .await;
+    let created = project
+        .start_run(&workflow, &agent, json!({}), json!({}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    tools.wait_for_call("/draft").await;
+
+    // WHEN LocalStack restarts, forgetting every queue, execution and secret
+    localstack.services("stop").await;
+    localstack.services("start").await;
+
+    // THEN the dev server provisions its resources again, the sweeper gives the run a new
+    // execution, and the run waits for its human step
+    let waiting = project.wait_for_status(&id, "awaiting_input").await;
+    assert_eq!(waiting["status"], "awaiting_input");
+    // AND a resume finishes it on the new lifecycle
+    let reply = project
+        .post(
+            &format!("/api/v1/runs/{id}/resume"),
+            json!({"input": {"approved": true}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    project.wait_for_status(&id, "succeeded").await;
+    assert!(tools.calls("/draft").await.len() <= 2);
+}

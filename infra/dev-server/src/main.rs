@@ -92,16 +92,29 @@ async fn main() -> anyhow::Result<()> {
                     _ = stopped.wait_for(|stop| *stop) => return,
                     _ = ticks.tick() => {}
                 }
-                if let Err(error) = sweeper::sweep(&state).await {
-                    tracing::warn!(error = ?error, "a sweep failed");
-                    // LocalStack keeps no state across a restart: put back the queues, state
-                    // machine, bucket and secrets it forgot (names and ARNs are unchanged), so
-                    // the next sweep can give the unfinished runs new executions.
+                // LocalStack keeps no state across a restart: when the run queue is gone,
+                // put back the queues, state machine, bucket and secrets it forgot (names
+                // and ARNs are unchanged), so this sweep can give the unfinished runs new
+                // executions.
+                let queue = state
+                    .clients
+                    .sqs
+                    .get_queue_url()
+                    .queue_name(state.config.run_queue_name())
+                    .send()
+                    .await;
+                if queue.is_err() {
                     let mut config = (*state.config).clone();
                     match provision(&state.clients, &mut config).await {
                         Ok(()) => tracing::info!("provisioned the local resources again"),
-                        Err(error) => tracing::warn!(error = ?error, "the local resources cannot be provisioned yet"),
+                        Err(error) => {
+                            tracing::warn!(error = ?error, "the local resources cannot be provisioned yet");
+                            continue;
+                        }
                     }
+                }
+                if let Err(error) = sweeper::sweep(&state).await {
+                    tracing::warn!(error = ?error, "a sweep failed");
                 }
             }
         }));

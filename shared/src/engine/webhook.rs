@@ -169,8 +169,9 @@ pub async fn project_secret(
     let fresh = WebhookSecret::generate();
     if secrets.create_if_absent(&path, &fresh.0).await? {
         tracing::info!(project_id = %project_id, "webhook secret created");
-        return Ok(fresh);
     }
+    // Whoever created it, every caller signs with what is stored: a store whose create is
+    // not atomic under concurrency (LocalStack's) then still converges on one secret.
     secrets
         .get(&path)
         .await?
