@@ -31,10 +31,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use spark_ops::clock::SystemClock;
 use spark_ops::engine::worker::Worker;
-use spark_ops::state::Clients;
 use spark_ops::store::provision::provision;
 use spark_ops::{api, AppState, Config};
-use spark_ops_tests::{dynamodb_url, local_sdk_config, unique_slug, PASSWORD};
+use spark_ops_tests::{local_clients, local_sdk_config, unique_slug, PASSWORD};
 
 /// What the bench is told on its command line.
 struct Args {
@@ -76,17 +75,7 @@ async fn serve_in_process() -> anyhow::Result<String> {
     config.register_max_per_address = 10_000;
     config.login_max_failures_per_address = 10_000;
     let sdk = local_sdk_config().await;
-    let clients = Clients {
-        ddb: aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::config::Builder::from(&sdk)
-                .endpoint_url(dynamodb_url())
-                .build(),
-        ),
-        sqs: aws_sdk_sqs::Client::new(&sdk),
-        secrets: aws_sdk_secretsmanager::Client::new(&sdk),
-        sfn: aws_sdk_sfn::Client::new(&sdk),
-        s3: spark_ops::clients::s3_client(&sdk),
-    };
+    let clients = local_clients(&sdk, |ddb| ddb);
     provision(&clients, &mut config)
         .await
         .context("provisioning against the local services; are they running?")?;

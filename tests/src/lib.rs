@@ -41,6 +41,22 @@ pub fn dynamodb_url() -> String {
 }
 
 /// SDK configuration that can only reach the local services.
+/// Clients of the local services from `sdk`, DynamoDB on its own endpoint; `ddb` adds to
+/// DynamoDB's configuration (an interceptor, say).
+pub fn local_clients(
+    sdk: &aws_config::SdkConfig,
+    ddb: impl FnOnce(aws_sdk_dynamodb::config::Builder) -> aws_sdk_dynamodb::config::Builder,
+) -> Clients {
+    let ddb_config = ddb(aws_sdk_dynamodb::config::Builder::from(sdk).endpoint_url(dynamodb_url()));
+    Clients {
+        ddb: aws_sdk_dynamodb::Client::from_conf(ddb_config.build()),
+        sqs: aws_sdk_sqs::Client::new(sdk),
+        secrets: aws_sdk_secretsmanager::Client::new(sdk),
+        sfn: aws_sdk_sfn::Client::new(sdk),
+        s3: spark_ops::clients::s3_client(sdk),
+    }
+}
+
 pub async fn local_sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
@@ -215,17 +231,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     adjust(&mut config);
     let sdk = local_sdk_config().await;
     let counter = Arc::new(RequestCounter::default());
-    let ddb_config = aws_sdk_dynamodb::config::Builder::from(&sdk)
-        .endpoint_url(dynamodb_url())
-        .interceptor(CountingInterceptor(counter.clone()))
-        .build();
-    let clients = Clients {
-        ddb: aws_sdk_dynamodb::Client::from_conf(ddb_config),
-        sqs: aws_sdk_sqs::Client::new(&sdk),
-        secrets: aws_sdk_secretsmanager::Client::new(&sdk),
-        sfn: aws_sdk_sfn::Client::new(&sdk),
-        s3: spark_ops::clients::s3_client(&sdk),
-    };
+    let clients = local_clients(&sdk, |ddb| {
+        ddb.interceptor(CountingInterceptor(counter.clone()))
+    });
     provision(&clients, &mut config)
         .await
         .expect("provisioning against the local services; are they running? (make services)");
