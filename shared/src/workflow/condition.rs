@@ -141,20 +141,32 @@ impl Expression {
 
     /// Evaluates a list (a loop's `over`); any other result is an error naming its type.
     pub fn evaluate_list(&self, scope: &Scope) -> Result<Vec<Value>, String> {
-        match self.execute(scope)? {
-            Cel::List(items) => items.iter().map(to_json).collect(),
-            other => Err(format!("gives {}, not a list", cel_type(&other))),
-        }
+        as_list(self.execute(scope)?)
     }
 
     /// Evaluates a condition on a blocking thread, within [`EVALUATION_TIMEOUT`], so a costly
     /// one never holds up the async executor.
     pub async fn evaluate_bool_blocking(&self, scope: &Scope<'_>) -> Result<bool, String> {
+        self.evaluate_blocking(scope, as_bool).await
+    }
+
+    /// Evaluates a list (a loop's `over`) like [`Self::evaluate_bool_blocking`].
+    pub async fn evaluate_list_blocking(&self, scope: &Scope<'_>) -> Result<Vec<Value>, String> {
+        self.evaluate_blocking(scope, as_list).await
+    }
+
+    /// Runs the program on a blocking thread, within [`EVALUATION_TIMEOUT`], and reads its
+    /// result with `read` there too (converting a large list is work as well).
+    async fn evaluate_blocking<T: Send + 'static>(
+        &self,
+        scope: &Scope<'_>,
+        read: fn(Cel) -> Result<T, String>,
+    ) -> Result<T, String> {
         let bound = self.bind(scope)?;
         let program = Arc::clone(&self.program);
-        let task = tokio::task::spawn_blocking(move || run(&program, bound));
+        let task = tokio::task::spawn_blocking(move || run(&program, bound).and_then(read));
         match tokio::time::timeout(EVALUATION_TIMEOUT, task).await {
-            Ok(Ok(result)) => as_bool(result?),
+            Ok(Ok(result)) => result,
             Ok(Err(_)) => Err("could not be evaluated (the CEL interpreter failed)".to_owned()),
             Err(_) => Err(format!(
                 "took longer than {} s to evaluate",
@@ -225,6 +237,13 @@ fn run(program: &Program, bound: Vec<(String, Cel)>) -> Result<Cel, String> {
     panic::catch_unwind(AssertUnwindSafe(|| program.execute(&context)))
         .map_err(|_| "could not be evaluated (the CEL interpreter failed)".to_owned())?
         .map_err(|e| e.to_string())
+}
+
+fn as_list(value: Cel) -> Result<Vec<Value>, String> {
+    match value {
+        Cel::List(items) => items.iter().map(to_json).collect(),
+        other => Err(format!("gives {}, not a list", cel_type(&other))),
+    }
 }
 
 fn as_bool(value: Cel) -> Result<bool, String> {
@@ -716,6 +735,26 @@ mod tests {
                 .evaluate_bool_blocking(&run.scope())
                 .await,
             Err("gives a map, not a bool".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_list_evaluates_off_the_executor_under_the_same_limit() {
+        let run = items(1000);
+        let list = expr("input.items.filter(x, x < 3)")
+            .evaluate_list_blocking(&run.scope())
+            .await;
+        assert_eq!(list, Ok(vec![json!(0), json!(1), json!(2)]));
+        let error = expr("input.items.map(a, input.items.map(b, input.items.map(x, x)))")
+            .evaluate_list_blocking(&run.scope())
+            .await
+            .unwrap_err();
+        assert!(error.starts_with("expression too costly"), "{error}");
+        assert_eq!(
+            expr("input.nested")
+                .evaluate_list_blocking(&run.scope())
+                .await,
+            Err("gives a map, not a list".to_owned())
         );
     }
 

@@ -1,6 +1,6 @@
-//! The `loop` step: runs its inner step once per item of `over` (or while `while` holds), each
-//! iteration claimed and recorded on its own, and fails with the first failed iteration. The
-//! loop's record keeps only `{"iterations": n}`; later steps see the iterations' outputs as
+//! The `loop` step: runs its inner step once per item of `over` (or while `while` holds; both
+//! are evaluated off the async executor, like decisions), each iteration claimed and recorded
+//! on its own, and fails with the first failed iteration. The loop's record keeps only `{"iterations": n}`; later steps see the iterations' outputs as
 //! `steps.<loop>.output.outputs`, assembled in memory ([`crate::engine::outputs`]).
 
 use serde_json::{json, Value};
@@ -24,7 +24,9 @@ impl Engine {
     ) -> anyhow::Result<StepFlow> {
         let step_id = step.id.as_str();
         let items = match &config.iteration {
-            Iteration::Over(expression) => match expression.evaluate_list(&slice.scope(None, None))
+            Iteration::Over(expression) => match expression
+                .evaluate_list_blocking(&slice.scope(None, None))
+                .await
             {
                 Ok(items) if items.len() > config.max_iterations as usize => {
                     let error = format!(
@@ -56,7 +58,10 @@ impl Engine {
                     None => break,
                 },
                 (None, Iteration::While(condition)) => {
-                    match condition.evaluate_bool(&slice.scope(None, Some(u64::from(round)))) {
+                    match condition
+                        .evaluate_bool_blocking(&slice.scope(None, Some(u64::from(round))))
+                        .await
+                    {
                         Ok(false) => break,
                         Ok(true) if round >= config.max_iterations => {
                             let error = format!(
