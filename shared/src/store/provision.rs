@@ -442,3 +442,36 @@ fn all_attributes() -> Projection {
         .projection_type(ProjectionType::All)
         .build()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::RUN_LIFECYCLE_ASL;
+    use crate::engine::run::HEARTBEAT_EVERY;
+
+    /// A task that waits for its token needs an explicit `TimeoutSeconds`: without one, AWS
+    /// waits about three years, but LocalStack times the task out after 60 s, which would fail
+    /// every step running longer than a minute in `make dev` only.
+    #[test]
+    fn every_waiting_task_has_an_explicit_timeout_and_heartbeats_fit_it() {
+        let asl: Value = serde_json::from_str(RUN_LIFECYCLE_ASL).unwrap();
+        let states = asl["States"].as_object().unwrap();
+        let waiting: Vec<_> = states
+            .iter()
+            .filter(|(_, state)| {
+                state["Resource"]
+                    .as_str()
+                    .is_some_and(|r| r.ends_with(".waitForTaskToken"))
+            })
+            .collect();
+        assert_eq!(waiting.len(), 4, "Execute and the three waits");
+        for (name, state) in waiting {
+            let timeout = state["TimeoutSeconds"].as_u64();
+            assert!(timeout.is_some_and(|t| t >= 3600), "{name}: {timeout:?}");
+            if let Some(heartbeat) = state["HeartbeatSeconds"].as_u64() {
+                assert!(heartbeat > 2 * HEARTBEAT_EVERY.as_secs(), "{name}");
+            }
+        }
+    }
+}
