@@ -110,6 +110,38 @@ enum Handled {
 /// step that ended at the deadline.
 pub const OVERRUN_GRACE: Duration = Duration::from_secs(SAFETY_MARGIN.as_secs() / 2);
 
+/// Runs each run's future (giving the ids of its failed messages) in a task of its own and
+/// gathers what failed. A task that panics, or is still running at `abort_at` (it is then
+/// aborted), fails all its own messages and nobody else's.
+async fn isolated<F>(
+    groups: Vec<(Uuid, Vec<String>, F)>,
+    abort_at: tokio::time::Instant,
+) -> Vec<String>
+where
+    F: Future<Output = Vec<String>> + Send + 'static,
+{
+    let tasks: Vec<_> = groups
+        .into_iter()
+        .map(|(run_id, ids, future)| (run_id, ids, tokio::spawn(future)))
+        .collect();
+    let mut failed = Vec::new();
+    for (run_id, ids, mut task) in tasks {
+        match tokio::time::timeout_at(abort_at, &mut task).await {
+            Ok(Ok(group_failed)) => failed.extend(group_failed),
+            Ok(Err(error)) => {
+                tracing::error!(%run_id, error = %error, "a run's task panicked; its messages failed alone");
+                failed.extend(ids);
+            }
+            Err(_) => {
+                task.abort();
+                tracing::error!(%run_id, "a run's task ran past the invocation deadline and was stopped");
+                failed.extend(ids);
+            }
+        }
+    }
+    failed
+}
+
 /// Consumes the run queue.
 pub struct Worker {
     inner: Arc<Inner>,
@@ -163,30 +195,18 @@ impl Worker {
                 }
             }
         }
-        let tasks: Vec<_> = groups
+        let groups = groups
             .into_iter()
             .map(|(run_id, group)| {
-                let ids: Vec<String> = group.iter().map(|(m, _)| m.message_id.clone()).collect();
+                let ids = group.iter().map(|(m, _)| m.message_id.clone()).collect();
                 let inner = Arc::clone(&self.inner);
-                let task = tokio::spawn(async move { inner.handle_group(group, deadline).await });
-                (run_id, ids, task)
+                (run_id, ids, async move {
+                    inner.handle_group(group, deadline).await
+                })
             })
             .collect();
         let abort_at = tokio::time::Instant::from_std(deadline.instant() + OVERRUN_GRACE);
-        for (run_id, ids, mut task) in tasks {
-            match tokio::time::timeout_at(abort_at, &mut task).await {
-                Ok(Ok(group_failed)) => failed.extend(group_failed),
-                Ok(Err(error)) => {
-                    tracing::error!(%run_id, error = %error, "a run's task panicked; its messages failed alone");
-                    failed.extend(ids);
-                }
-                Err(_) => {
-                    task.abort();
-                    tracing::error!(%run_id, "a run's task ran past the invocation deadline and was stopped");
-                    failed.extend(ids);
-                }
-            }
-        }
+        failed.extend(isolated(groups, abort_at).await);
         failed
     }
 
@@ -526,5 +546,48 @@ impl Heartbeat for TaskHeartbeat<'_> {
         {
             tracing::warn!(error = ?error, "could not heartbeat the run task");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::time::Duration;
+
+    use uuid::Uuid;
+
+    use super::isolated;
+
+    type Group = (
+        Uuid,
+        Vec<String>,
+        Pin<Box<dyn Future<Output = Vec<String>> + Send>>,
+    );
+
+    fn group(ids: &[&str], future: impl Future<Output = Vec<String>> + Send + 'static) -> Group {
+        let ids = ids.iter().map(|id| (*id).to_owned()).collect();
+        (Uuid::now_v7(), ids, Box::pin(future))
+    }
+
+    #[tokio::test]
+    async fn a_panicking_or_overrunning_run_fails_only_its_own_messages() {
+        let abort_at = tokio::time::Instant::now() + Duration::from_millis(200);
+        let groups = vec![
+            group(&["ok-1", "ok-2"], async { Vec::new() }),
+            group(&["panics-1", "panics-2"], async {
+                panic!("a bug in one run")
+            }),
+            group(&["slow-1"], async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Vec::new()
+            }),
+            group(&["partly-1", "partly-2"], async {
+                vec!["partly-2".to_owned()]
+            }),
+        ];
+        let mut failed = isolated(groups, abort_at).await;
+        failed.sort();
+        assert_eq!(failed, ["panics-1", "panics-2", "partly-2", "slow-1"]);
     }
 }
