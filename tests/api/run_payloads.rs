@@ -409,3 +409,40 @@ async fn an_oversized_log_line_is_cut_and_cannot_sink_its_batch() {
     );
     assert_eq!(page.items[29].message, "line 29");
 }
+
+#[tokio::test]
+async fn log_writes_that_dynamodb_leaves_unprocessed_are_written_again() {
+    // GIVEN 30 log lines (two batch writes), and DynamoDB answering the first three batch
+    // writes with every item unprocessed
+    let w = world().await;
+    let run = Uuid::now_v7();
+    let at = chrono::Utc::now();
+    let lines: Vec<LogLine> = (0..30)
+        .map(|i| LogLine {
+            at,
+            level: LogLevel::Info,
+            step_id: None,
+            message: format!("line {i}"),
+        })
+        .collect();
+    w.app.ddb_requests.reset();
+    w.app.ddb_requests.bounce_batch_writes(3);
+
+    // WHEN they are appended
+    w.app.state.store.append_logs(run, &lines).await.unwrap();
+
+    // THEN the first batch was sent four times and the second once, and every line is there
+    // once
+    let writes = w
+        .app
+        .ddb_requests
+        .operations()
+        .iter()
+        .filter(|op| *op == "BatchWriteItem")
+        .count();
+    assert_eq!(writes, 5);
+    let page = w.app.state.store.list_logs(run, 100, None).await.unwrap();
+    let messages: Vec<_> = page.items.iter().map(|l| l.message.as_str()).collect();
+    let expected: Vec<_> = (0..30).map(|i| format!("line {i}")).collect();
+    assert_eq!(messages, expected);
+}

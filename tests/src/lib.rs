@@ -6,10 +6,14 @@ use std::sync::{Arc, Mutex};
 
 use aws_credential_types::Credentials;
 use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeDeserializationInterceptorContextMut, BeforeTransmitInterceptorContextMut,
+    BeforeTransmitInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::ConfigBag;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
@@ -66,11 +70,15 @@ pub async fn local_sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
-/// Counts DynamoDB HTTP requests, by operation name.
+/// Counts DynamoDB HTTP requests, by operation name; can also make DynamoDB look busy.
 #[derive(Debug, Default)]
 pub struct RequestCounter {
     count: AtomicUsize,
     operations: Mutex<Vec<String>>,
+    /// `BatchWriteItem` answers still to be turned into "nothing processed".
+    bounces: AtomicUsize,
+    /// The `RequestItems` of the `BatchWriteItem` being sent, while bounces are pending.
+    batch: Mutex<Option<Value>>,
 }
 
 impl RequestCounter {
@@ -85,6 +93,12 @@ impl RequestCounter {
             .lock()
             .map(|o| o.clone())
             .unwrap_or_default()
+    }
+
+    /// Answers the next `n` `BatchWriteItem` requests as DynamoDB does when it is busy: nothing
+    /// written where it was meant to go, every item back in `UnprocessedItems`.
+    pub fn bounce_batch_writes(&self, n: usize) {
+        self.bounces.store(n, Ordering::SeqCst);
     }
 
     /// Forgets what was counted.
@@ -117,6 +131,50 @@ impl Intercept for CountingInterceptor {
             .unwrap_or_default();
         if let Ok(mut ops) = self.0.operations.lock() {
             ops.push(name);
+        }
+        Ok(())
+    }
+
+    /// While bounces are pending, keeps a batch write's items and sends them elsewhere (under
+    /// `BNC#…` instead of `RUN#…`, the same length), so only a write sent again lands.
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let batch_write = cfg
+            .load::<Metadata>()
+            .is_some_and(|m| m.name() == "BatchWriteItem");
+        if !batch_write || self.0.bounces.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        let Some(bytes) = context.request().body().bytes() else {
+            return Ok(());
+        };
+        let sent: Value = serde_json::from_slice(bytes)?;
+        let diverted = String::from_utf8(bytes.to_vec())?.replace("\"RUN#", "\"BNC#");
+        *self.0.batch.lock().map_err(|_| "poisoned")? = Some(sent["RequestItems"].clone());
+        *context.request_mut().body_mut() = SdkBody::from(diverted);
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let Some(items) = self.0.batch.lock().map_err(|_| "poisoned")?.take() else {
+            return Ok(());
+        };
+        let bounced = self
+            .0
+            .bounces
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if bounced.is_ok() && context.response().status().is_success() {
+            let body = serde_json::json!({ "UnprocessedItems": items }).to_string();
+            *context.response_mut().body_mut() = SdkBody::from(body);
         }
         Ok(())
     }
