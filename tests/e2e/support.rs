@@ -27,42 +27,11 @@ pub const RUN_DEADLINE: Duration = Duration::from_secs(60);
 /// How often a run is polled.
 const POLL_EVERY: Duration = Duration::from_millis(200);
 
-/// Endpoint of LocalStack unless `AWS_ENDPOINT_URL` says otherwise.
-pub fn localstack_url() -> String {
-    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
-}
+pub use spark_ops_tests::{dynamodb_url, local_sdk_config as local_sdk, localstack_url};
 
-/// Endpoint of DynamoDB Local unless `AWS_ENDPOINT_URL_DYNAMODB` says otherwise.
-pub fn dynamodb_url() -> String {
-    std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
-        .unwrap_or_else(|_| "http://127.0.0.1:8000".to_owned())
-}
-
-/// SDK configuration that can only reach the local services.
-pub async fn local_sdk() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "e2e",
-        ))
-        .endpoint_url(localstack_url())
-        .load()
-        .await
-}
-
-/// Clients of the local services, DynamoDB on its own endpoint.
+/// Clients of the local services, built as the API tests build them.
 pub async fn local_clients() -> Clients {
-    let sdk = local_sdk().await;
-    let ddb = aws_sdk_dynamodb::config::Builder::from(&sdk)
-        .endpoint_url(dynamodb_url())
-        .build();
-    Clients {
-        ddb: aws_sdk_dynamodb::Client::from_conf(ddb),
-        sqs: aws_sdk_sqs::Client::new(&sdk),
-        secrets: aws_sdk_secretsmanager::Client::new(&sdk),
-        sfn: aws_sdk_sfn::Client::new(&sdk),
-        s3: spark_ops::clients::s3_client(&sdk),
-    }
+    spark_ops_tests::local_clients(&local_sdk().await, |ddb| ddb)
 }
 
 /// The dev server as a child process under its own prefix, killed when dropped. Its log
