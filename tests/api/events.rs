@@ -7,13 +7,12 @@ use aws_config::retry::RetryConfig;
 use aws_sdk_eventbridge::types::Target;
 use aws_sdk_sqs::types::QueueAttributeName;
 use axum::http::StatusCode;
-use secrecy::SecretString;
 use serde_json::{json, Value};
-use spark_ops::engine::run::{Engine, Outcome};
+use spark_ops::engine::run::Outcome;
 use spark_ops::events::chain;
 use spark_ops::events::rules::{self, EventPattern, RuleError, TriggerMessage};
 use spark_ops_tests::{
-    allow_list, capture_logs, local_sdk_config, spawn_app, spawn_app_with, NoHeartbeat, TestApp,
+    capture_logs, local_sdk_config, spawn_app, spawn_app_with, spawn_app_with_default_llm, TestApp,
 };
 use uuid::Uuid;
 use wiremock::matchers::{method, path};
@@ -45,16 +44,7 @@ async fn queue(app: &TestApp, name: &str) -> (String, String) {
 }
 
 async fn trigger_queue(app: &TestApp) -> String {
-    app.state
-        .clients
-        .sqs
-        .get_queue_url()
-        .queue_name(app.state.config.trigger_queue_name())
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap()
+    app.queue_url(&app.state.config.trigger_queue_name()).await
 }
 
 /// Reads `queue` until `want` messages arrived (20 s at most), then once more to catch any
@@ -89,6 +79,23 @@ async fn drain(app: &TestApp, queue: &str, want: usize) -> Vec<Value> {
     }
 }
 
+/// Puts an enabled rule of a new event schedule of `project` matching `pattern`; returns
+/// the schedule's id.
+async fn schedule_rule(app: &TestApp, project: &str, pattern: &str) -> Uuid {
+    let schedule = Uuid::now_v7();
+    let pattern = EventPattern::parse(pattern).unwrap();
+    rules::put_rule(
+        &app.state,
+        schedule,
+        project.parse().unwrap(),
+        &pattern,
+        true,
+    )
+    .await
+    .unwrap();
+    schedule
+}
+
 /// A project of a fresh owner; returns `(owner token, project id)`.
 async fn owned_project(app: &TestApp, name: &str) -> (String, String) {
     let owner = app.user("Owner").await;
@@ -107,26 +114,15 @@ fn shop_event(project: &str, detail: Value) -> Value {
 #[tokio::test]
 async fn a_run_publishes_its_start_and_success_and_chains_to_a_rule_of_its_project() {
     // GIVEN a deployment whose default model costs 2 and 8 USD per million tokens
+    let answer = json!({"choices": [{"message": {"content": "Hi"}}],
+                        "usage": {"prompt_tokens": 1000, "completion_tokens": 500}});
     let llm = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "choices": [{"message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1000, "completion_tokens": 500}
-        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(answer))
         .mount(&llm)
         .await;
-    let base_url = format!("{}/v1", llm.uri());
-    let app = spawn_app_with(|config| {
-        config.llm_base_url = Some(base_url);
-        config.egress.allow.extend(allow_list(&[&llm.uri()]));
-    })
-    .await;
-    app.state
-        .secrets
-        .put("llm-api-key", &SecretString::from("sk-test"))
-        .await
-        .unwrap();
+    let app = spawn_app_with_default_llm(&llm.uri()).await;
     let (owner, project) = owned_project(&app, "Chains").await;
     let prices = json!({"settings": {"model_prices": {"m": {"input_per_million": "2", "output_per_million": "8"}}}});
     let patched = app
@@ -164,34 +160,13 @@ async fn a_run_publishes_its_start_and_success_and_chains_to_a_rule_of_its_proje
         .await
         .unwrap();
     // AND an event schedule of the project chained on this workflow's success
-    let schedule = Uuid::now_v7();
-    let pattern = EventPattern::parse(&format!(
-        r#"{{"source": ["spark-ops"], "detail-type": ["run.succeeded"], "detail": {{"workflow_id": ["{workflow}"]}}}}"#
-    ))
-    .unwrap();
-    rules::put_rule(
-        &app.state,
-        schedule,
-        project.parse().unwrap(),
-        &pattern,
-        true,
-    )
-    .await
-    .unwrap();
+    let chained = json!({"source": ["spark-ops"], "detail-type": ["run.succeeded"],
+                         "detail": {"workflow_id": [workflow]}});
+    let schedule = schedule_rule(&app, &project, &chained.to_string()).await;
 
     // WHEN a run of the workflow executes to success
-    let id = app
-        .start_run(
-            &owner,
-            json!({"workflow_id": workflow, "agent_id": agent, "env": "dev"}),
-        )
-        .await;
-    let run = app.state.store.get_run(id).await.unwrap().unwrap();
-    let outcome = Engine::new(app.state.clone())
-        .unwrap()
-        .execute(run, &NoHeartbeat)
-        .await
-        .unwrap();
+    let id = app.start_plain_run(&owner, &workflow, &agent).await;
+    let outcome = app.execute_run(app.state.clone(), id).await;
     assert_eq!(outcome, Outcome::Succeeded);
 
     // THEN the bus carried run.started then run.succeeded, with the run's detail and its
@@ -234,12 +209,7 @@ async fn a_run_finishes_when_the_bus_cannot_be_reached_and_the_loss_is_logged() 
     let definition = json!({"steps": [{"id": "pick", "type": "decision",
                                        "config": {"condition": "true", "then": [], "else": []}}]});
     let workflow = app.released_workflow(&owner, &project, definition).await;
-    let id = app
-        .start_run(
-            &owner,
-            json!({"workflow_id": workflow, "agent_id": agent, "env": "dev"}),
-        )
-        .await;
+    let id = app.start_plain_run(&owner, &workflow, &agent).await;
     // AND a worker whose EventBridge endpoint refuses connections
     let sdk = local_sdk_config().await;
     let unreachable = aws_sdk_eventbridge::config::Builder::from(&sdk)
@@ -251,12 +221,7 @@ async fn a_run_finishes_when_the_bus_cannot_be_reached_and_the_loss_is_logged() 
     let logs = capture_logs();
 
     // WHEN the worker executes the run
-    let run = app.state.store.get_run(id).await.unwrap().unwrap();
-    let outcome = Engine::new(state)
-        .unwrap()
-        .execute(run, &NoHeartbeat)
-        .await
-        .unwrap();
+    let outcome = app.execute_run(state, id).await;
 
     // THEN it succeeds all the same, and each lost event (started, succeeded) is one warning
     assert_eq!(outcome, Outcome::Succeeded);
@@ -275,19 +240,12 @@ async fn a_tenant_event_reaches_its_projects_rule_only_with_the_project_stamped_
     let app = spawn_app().await;
     let (owner_a, project_a) = owned_project(&app, "Shop A").await;
     let (owner_b, project_b) = owned_project(&app, "Shop B").await;
-    let schedule = Uuid::now_v7();
-    let pattern =
-        EventPattern::parse(r#"{"source": ["com.example.shop"], "detail-type": ["order.placed"]}"#)
-            .unwrap();
-    rules::put_rule(
-        &app.state,
-        schedule,
-        project_a.parse().unwrap(),
-        &pattern,
-        true,
+    let schedule = schedule_rule(
+        &app,
+        &project_a,
+        r#"{"source": ["com.example.shop"], "detail-type": ["order.placed"]}"#,
     )
-    .await
-    .unwrap();
+    .await;
     let triggers = trigger_queue(&app).await;
 
     // WHEN the second project publishes the same shape, claiming to be the first
@@ -338,7 +296,6 @@ async fn event_patterns_keep_eventbridges_prefix_anything_but_numeric_and_exists
     // GIVEN one event schedule per matching operator
     let app = spawn_app().await;
     let (owner, project) = owned_project(&app, "Operators").await;
-    let project_id: Uuid = project.parse().unwrap();
     let operators = [
         ("prefix", json!({"sku": [{"prefix": "AB-"}]})),
         (
@@ -350,17 +307,8 @@ async fn event_patterns_keep_eventbridges_prefix_anything_but_numeric_and_exists
     ];
     let mut schedules = Vec::new();
     for (name, detail) in &operators {
-        let schedule = Uuid::now_v7();
         let pattern = json!({"source": ["com.example.shop"], "detail": detail}).to_string();
-        rules::put_rule(
-            &app.state,
-            schedule,
-            project_id,
-            &EventPattern::parse(&pattern).unwrap(),
-            true,
-        )
-        .await
-        .unwrap();
+        let schedule = schedule_rule(&app, &project, &pattern).await;
         schedules.push((schedule, *name));
     }
 
@@ -399,17 +347,7 @@ async fn a_rule_is_switched_off_and_on_and_once_deleted_delivers_nothing() {
     // GIVEN an event schedule's rule
     let app = spawn_app().await;
     let (owner, project) = owned_project(&app, "Switch").await;
-    let schedule = Uuid::now_v7();
-    let pattern = EventPattern::parse(r#"{"source": ["com.example.shop"]}"#).unwrap();
-    rules::put_rule(
-        &app.state,
-        schedule,
-        project.parse().unwrap(),
-        &pattern,
-        true,
-    )
-    .await
-    .unwrap();
+    let schedule = schedule_rule(&app, &project, r#"{"source": ["com.example.shop"]}"#).await;
     let state_of = || async {
         let rule = app
             .state
