@@ -8,7 +8,8 @@
 //!   `failed` with the reason and the caller gets `503`.
 //! - Every status change is a [`Move`] applied with a conditional write
 //!   ([`RunStatus::can_become`]); a run found in another status gives `409` and changes
-//!   nothing.
+//!   nothing. Once stored, the move is published on the bus ([`events::publish_run`]), here
+//!   and wherever else runs move.
 //! - Approve, resume and retry move the run first, then answer the lifecycle's parked task
 //!   (see [`crate::engine::worker`]); cancel and reject stop the execution.
 //! - Governance ([`governance`]): a run uses a released version unless the request allows a
