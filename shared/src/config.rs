@@ -72,6 +72,15 @@ pub struct Config {
     /// Bytes of stored step outputs one slice may hold in memory for templates
     /// (`PAYLOAD_SLICE_CAP_BYTES`, default 16 MiB); a step that would need more fails.
     pub payload_slice_cap: u64,
+    /// The EventBridge bus Spark-Ops publishes its own events and tenants' to
+    /// (`EVENT_BUS_NAME`, default `{prefix}-bus`); see [`crate::events`].
+    pub event_bus_name: String,
+    /// ARN of the queue event-schedule rules deliver matched events to
+    /// (`TRIGGER_QUEUE_ARN`); local provisioning fills it in.
+    pub trigger_queue_arn: Option<String>,
+    /// Most event-schedule rules on the bus (`EVENT_RULES_MAX`, default 250): EventBridge
+    /// allows 300 rules per bus unless the quota is raised.
+    pub event_rules_max: u32,
 }
 
 impl Config {
@@ -158,6 +167,9 @@ impl Config {
             })?,
         };
         Ok(Self {
+            event_bus_name: optional("EVENT_BUS_NAME").unwrap_or_else(|| format!("{prefix}-bus")),
+            trigger_queue_arn: optional("TRIGGER_QUEUE_ARN"),
+            event_rules_max: limit("EVENT_RULES_MAX", 250)?,
             payload_bucket,
             payload_slice_cap,
             egress,
@@ -204,6 +216,16 @@ impl Config {
         format!("{}-runs-dlq", self.prefix)
     }
 
+    /// Name of the queue event-schedule rules deliver matched events to.
+    pub fn trigger_queue_name(&self) -> String {
+        format!("{}-triggers", self.prefix)
+    }
+
+    /// Name of the trigger queue's dead-letter queue.
+    pub fn trigger_dlq_name(&self) -> String {
+        format!("{}-triggers-dlq", self.prefix)
+    }
+
     /// Name of the run lifecycle state machine.
     pub fn state_machine_name(&self) -> String {
         format!("{}-run-lifecycle", self.prefix)
@@ -247,6 +269,9 @@ mod tests {
         assert_eq!(config.jwt_secret_name(), "demo/jwt-signing-key");
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
         assert_eq!(config.payload_bucket, "demo-payloads");
+        assert_eq!(config.event_bus_name, "demo-bus");
+        assert_eq!(config.trigger_queue_name(), "demo-triggers");
+        assert_eq!(config.event_rules_max, 250);
         let odd = Config::from_lookup(lookup(&[("SPARK_OPS_PREFIX", "My_Demo.1")])).unwrap();
         assert_eq!(odd.payload_bucket, "my-demo-1-payloads");
     }

@@ -349,6 +349,7 @@ pub const OPERATIONS: &[&str] = &[
     "POST /api/v1/runs/{id}/reject",
     "GET /api/v1/runs/{id}/steps",
     "GET /api/v1/runs/{id}/logs",
+    "POST /api/v1/events",
 ];
 
 /// `path` with its placeholders filled with values a route accepts.

@@ -7,6 +7,7 @@ mod conventions;
 mod credential_binding;
 mod egress;
 mod engine_tools;
+mod events;
 mod health;
 mod lambda_events;
 mod manifests;

@@ -10,7 +10,9 @@ use spark_ops::engine::budget::{Deadline, MIN_STEP};
 use spark_ops::engine::run::{Engine, Outcome};
 use spark_ops::engine::worker::{QueueMessage, Worker, OVERRUN_GRACE};
 use spark_ops::run::{RunStatus, StepStatus};
-use spark_ops_tests::{allow_list, spawn_app_with, NoHeartbeat, TestApp};
+use spark_ops_tests::{
+    allow_list, spawn_app_with, spawn_app_with_default_llm, NoHeartbeat, TestApp,
+};
 use uuid::Uuid;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -28,12 +30,7 @@ async fn a_tarpit_model_and_a_cel_bomb_fail_their_own_steps_while_another_tenant
         )
         .mount(&tarpit)
         .await;
-    let base_url = format!("{}/v1", tarpit.uri());
-    let app = spawn_app_with(|config| {
-        config.llm_base_url = Some(base_url);
-        config.egress.allow.extend(allow_list(&[&tarpit.uri()]));
-    })
-    .await;
+    let app = spawn_app_with_default_llm(&tarpit.uri()).await;
     // AND project X with a run whose prompt calls it and a run whose decision nests three
     // comprehensions over 1000 items (a billion evaluations)
     let owner = app.user("Owner").await;

@@ -6,7 +6,7 @@ use secrecy::SecretString;
 use serde_json::json;
 use spark_ops::engine::run::{Engine, Outcome};
 use spark_ops::run::{RunStatus, StepStatus};
-use spark_ops_tests::{allow_list, spawn_app_with, NoHeartbeat};
+use spark_ops_tests::{spawn_app_with_default_llm, NoHeartbeat};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -24,12 +24,7 @@ async fn a_prompt_without_an_agent_endpoint_uses_the_deployment_default_and_its_
         .expect(1)
         .mount(&llm)
         .await;
-    let base_url = format!("{}/v1", llm.uri());
-    let app = spawn_app_with(|config| {
-        config.llm_base_url = Some(base_url);
-        config.egress.allow.extend(allow_list(&[&llm.uri()]));
-    })
-    .await;
+    let app = spawn_app_with_default_llm(&llm.uri()).await;
     app.state
         .secrets
         .put("llm-api-key", &SecretString::from("sk-default-violet"))

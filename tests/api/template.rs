@@ -1,5 +1,6 @@
 //! `template.yaml` must declare what the code provisions: same tables, keys, indexes, TTL,
-//! queue settings, state machine definition, and one function per crate under `functions/`.
+//! queue settings, state machine definition, event bus, and one function per crate under
+//! `functions/`.
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -8,6 +9,7 @@ use serde_yaml::Value;
 use spark_ops::payload::PAYLOAD_RETENTION_DAYS;
 use spark_ops::store::provision::{
     RUN_LIFECYCLE_ASL, RUN_QUEUE_MAX_RECEIVES, RUN_QUEUE_VISIBILITY_SECONDS,
+    TRIGGER_QUEUE_MAX_RECEIVES, TRIGGER_QUEUE_VISIBILITY_SECONDS,
 };
 use spark_ops::store::schema::TABLES;
 use spark_ops::Config;
@@ -638,5 +640,85 @@ fn the_payload_bucket_is_private_tls_only_and_expires_run_payloads_as_the_code_s
             Some("PayloadBucket"),
             "{logical} PAYLOAD_BUCKET"
         );
+    }
+}
+
+#[test]
+fn the_bus_and_the_trigger_queue_match_provisioning() {
+    // GIVEN the names the code derives for a deployment named like the stack
+    let template = template();
+    let config =
+        Config::from_lookup(|key| (key == "SPARK_OPS_PREFIX").then(|| "STACK".to_owned())).unwrap();
+    let named = |value: &Value| text(value).replace("${AWS::StackName}", "STACK");
+
+    // THEN the template's one bus has the bus's name
+    let buses = resources_of(&template, "AWS::Events::EventBus");
+    assert_eq!(buses.len(), 1);
+    assert_eq!(named(&buses[0].1["Name"]), config.event_bus_name);
+    // AND the trigger queue hides, retries and dead-letters as provisioning does
+    let queues = resources_of(&template, "AWS::SQS::Queue");
+    let queue = |name: String| {
+        queues
+            .iter()
+            .find(|(_, p)| named(&p["QueueName"]) == name)
+            .unwrap_or_else(|| panic!("template.yaml declares no queue {name}"))
+            .clone()
+    };
+    let (_, trigger) = queue(config.trigger_queue_name());
+    let (dlq, _) = queue(config.trigger_dlq_name());
+    assert_eq!(
+        text(&trigger["VisibilityTimeout"]),
+        TRIGGER_QUEUE_VISIBILITY_SECONDS.to_string()
+    );
+    let redrive = &trigger["RedrivePolicy"];
+    assert_eq!(
+        text(&redrive["maxReceiveCount"]),
+        TRIGGER_QUEUE_MAX_RECEIVES.to_string()
+    );
+    assert_eq!(
+        reference(&redrive["deadLetterTargetArn"], Some("Arn")),
+        Some(dlq)
+    );
+}
+
+#[test]
+fn every_function_that_moves_runs_publishes_to_the_bus_and_nowhere_else() {
+    let template = template();
+    for binary in ["projects", "runs", "run-worker", "sweeper"] {
+        // GIVEN a function that moves runs (the projects function cancels a deleted
+        // project's)
+        let (logical, function) = function(&template, binary);
+
+        // THEN it is told the bus
+        assert_eq!(
+            reference(
+                &function["Environment"]["Variables"]["EVENT_BUS_NAME"],
+                None
+            )
+            .as_deref(),
+            Some("EventBus"),
+            "{logical} EVENT_BUS_NAME"
+        );
+        // AND may put events on that bus alone
+        let publishing: Vec<&Value> = function["Policies"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|policy| policy["Statement"].as_sequence())
+            .flatten()
+            .filter(|s| {
+                s["Action"]
+                    .as_sequence()
+                    .is_some_and(|a| a.iter().any(|a| a == "events:PutEvents"))
+            })
+            .collect();
+        assert_eq!(publishing.len(), 1, "{logical}: {publishing:?}");
+        let targets: Vec<Option<String>> = publishing[0]["Resource"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|r| reference(r, Some("Arn")))
+            .collect();
+        assert_eq!(targets, [Some("EventBus".to_owned())], "{logical}");
     }
 }

@@ -58,6 +58,7 @@ pub fn local_clients(
         secrets: aws_sdk_secretsmanager::Client::new(sdk),
         sfn: aws_sdk_sfn::Client::new(sdk),
         s3: spark_ops::clients::s3_client(sdk),
+        events: aws_sdk_eventbridge::Client::new(sdk),
     }
 }
 
@@ -269,6 +270,17 @@ impl Reply {
 /// Builds and provisions a fresh app with a unique prefix.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with `{llm_uri}/v1` (a local fake's) as the deployment's default model
+/// endpoint (`LLM_BASE_URL`), which the egress policy lets calls reach.
+pub async fn spawn_app_with_default_llm(llm_uri: &str) -> TestApp {
+    let base_url = format!("{llm_uri}/v1");
+    spawn_app_with(|config| {
+        config.llm_base_url = Some(base_url);
+        config.egress.allow.extend(allow_list(&[llm_uri]));
+    })
+    .await
 }
 
 /// Like [`spawn_app`], adjusting the configuration first.
@@ -769,15 +781,31 @@ impl TestApp {
         }
     }
 
+    /// Starts a run of `workflow` by `agent` in `dev` with no input, through the API; returns
+    /// its id.
+    pub async fn start_plain_run(&self, token: &str, workflow: &str, agent: &str) -> uuid::Uuid {
+        let body = serde_json::json!({"workflow_id": workflow, "agent_id": agent, "env": "dev"});
+        self.start_run(token, body).await
+    }
+
+    /// Executes one slice of the stored run `id` with a worker of `state`, as the run worker
+    /// would.
+    pub async fn execute_run(
+        &self,
+        state: AppState,
+        id: uuid::Uuid,
+    ) -> spark_ops::engine::run::Outcome {
+        let run = self.stored_run(id).await;
+        Engine::new(state)
+            .expect("the engine builds")
+            .execute(run, &NoHeartbeat)
+            .await
+            .expect("the slice executes")
+    }
+
     /// Moves the stored run `id` to `running`, as a worker starting it would.
     pub async fn run_to_running(&self, id: uuid::Uuid) -> Run {
-        let run = self
-            .state
-            .store
-            .get_run(id)
-            .await
-            .expect("the run reads")
-            .expect("the run exists");
+        let run = self.stored_run(id).await;
         let now = self.clock.now();
         let change = RunChange {
             started_at: Some(now),
@@ -790,18 +818,35 @@ impl TestApp {
             .expect("the run starts")
     }
 
+    /// The URL of the provisioned queue `name`.
+    pub async fn queue_url(&self, name: &str) -> String {
+        self.state
+            .clients
+            .sqs
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("the queue {name} is provisioned: {err:?}"))
+            .queue_url
+            .expect("a queue URL")
+    }
+
+    /// The run `id` as stored.
+    pub async fn stored_run(&self, id: uuid::Uuid) -> Run {
+        self.state
+            .store
+            .get_run(id)
+            .await
+            .expect("the run reads")
+            .expect("the run exists")
+    }
+
     /// The bodies waiting in the run queue's dead-letter queue (received, so hidden for a
     /// while from the next call).
     pub async fn dead_letters(&self) -> Vec<String> {
         let sqs = &self.state.clients.sqs;
-        let url = sqs
-            .get_queue_url()
-            .queue_name(self.state.config.run_dlq_name())
-            .send()
-            .await
-            .expect("the dead-letter queue is provisioned")
-            .queue_url
-            .expect("a queue URL");
+        let url = self.queue_url(&self.state.config.run_dlq_name()).await;
         let out = sqs
             .receive_message()
             .queue_url(url)

@@ -44,6 +44,7 @@ pub const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src '
         (name = "workflows", description = "Workflow DAGs and their immutable versions"),
         (name = "registry", description = "Signed manifests"),
         (name = "runs", description = "Runs of workflows: lifecycle, steps, logs, cost"),
+        (name = "events", description = "The event bus: tenants' events, which event schedules match"),
         (name = "platform", description = "Health and documentation"),
     )
 )]

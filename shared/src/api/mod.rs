@@ -8,6 +8,7 @@ pub mod auth;
 pub mod client_addr;
 pub mod credentials;
 pub mod docs;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod invitations;
@@ -85,9 +86,10 @@ pub fn workflows_routes() -> OpenApiRouter<AppState> {
     workflows::routes()
 }
 
-/// Routes of the `runs` function: runs, their steps and logs.
+/// Routes of the `runs` function: runs, their steps and logs, and tenants' events (which
+/// start runs through event schedules).
 pub fn runs_routes() -> OpenApiRouter<AppState> {
-    runs::routes()
+    runs::routes().merge(events::routes())
 }
 
 /// Every route, i.e. the union of every function's; what the dev server mounts.

@@ -403,6 +403,7 @@ pub async fn create_run(
         require_approval: body.require_approval.unwrap_or(false),
         trigger: Trigger::Manual,
         origin: None,
+        chain_depth: 0,
         idempotency,
         invalid,
     };

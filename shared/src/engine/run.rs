@@ -40,6 +40,7 @@ use super::outputs::{output_view, step_outputs};
 use super::steps::{self, clip, StepResult};
 use super::tool::{self, ToolExecutor};
 use super::webhook::WebhookSender;
+use crate::events;
 use crate::outbound::Egress;
 use crate::payload::Payload;
 use crate::run::{
@@ -188,7 +189,10 @@ impl Engine {
             RunStatus::Queued => {
                 let now = self.now();
                 match self.state.store.move_run(&run, Move::start(now), now).await {
-                    Ok(run) => run,
+                    Ok(run) => {
+                        events::publish_run(&self.state, &run).await;
+                        run
+                    }
                     Err(crate::store::StoreError::ConditionFailed) => {
                         return match self.state.store.get_run(run.id).await? {
                             Some(current) if current.status == RunStatus::Running => {
@@ -595,7 +599,10 @@ impl Engine {
             )
             .await
         {
-            Ok(run) => Ok(run.status),
+            Ok(run) => {
+                events::publish_run(&self.state, &run).await;
+                Ok(run.status)
+            }
             Err(crate::store::StoreError::ConditionFailed) => Ok(self
                 .state
                 .store
@@ -617,7 +624,10 @@ impl Engine {
         let at = self.now();
         let step = Move::finish(run, status, error, at);
         match self.state.store.move_run(run, step, at).await {
-            Ok(_) => Ok(Outcome::of(status)),
+            Ok(ended) => {
+                events::publish_run(&self.state, &ended).await;
+                Ok(Outcome::of(status))
+            }
             Err(crate::store::StoreError::ConditionFailed) => self.stopped(run).await,
             Err(err) => Err(err.into()),
         }

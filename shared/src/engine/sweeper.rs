@@ -34,6 +34,7 @@ use super::lifecycle::{self, Execution};
 use super::run::SLICE;
 use super::teardown::{self, Teardown};
 use crate::config::Config;
+use crate::events;
 use crate::run::{Move, Run, RunStatus};
 use crate::state::AppState;
 use crate::store::runs::ACTIVE_SHARDS;
@@ -260,6 +261,7 @@ async fn end_with(state: &AppState, run: &Run, step: Move) -> anyhow::Result<Rep
     let at = state.clock.now();
     match state.store.move_run(run, step, at).await {
         Ok(ended) => {
+            events::publish_run(state, &ended).await;
             tracing::warn!(
                 status = ended.status.as_str(),
                 reason = ended.error_message.as_deref().unwrap_or_default(),

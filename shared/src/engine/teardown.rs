@@ -25,6 +25,7 @@ use anyhow::Context;
 use uuid::Uuid;
 
 use super::lifecycle;
+use crate::events;
 use crate::run::{Move, RunStatus};
 use crate::state::AppState;
 use crate::store::agents::AgentFilter;
@@ -132,6 +133,7 @@ async fn cancel_runs(state: &AppState, project_id: Uuid, by: Uuid) -> anyhow::Re
                     .await
                 {
                     Ok(cancelled) => {
+                        events::publish_run(state, &cancelled).await;
                         lifecycle::end(state, &cancelled, "the project was deleted").await;
                     }
                     // It ended meanwhile.

@@ -43,6 +43,7 @@ use uuid::Uuid;
 use super::budget::{Deadline, SAFETY_MARGIN};
 use super::lifecycle;
 use super::run::{Engine, Heartbeat};
+use crate::events;
 use crate::run::{Move, Run, RunStatus};
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -411,8 +412,12 @@ impl Inner {
             return Ok(());
         };
         match self.state.store.move_run(&run, step, at).await {
+            Ok(ended) => {
+                events::publish_run(&self.state, &ended).await;
+                Ok(())
+            }
             // Someone else moved it meanwhile; the lifecycle has ended either way.
-            Ok(_) | Err(StoreError::ConditionFailed) => Ok(()),
+            Err(StoreError::ConditionFailed) => Ok(()),
             Err(err) => Err(err.into()),
         }
     }

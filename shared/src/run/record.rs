@@ -104,6 +104,11 @@ pub struct Run {
     /// The step record (`STEP#…` sort key) of the `human` step waiting for input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_step: Option<String>,
+    /// How many event-started runs led to it: 0 unless an event started it, then one more
+    /// than the run (or tenant event, 0) that published the event; see
+    /// [`crate::events::chain`].
+    #[serde(default)]
+    pub chain_depth: u32,
     /// Who created it (a user or an API key id).
     pub created_by: Uuid,
     /// Creation time.

@@ -23,6 +23,11 @@ pub const RUN_QUEUE_MAX_RECEIVES: u32 = 5;
 /// Visibility timeout of the run queue, in seconds (6× a 150 s worker).
 pub const RUN_QUEUE_VISIBILITY_SECONDS: u32 = 900;
 
+/// Receives of a trigger message before it moves to the trigger dead-letter queue.
+pub const TRIGGER_QUEUE_MAX_RECEIVES: u32 = 5;
+/// Visibility timeout of the trigger queue, in seconds: starting a run takes a few calls.
+pub const TRIGGER_QUEUE_VISIBILITY_SECONDS: u32 = 60;
+
 /// The run lifecycle state machine, in Amazon States Language. `template.yaml` deploys the
 /// same file; `${RunQueueUrl}` is substituted in both places.
 pub const RUN_LIFECYCLE_ASL: &str =
@@ -40,6 +45,8 @@ pub struct Provisioned {
     pub run_queue_url: String,
     /// The run lifecycle state machine's ARN.
     pub state_machine_arn: String,
+    /// The trigger queue's ARN, which event-schedule rules deliver to.
+    pub trigger_queue_arn: String,
 }
 
 impl Provisioned {
@@ -47,6 +54,7 @@ impl Provisioned {
     pub fn configure(&self, config: &mut Config) {
         config.run_queue_url = Some(self.run_queue_url.clone());
         config.run_state_machine_arn = Some(self.state_machine_arn.clone());
+        config.trigger_queue_arn = Some(self.trigger_queue_arn.clone());
     }
 }
 
@@ -76,6 +84,8 @@ pub struct Provisioner<'a> {
     pub sfn: &'a aws_sdk_sfn::Client,
     /// S3.
     pub s3: &'a aws_sdk_s3::Client,
+    /// EventBridge.
+    pub events: &'a aws_sdk_eventbridge::Client,
 }
 
 impl<'a> Provisioner<'a> {
@@ -87,6 +97,7 @@ impl<'a> Provisioner<'a> {
             secrets: &clients.secrets,
             sfn: &clients.sfn,
             s3: &clients.s3,
+            events: &clients.events,
         }
     }
 }
@@ -94,7 +105,8 @@ impl<'a> Provisioner<'a> {
 impl Provisioner<'_> {
     /// Creates whatever is missing: tables with their indexes and TTL, the run queue and its
     /// DLQ, the JWT signing key, the manifest signing key, the run lifecycle state machine
-    /// (whose definition is brought up to date) and the payload bucket.
+    /// (whose definition is brought up to date), the payload bucket, the event bus and the
+    /// trigger queue.
     pub async fn ensure_all(&self, config: &Config) -> anyhow::Result<Provisioned> {
         for table in TABLES {
             self.ensure_table(&config.table_name(table.suffix), table)
@@ -110,9 +122,12 @@ impl Provisioner<'_> {
         )
         .await?;
         self.ensure_payload_bucket(&config.payload_bucket).await?;
+        self.ensure_event_bus(&config.event_bus_name).await?;
+        let trigger_queue_arn = self.ensure_trigger_queue(config).await?;
         Ok(Provisioned {
             run_queue_url,
             state_machine_arn,
+            trigger_queue_arn,
         })
     }
 
@@ -293,47 +308,106 @@ impl Provisioner<'_> {
 
     /// Creates the run queue and its dead-letter queue; returns the run queue's URL.
     pub async fn ensure_queues(&self, config: &Config) -> anyhow::Result<String> {
+        let (url, _) = self
+            .ensure_queue_with_dlq(
+                &config.run_queue_name(),
+                &config.run_dlq_name(),
+                RUN_QUEUE_VISIBILITY_SECONDS,
+                RUN_QUEUE_MAX_RECEIVES,
+            )
+            .await?;
+        Ok(url)
+    }
+
+    /// Creates queue `name` with visibility timeout `visibility_seconds`, moving a message
+    /// received `max_receives` times to its dead-letter queue `dlq_name` (created too, keeping
+    /// messages 14 days); returns the queue's URL and ARN.
+    pub async fn ensure_queue_with_dlq(
+        &self,
+        name: &str,
+        dlq_name: &str,
+        visibility_seconds: u32,
+        max_receives: u32,
+    ) -> anyhow::Result<(String, String)> {
         let dlq = self
             .sqs
             .create_queue()
-            .queue_name(config.run_dlq_name())
+            .queue_name(dlq_name)
             .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
             .send()
             .await
-            .context("Failed to create the run dead-letter queue")?;
+            .with_context(|| format!("Failed to create the dead-letter queue {dlq_name}"))?;
         let dlq_url = dlq.queue_url().context("CreateQueue returned no URL")?;
-        let attributes = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(dlq_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .context("Failed to read the dead-letter queue ARN")?;
-        let dlq_arn = attributes
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-            .context("the dead-letter queue has no ARN")?;
+        let dlq_arn = self.queue_arn(dlq_url).await?;
         let redrive = serde_json::json!({
             "deadLetterTargetArn": dlq_arn,
-            "maxReceiveCount": RUN_QUEUE_MAX_RECEIVES.to_string(),
+            "maxReceiveCount": max_receives.to_string(),
         });
         let queue = self
             .sqs
             .create_queue()
-            .queue_name(config.run_queue_name())
+            .queue_name(name)
             .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
             .attributes(
                 QueueAttributeName::VisibilityTimeout,
-                RUN_QUEUE_VISIBILITY_SECONDS.to_string(),
+                visibility_seconds.to_string(),
             )
             .send()
             .await
-            .context("Failed to create the run queue")?;
-        queue
+            .with_context(|| format!("Failed to create the queue {name}"))?;
+        let url = queue
             .queue_url()
             .map(str::to_owned)
-            .context("CreateQueue returned no URL")
+            .context("CreateQueue returned no URL")?;
+        let arn = self.queue_arn(&url).await?;
+        Ok((url, arn))
+    }
+
+    async fn queue_arn(&self, url: &str) -> anyhow::Result<String> {
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .with_context(|| format!("Failed to read the ARN of {url}"))?;
+        attributes
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .with_context(|| format!("the queue {url} has no ARN"))
+    }
+
+    /// Creates the event bus if it does not exist.
+    pub async fn ensure_event_bus(&self, name: &str) -> anyhow::Result<()> {
+        match self.events.create_event_bus().name(name).send().await {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_already_exists_exception()) =>
+            {
+                Ok(())
+            }
+            Err(err) => {
+                Err(anyhow::Error::new(err).context(format!("Failed to create the bus {name}")))
+            }
+        }
+    }
+
+    /// Creates the trigger queue, which event-schedule rules deliver to, and its dead-letter
+    /// queue; returns the trigger queue's ARN.
+    pub async fn ensure_trigger_queue(&self, config: &Config) -> anyhow::Result<String> {
+        let (_, arn) = self
+            .ensure_queue_with_dlq(
+                &config.trigger_queue_name(),
+                &config.trigger_dlq_name(),
+                TRIGGER_QUEUE_VISIBILITY_SECONDS,
+                TRIGGER_QUEUE_MAX_RECEIVES,
+            )
+            .await?;
+        Ok(arn)
     }
 
     /// Creates the step payload bucket if it does not exist, and sets its lifecycle rule:

@@ -8,7 +8,8 @@
 //!   `failed` with the reason and the caller gets `503`.
 //! - Every status change is a [`Move`] applied with a conditional write
 //!   ([`RunStatus::can_become`]); a run found in another status gives `409` and changes
-//!   nothing.
+//!   nothing. Once stored, the move is published on the bus ([`events::publish_run`]), here
+//!   and wherever else runs move.
 //! - Approve, resume and retry move the run first, then answer the lifecycle's parked task
 //!   (see [`crate::engine::worker`]); cancel and reject stop the execution.
 //! - Governance ([`governance`]): a run uses a released version unless the request allows a
@@ -24,6 +25,7 @@ use crate::auth::{authorize, Principal, ProjectAccess};
 use crate::domain::Env;
 use crate::engine::lifecycle;
 use crate::error::{ApiError, ApiResult, FieldError};
+use crate::events;
 use crate::run::{
     elapsed_ms, IdempotencyRecord, LogLevel, LogLine, Move, Run, RunStatus, StepCounts, Trigger,
     Usage, IDEMPOTENCY_TTL, MAX_TURNS,
@@ -63,6 +65,8 @@ pub struct StartRun {
     pub trigger: Trigger,
     /// Which schedule, webhook or event started it; `None` for a manual run.
     pub origin: Option<String>,
+    /// Its place in a chain of event-started runs ([`crate::events::chain`]); 0 otherwise.
+    pub chain_depth: u32,
     /// The caller's `Idempotency-Key`, if any.
     pub idempotency: Option<Idempotency>,
     /// Fields that could not be read; reported together with those only stored records can
@@ -185,6 +189,7 @@ pub async fn start(
         approval: None,
         task_token: None,
         waiting_step: None,
+        chain_depth: request.chain_depth,
         created_by: principal.actor_id(),
         created_at: now,
         updated_at: now,
@@ -220,6 +225,7 @@ pub async fn start(
     }
     tracing::info!(run_id = %run.id, %project_id, %workflow_id, trigger = run.trigger.as_str(), "run created");
     let run = start_lifecycle(state, run).await?;
+    events::publish_run(state, &run).await;
     Ok(Started {
         run,
         replayed: false,
@@ -280,12 +286,15 @@ async fn start_lifecycle(state: &AppState, run: Run) -> ApiResult<Run> {
     };
     tracing::error!(run_id = %run.id, error = ?error, "the run's lifecycle did not start");
     let now = state.clock.now();
-    if let Err(err) = state
+    match state
         .store
         .move_run(&run, Move::start_failed(&run, now), now)
         .await
     {
-        tracing::error!(run_id = %run.id, error = ?err, "could not record the failed start");
+        Ok(failed) => events::publish_run(state, &failed).await,
+        Err(err) => {
+            tracing::error!(run_id = %run.id, error = ?err, "could not record the failed start");
+        }
     }
     Err(ApiError::Unavailable(
         "the run could not be started; it is recorded as failed".into(),
@@ -521,7 +530,10 @@ async fn apply(state: &AppState, run: &Run, step: Move) -> ApiResult<Run> {
         return Err(conflict_for(run, to, &from));
     }
     match state.store.move_run(run, step, state.clock.now()).await {
-        Ok(run) => Ok(run),
+        Ok(run) => {
+            events::publish_run(state, &run).await;
+            Ok(run)
+        }
         Err(StoreError::ConditionFailed) => {
             let current = state.store.get_run(run.id).await?.ok_or_else(no_such_run)?;
             Err(conflict_for(&current, to, &from))
