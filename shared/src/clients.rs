@@ -16,6 +16,8 @@ pub struct Clients {
     pub sfn: aws_sdk_sfn::Client,
     /// S3, for step payloads too large for their records.
     pub s3: aws_sdk_s3::Client,
+    /// EventBridge: the scheduler's tick rule.
+    pub events: aws_sdk_eventbridge::Client,
 }
 
 impl Clients {
@@ -27,6 +29,7 @@ impl Clients {
             secrets: aws_sdk_secretsmanager::Client::new(sdk),
             sfn: aws_sdk_sfn::Client::new(sdk),
             s3: s3_client(sdk),
+            events: aws_sdk_eventbridge::Client::new(sdk),
         }
     }
 }

@@ -72,6 +72,12 @@ pub struct Config {
     /// Bytes of stored step outputs one slice may hold in memory for templates
     /// (`PAYLOAD_SLICE_CAP_BYTES`, default 16 MiB); a step that would need more fails.
     pub payload_slice_cap: u64,
+    /// URL of the scheduler queue, where the tick rule sends its ticks
+    /// (`SCHEDULER_QUEUE_URL`); looked up by name when unset.
+    pub scheduler_queue_url: Option<String>,
+    /// URL of the fire queue, where ticks send the fires to start (`FIRE_QUEUE_URL`); looked
+    /// up by name when unset.
+    pub fire_queue_url: Option<String>,
 }
 
 impl Config {
@@ -160,6 +166,8 @@ impl Config {
         Ok(Self {
             payload_bucket,
             payload_slice_cap,
+            scheduler_queue_url: optional("SCHEDULER_QUEUE_URL"),
+            fire_queue_url: optional("FIRE_QUEUE_URL"),
             egress,
             run_state_machine_arn: optional("RUN_STATE_MACHINE_ARN"),
             run_queue_url: optional("RUN_QUEUE_URL"),
@@ -202,6 +210,21 @@ impl Config {
     /// Name of the run queue's dead-letter queue.
     pub fn run_dlq_name(&self) -> String {
         format!("{}-runs-dlq", self.prefix)
+    }
+
+    /// Name of the SQS queue the tick rule sends ticks to.
+    pub fn scheduler_queue_name(&self) -> String {
+        format!("{}-scheduler", self.prefix)
+    }
+
+    /// Name of the SQS queue carrying the fires to start.
+    pub fn fire_queue_name(&self) -> String {
+        format!("{}-fires", self.prefix)
+    }
+
+    /// Name of the EventBridge rule that ticks the scheduler every minute.
+    pub fn tick_rule_name(&self) -> String {
+        format!("{}-scheduler-tick", self.prefix)
     }
 
     /// Name of the run lifecycle state machine.

@@ -62,6 +62,7 @@ pub async fn local_clients() -> Clients {
         secrets: aws_sdk_secretsmanager::Client::new(&sdk),
         sfn: aws_sdk_sfn::Client::new(&sdk),
         s3: spark_ops::clients::s3_client(&sdk),
+        events: aws_sdk_eventbridge::Client::new(&sdk),
     }
 }
 

@@ -54,6 +54,7 @@ pub fn local_clients(
         secrets: aws_sdk_secretsmanager::Client::new(sdk),
         sfn: aws_sdk_sfn::Client::new(sdk),
         s3: spark_ops::clients::s3_client(sdk),
+        events: aws_sdk_eventbridge::Client::new(sdk),
     }
 }
 

@@ -44,6 +44,7 @@ pub const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src '
         (name = "workflows", description = "Workflow DAGs and their immutable versions"),
         (name = "registry", description = "Signed manifests"),
         (name = "runs", description = "Runs of workflows: lifecycle, steps, logs, cost"),
+        (name = "schedules", description = "Cron schedules that start runs, their previews and fires"),
         (name = "platform", description = "Health and documentation"),
     )
 )]

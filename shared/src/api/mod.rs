@@ -17,6 +17,7 @@ pub mod projects;
 pub mod registry;
 pub mod request_id;
 pub mod runs;
+pub mod schedules;
 pub mod sessions;
 pub mod tools;
 pub mod workflows;
@@ -85,9 +86,10 @@ pub fn workflows_routes() -> OpenApiRouter<AppState> {
     workflows::routes()
 }
 
-/// Routes of the `runs` function: runs, their steps and logs.
+/// Routes of the `runs` function: runs, their steps and logs, and the schedules that start
+/// them.
 pub fn runs_routes() -> OpenApiRouter<AppState> {
-    runs::routes()
+    runs::routes().merge(schedules::routes())
 }
 
 /// Every route, i.e. the union of every function's; what the dev server mounts.

@@ -23,6 +23,13 @@ pub const RUN_QUEUE_MAX_RECEIVES: u32 = 5;
 /// Visibility timeout of the run queue, in seconds (6× a 150 s worker).
 pub const RUN_QUEUE_VISIBILITY_SECONDS: u32 = 900;
 
+/// Receives of a scheduler or fire queue message before it moves to its dead-letter queue.
+pub const SCHEDULER_QUEUE_MAX_RECEIVES: u32 = 5;
+/// Visibility timeout of the scheduler and fire queues, in seconds (6× a 60 s scheduler).
+pub const SCHEDULER_QUEUE_VISIBILITY_SECONDS: u32 = 360;
+/// How often the tick rule ticks the scheduler.
+pub const TICK_SCHEDULE: &str = "rate(1 minute)";
+
 /// The run lifecycle state machine, in Amazon States Language. `template.yaml` deploys the
 /// same file; `${RunQueueUrl}` is substituted in both places.
 pub const RUN_LIFECYCLE_ASL: &str =
@@ -40,6 +47,10 @@ pub struct Provisioned {
     pub run_queue_url: String,
     /// The run lifecycle state machine's ARN.
     pub state_machine_arn: String,
+    /// The scheduler queue's URL.
+    pub scheduler_queue_url: String,
+    /// The fire queue's URL.
+    pub fire_queue_url: String,
 }
 
 impl Provisioned {
@@ -47,6 +58,8 @@ impl Provisioned {
     pub fn configure(&self, config: &mut Config) {
         config.run_queue_url = Some(self.run_queue_url.clone());
         config.run_state_machine_arn = Some(self.state_machine_arn.clone());
+        config.scheduler_queue_url = Some(self.scheduler_queue_url.clone());
+        config.fire_queue_url = Some(self.fire_queue_url.clone());
     }
 }
 
@@ -76,6 +89,8 @@ pub struct Provisioner<'a> {
     pub sfn: &'a aws_sdk_sfn::Client,
     /// S3.
     pub s3: &'a aws_sdk_s3::Client,
+    /// EventBridge.
+    pub events: &'a aws_sdk_eventbridge::Client,
 }
 
 impl<'a> Provisioner<'a> {
@@ -87,6 +102,7 @@ impl<'a> Provisioner<'a> {
             secrets: &clients.secrets,
             sfn: &clients.sfn,
             s3: &clients.s3,
+            events: &clients.events,
         }
     }
 }
@@ -110,9 +126,17 @@ impl Provisioner<'_> {
         )
         .await?;
         self.ensure_payload_bucket(&config.payload_bucket).await?;
+        let scheduler_queue_url = self
+            .ensure_queue_with_dlq(&config.scheduler_queue_name())
+            .await?;
+        let fire_queue_url = self
+            .ensure_queue_with_dlq(&config.fire_queue_name())
+            .await?;
         Ok(Provisioned {
             run_queue_url,
             state_machine_arn,
+            scheduler_queue_url,
+            fire_queue_url,
         })
     }
 
@@ -334,6 +358,95 @@ impl Provisioner<'_> {
             .queue_url()
             .map(str::to_owned)
             .context("CreateQueue returned no URL")
+    }
+
+    /// Creates a scheduler queue `name` and its dead-letter queue `name-dlq`; returns the
+    /// queue's URL.
+    pub async fn ensure_queue_with_dlq(&self, name: &str) -> anyhow::Result<String> {
+        let dlq = self
+            .sqs
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+            .send()
+            .await
+            .with_context(|| format!("Failed to create the dead-letter queue of {name}"))?;
+        let dlq_arn = self
+            .queue_arn(dlq.queue_url().context("CreateQueue returned no URL")?)
+            .await?;
+        let redrive = serde_json::json!({
+            "deadLetterTargetArn": dlq_arn,
+            "maxReceiveCount": SCHEDULER_QUEUE_MAX_RECEIVES.to_string(),
+        });
+        self.sqs
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                SCHEDULER_QUEUE_VISIBILITY_SECONDS.to_string(),
+            )
+            .send()
+            .await
+            .with_context(|| format!("Failed to create the queue {name}"))?
+            .queue_url()
+            .map(str::to_owned)
+            .context("CreateQueue returned no URL")
+    }
+
+    async fn queue_arn(&self, url: &str) -> anyhow::Result<String> {
+        self.sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .context("Failed to read a queue ARN")?
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .context("the queue has no ARN")
+    }
+
+    /// Creates (or updates) the EventBridge rule that sends a tick to the scheduler queue
+    /// every minute, as the template's `SchedulerTickRule` does. Not part of
+    /// [`ensure_all`](Self::ensure_all): only a process that runs the scheduler wants ticks
+    /// (the dev server), not every test deployment.
+    pub async fn ensure_tick_rule(
+        &self,
+        config: &Config,
+        scheduler_queue_url: &str,
+    ) -> anyhow::Result<()> {
+        let name = config.tick_rule_name();
+        self.events
+            .put_rule()
+            .name(&name)
+            .schedule_expression(TICK_SCHEDULE)
+            .state(aws_sdk_eventbridge::types::RuleState::Enabled)
+            .description("Ticks the Spark-Ops scheduler")
+            .send()
+            .await
+            .with_context(|| format!("Failed to create the rule {name}"))?;
+        let target = aws_sdk_eventbridge::types::Target::builder()
+            .id("scheduler-queue")
+            .arn(self.queue_arn(scheduler_queue_url).await?)
+            .build()
+            .context("Failed to build the tick rule's target")?;
+        let put = self
+            .events
+            .put_targets()
+            .rule(&name)
+            .targets(target)
+            .send()
+            .await
+            .with_context(|| format!("Failed to point the rule {name} at the scheduler queue"))?;
+        if put.failed_entry_count() > 0 {
+            anyhow::bail!(
+                "the rule {name} refused its target: {:?}",
+                put.failed_entries()
+            );
+        }
+        Ok(())
     }
 
     /// Creates the step payload bucket if it does not exist, and sets its lifecycle rule:

@@ -8,5 +8,6 @@ pub mod agents;
 pub mod credentials;
 pub mod projects;
 pub mod runs;
+pub mod schedules;
 pub mod tools;
 pub mod workflows;
