@@ -10,7 +10,8 @@
 //! - **Fire.** [`handle_fire`] starts the fire's run as the schedule's owner through
 //!   [`crate::usecase::schedules::start_fire`], whose idempotency key is the fire's, so a
 //!   redelivered message starts no second run; then records the outcome (`started` or
-//!   `denied`) and the schedule's last run.
+//!   `denied`) and the schedule's last run. A fire of a deleted project is denied and pauses
+//!   its schedule.
 //!
 //! `buffer_one` is served by the tick too: a schedule holding a buffered fire stays due, and
 //! the first tick that finds the previous run ended starts it.
@@ -300,6 +301,15 @@ pub async fn handle_fire(state: &AppState, fire: &FireMessage) -> anyhow::Result
             return Err(anyhow::Error::new(error).context("the fire's run did not start yet"))
         }
         Err(denied) => {
+            let live = state
+                .store
+                .get_project(schedule.project_id)
+                .await?
+                .is_some_and(|project| project.deleted_at.is_none());
+            if !live {
+                // A deleted project's schedules stop, rather than be denied every slot.
+                state.store.pause_schedule(schedule.id).await?;
+            }
             Fire::new(schedule.id, nominal, FireOutcome::Denied, now).because(reason(&denied))
         }
     };

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Duration, Timelike, Utc};
 use serde_json::{json, Value};
 use spark_ops::engine::worker::QueueMessage;
+use spark_ops::schedule::{FireOutcome, ScheduleStatus};
 use spark_ops::scheduler::{self, TickReport};
 use spark_ops_tests::{spawn_app, TestApp};
 
@@ -530,4 +531,29 @@ async fn a_fire_whose_owner_may_no_longer_start_runs_is_denied_and_recorded() {
         fire["reason"].as_str().unwrap().contains("viewer"),
         "{fire}"
     );
+}
+
+#[tokio::test]
+async fn a_fire_of_a_deleted_project_is_denied_and_pauses_its_schedule() {
+    let app = spawn_app().await;
+    let (owner, project, workflow, agent) = world(&app).await;
+    let created = schedule(&app, &owner, (&project, &workflow, &agent), json!({})).await;
+    let id = uuid::Uuid::parse_str(created["id"].as_str().unwrap()).unwrap();
+    // GIVEN a fire claimed just before its project was deleted
+    past_next_slot(&app, &created, 1);
+    assert_eq!(tick(&app).await.enqueued, 1);
+    let deleted = app
+        .delete(&format!("/api/v1/projects/{project}"), &owner)
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    // WHEN it is started
+    assert_eq!(start_fires(&app).await, 1);
+    // THEN it is denied, and the schedule stops instead of being denied every slot
+    let fires = app.state.store.list_fires(id, 10, None).await.unwrap();
+    assert_eq!(fires.items[0].outcome, FireOutcome::Denied);
+    let stored = app.state.store.get_schedule(id).await.unwrap().unwrap();
+    assert_eq!(stored.status, ScheduleStatus::Paused);
+    assert_eq!(stored.due_at, None);
+    app.clock.advance(Duration::minutes(5));
+    assert_eq!(tick(&app).await.due, 0);
 }

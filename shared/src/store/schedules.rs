@@ -7,10 +7,11 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{KeysAndAttributes, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
+use super::expr::{Apply, Changes};
 use super::schema::{GSI1, GSI4};
 use super::{cursor, item, key, n, record, s, Item, Page, Store, StoreError, StoreResult};
 use crate::domain::ts;
@@ -110,11 +111,14 @@ const OPTIONAL_ATTRIBUTES: [&str; 6] = [
     "gsi4sk",
 ];
 
-/// The condition that `due_at` is still `read`, with its values.
-fn due_condition(read: Option<&DateTime<Utc>>) -> (&'static str, Option<AttributeValue>) {
+/// `changes` conditioned on `due_at` still being `read` (the tick's claim, a change through
+/// the API), besides `also`; `due_at` must be among the attributes `changes` names.
+fn only_if_due_at(changes: Changes, read: Option<&DateTime<Utc>>, also: &str) -> Changes {
     match read {
-        Some(at) => ("#due = :read_due", Some(s(ts::format(at)))),
-        None => ("attribute_not_exists(#due)", None),
+        Some(at) => changes
+            .only_if(&format!("#due_at = :read_due AND {also}"))
+            .value(":read_due", s(ts::format(at))),
+        None => changes.only_if(&format!("attribute_not_exists(#due_at) AND {also}")),
     }
 }
 
@@ -188,42 +192,22 @@ impl Store {
         for fixed in FIXED_ATTRIBUTES.into_iter().chain(["pk", "sk"]) {
             attributes.remove(fixed);
         }
-        let removed: Vec<&str> = OPTIONAL_ATTRIBUTES
-            .into_iter()
-            .filter(|name| !attributes.contains_key(*name))
-            .collect();
-        let (due_condition, read_due) = due_condition(read_due_at);
-        let mut names = HashMap::from([
-            ("#version".to_owned(), "version".to_owned()),
-            ("#due".to_owned(), "due_at".to_owned()),
-        ]);
-        let mut values = HashMap::from([(":expected".to_owned(), n(expected_version))]);
-        if let Some(read_due) = read_due {
-            values.insert(":read_due".to_owned(), read_due);
-        }
-        let mut sets = Vec::with_capacity(attributes.len());
-        for (i, (name, value)) in attributes.into_iter().enumerate() {
-            sets.push(format!("#s{i} = :s{i}"));
-            names.insert(format!("#s{i}"), name);
-            values.insert(format!(":s{i}"), value);
-        }
-        let mut expression = format!("SET {}", sets.join(", "));
-        if !removed.is_empty() {
-            let mut removes = Vec::with_capacity(removed.len());
-            for (i, name) in removed.into_iter().enumerate() {
-                removes.push(format!("#r{i}"));
-                names.insert(format!("#r{i}"), name.to_owned());
+        let mut changes = Changes::new();
+        for name in OPTIONAL_ATTRIBUTES {
+            if !attributes.contains_key(name) {
+                changes = changes.remove(name);
             }
-            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
         }
+        for (name, value) in attributes {
+            changes = changes.set(&name, value);
+        }
+        let changes = only_if_due_at(changes, read_due_at, "#version = :expected")
+            .value(":expected", n(expected_version));
         self.ddb
             .update_item()
             .table_name(&self.registry_table)
             .set_key(Some(key(schedule_pk(updated.id), SCHEDULE_SK)))
-            .update_expression(expression)
-            .condition_expression(format!("#version = :expected AND {due_condition}"))
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
+            .apply(changes)
             .send()
             .await
             .map_err(|e| super::write_error(e, "update a schedule"))?;
@@ -274,75 +258,34 @@ impl Store {
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let pk = schedule_pk(schedule.id);
-        let (due_condition, read_due) = due_condition(schedule.due_at.as_ref());
-        let mut sets = Vec::new();
-        let mut removes = Vec::new();
-        let mut update = Update::builder()
+        let at = |at: &DateTime<Utc>| s(ts::format(at));
+        let mut changes = Changes::new();
+        changes = match &plan.next_run_at {
+            Some(next) => changes.set("next_run_at", at(next)),
+            None => changes.remove("next_run_at"),
+        };
+        changes = match &plan.due_at {
+            Some(due) => changes
+                .set("due_at", at(due))
+                .set(GSI4.sk, s(due_sk(due, schedule.id))),
+            None => changes.remove("due_at").remove(GSI4.pk).remove(GSI4.sk),
+        };
+        changes = match &plan.buffered {
+            Some(buffered) => changes.set("buffered", at(buffered)),
+            None => changes.remove("buffered"),
+        };
+        if let Some(last) = plan.dispatch.last() {
+            changes = changes
+                .set("in_flight", at(last))
+                .set("claimed_at", at(&now));
+        }
+        let changes = only_if_due_at(changes, schedule.due_at.as_ref(), "#status = :active")
+            .name("status")
+            .value(":active", s(ScheduleStatus::Active.as_str()));
+        let update = Update::builder()
             .table_name(&self.registry_table)
             .set_key(Some(key(pk.clone(), SCHEDULE_SK)))
-            .condition_expression(format!("{due_condition} AND #status = :active"))
-            .expression_attribute_names("#due", "due_at")
-            .expression_attribute_names("#status", "status")
-            .set_expression_attribute_values(Some(HashMap::from_iter(
-                [
-                    Some((":active".to_owned(), s(ScheduleStatus::Active.as_str()))),
-                    read_due.map(|v| (":read_due".to_owned(), v)),
-                ]
-                .into_iter()
-                .flatten(),
-            )))
-            .expression_attribute_names("#next", "next_run_at")
-            .expression_attribute_names("#buffered", "buffered")
-            .expression_attribute_names("#gsk", GSI4.sk);
-        let mut set = |expr: &'static str, name: &str, value: Option<&DateTime<Utc>>| match value {
-            Some(at) => {
-                sets.push(expr);
-                Some((name.to_owned(), s(ts::format(at))))
-            }
-            None => None,
-        };
-        let values: Vec<(String, AttributeValue)> = [
-            set("#next = :next", ":next", plan.next_run_at.as_ref()),
-            set("#due = :due", ":due", plan.due_at.as_ref()),
-            set("#buffered = :buffered", ":buffered", plan.buffered.as_ref()),
-            set("in_flight = :in_flight", ":in_flight", plan.dispatch.last()),
-            set(
-                "claimed_at = :claimed",
-                ":claimed",
-                plan.dispatch.last().map(|_| &now),
-            ),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        for (name, value) in values {
-            update = update.expression_attribute_values(name, value);
-        }
-        match &plan.due_at {
-            Some(due) => {
-                sets.push("#gsk = :gsk");
-                update = update.expression_attribute_values(":gsk", s(due_sk(due, schedule.id)));
-            }
-            None => {
-                update = update.expression_attribute_names("#gpk", GSI4.pk);
-                removes.extend(["#due", "#gsk", "#gpk"]);
-            }
-        }
-        if plan.next_run_at.is_none() {
-            removes.push("#next");
-        }
-        if plan.buffered.is_none() {
-            removes.push("#buffered");
-        }
-        let mut expression = String::new();
-        if !sets.is_empty() {
-            expression = format!("SET {}", sets.join(", "));
-        }
-        if !removes.is_empty() {
-            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
-        }
-        let update = update
-            .update_expression(expression.trim())
+            .apply(changes)
             .build()
             .context("Failed to build the claim of a schedule")?;
         let mut items = vec![TransactWriteItem::builder().update(update).build()];
@@ -396,28 +339,21 @@ impl Store {
             .expression_attribute_values(":pending", s("pending"))
             .build()
             .context("Failed to build a fire record")?;
-        let mut sets = Vec::new();
-        let mut update = Update::builder()
-            .table_name(&self.registry_table)
-            .set_key(Some(key(schedule_pk(fire.schedule_id), SCHEDULE_SK)))
-            .condition_expression("attribute_exists(pk)");
+        let mut changes = Changes::new();
         if let (FireOutcome::Started, Some(run_id)) = (fire.outcome, fire.run_id) {
-            sets.push("last_run_id = :run, last_run_at = :at");
-            update = update
-                .expression_attribute_values(":run", s(run_id.to_string()))
-                .expression_attribute_values(":at", s(ts::format(&fire.recorded_at)));
-        }
-        let mut expression = String::new();
-        if !sets.is_empty() {
-            expression = format!("SET {}", sets.join(", "));
+            changes = changes
+                .set("last_run_id", s(run_id.to_string()))
+                .set("last_run_at", s(ts::format(&fire.recorded_at)));
         }
         if clear_in_flight {
-            expression.push_str(" REMOVE in_flight");
+            changes = changes.remove("in_flight");
         }
         let mut items = vec![TransactWriteItem::builder().put(put).build()];
-        if !expression.is_empty() {
-            let update = update
-                .update_expression(expression.trim())
+        if !changes.is_empty() {
+            let update = Update::builder()
+                .table_name(&self.registry_table)
+                .set_key(Some(key(schedule_pk(fire.schedule_id), SCHEDULE_SK)))
+                .apply(changes.name("pk").only_if("attribute_exists(#pk)"))
                 .build()
                 .context("Failed to build the schedule's last run")?;
             items.push(TransactWriteItem::builder().update(update).build());
@@ -426,6 +362,34 @@ impl Store {
             // Already recorded, or the schedule was deleted meanwhile: nothing to add.
             Err(err) if err.failed_at(0) || err.failed_at(1) => Ok(()),
             other => other,
+        }
+    }
+
+    /// Pauses a schedule out of band (its project was deleted): it leaves the due index and
+    /// its version moves on. A schedule deleted meanwhile is fine.
+    pub async fn pause_schedule(&self, id: Uuid) -> StoreResult<()> {
+        let changes = Changes::new()
+            .set("status", s(ScheduleStatus::Paused.as_str()))
+            .add("version", n(1))
+            .remove("next_run_at")
+            .remove("due_at")
+            .remove("buffered")
+            .remove(GSI4.pk)
+            .remove(GSI4.sk)
+            .name("pk")
+            .only_if("attribute_exists(#pk)");
+        match self
+            .ddb
+            .update_item()
+            .table_name(&self.registry_table)
+            .set_key(Some(key(schedule_pk(id), SCHEDULE_SK)))
+            .apply(changes)
+            .send()
+            .await
+            .map_err(|e| super::write_error(e, "pause a schedule"))
+        {
+            Ok(_) | Err(StoreError::ConditionFailed) => Ok(()),
+            Err(other) => Err(other),
         }
     }
 
