@@ -364,15 +364,7 @@ async fn handle_message(state: &AppState, message: QueueMessage) -> Option<Strin
 
 /// [`handle_batch`] for the Lambda function's SQS event, with partial batch failures.
 pub async fn handle_event(state: &AppState, event: SqsEvent) -> SqsBatchResponse {
-    let messages = event
-        .records
-        .into_iter()
-        .map(|record| QueueMessage {
-            message_id: record.message_id.unwrap_or_default(),
-            receipt_handle: record.receipt_handle,
-            body: record.body.unwrap_or_default(),
-        })
-        .collect();
+    let messages = event.records.into_iter().map(QueueMessage::from).collect();
     SqsBatchResponse {
         batch_item_failures: handle_batch(state, messages)
             .await
@@ -407,11 +399,7 @@ pub async fn consume(
                 .messages
                 .unwrap_or_default()
                 .into_iter()
-                .map(|m| QueueMessage {
-                    message_id: m.message_id.unwrap_or_default(),
-                    receipt_handle: m.receipt_handle,
-                    body: m.body.unwrap_or_default(),
-                })
+                .map(QueueMessage::from)
                 .collect(),
             Err(error) => {
                 tracing::warn!(error = ?error, "could not receive scheduler messages");
