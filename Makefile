@@ -5,7 +5,7 @@
 SCRIPTS := infra/local
 
 .PHONY: help dev test test-long-loop build lint services stop status install lock clean-local redrive
-.PHONY: fuzz schemathesis load
+.PHONY: fuzz schemathesis load bench-scheduler
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "  make %-12s %s\n", $$1, $$2 }'
@@ -54,6 +54,9 @@ fuzz: ## Run the property tests with 20000 cases each (PROPTEST_CASES to change)
 schemathesis: ## Schema-driven API tests against a dev server, longer than in `make test`
 	@SCHEMATHESIS_MAX_EXAMPLES=$${SCHEMATHESIS_MAX_EXAMPLES:-100} SCHEMATHESIS_MAX_TIME=$${SCHEMATHESIS_MAX_TIME:-1500} \
 		bash $(SCRIPTS)/schemathesis.sh
+
+bench-scheduler: ## Scheduler bench: one tick with 10,000 due schedules (BENCH_SCHEDULES to change)
+	@bash -c 'source $(SCRIPTS)/lib.sh && aws_env && cargo bench -p spark-ops-tests --bench scheduler'
 
 load: ## Load bench: 200 clients for 30 s on a mixed workload (LOAD_ARGS="--url … --seconds …")
 	@bash $(SCRIPTS)/load.sh $(LOAD_ARGS)

@@ -16,7 +16,8 @@ pub struct Clients {
     pub sfn: aws_sdk_sfn::Client,
     /// S3, for step payloads too large for their records.
     pub s3: aws_sdk_s3::Client,
-    /// EventBridge: the bus of Spark-Ops' own and tenants' events, and event-schedule rules.
+    /// EventBridge: the bus of Spark-Ops' own and tenants' events, event-schedule rules and
+    /// the scheduler's tick rule.
     pub events: aws_sdk_eventbridge::Client,
 }
 

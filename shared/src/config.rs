@@ -81,6 +81,12 @@ pub struct Config {
     /// Most event-schedule rules on the bus (`EVENT_RULES_MAX`, default 250): EventBridge
     /// allows 300 rules per bus unless the quota is raised.
     pub event_rules_max: u32,
+    /// URL of the scheduler queue, where the tick rule sends its ticks
+    /// (`SCHEDULER_QUEUE_URL`); looked up by name when unset.
+    pub scheduler_queue_url: Option<String>,
+    /// URL of the fire queue, where ticks send the fires to start (`FIRE_QUEUE_URL`); looked
+    /// up by name when unset.
+    pub fire_queue_url: Option<String>,
 }
 
 impl Config {
@@ -172,6 +178,8 @@ impl Config {
             event_rules_max: limit("EVENT_RULES_MAX", 250)?,
             payload_bucket,
             payload_slice_cap,
+            scheduler_queue_url: optional("SCHEDULER_QUEUE_URL"),
+            fire_queue_url: optional("FIRE_QUEUE_URL"),
             egress,
             run_state_machine_arn: optional("RUN_STATE_MACHINE_ARN"),
             run_queue_url: optional("RUN_QUEUE_URL"),
@@ -224,6 +232,21 @@ impl Config {
     /// Name of the trigger queue's dead-letter queue.
     pub fn trigger_dlq_name(&self) -> String {
         format!("{}-triggers-dlq", self.prefix)
+    }
+
+    /// Name of the SQS queue the tick rule sends ticks to.
+    pub fn scheduler_queue_name(&self) -> String {
+        format!("{}-scheduler", self.prefix)
+    }
+
+    /// Name of the SQS queue carrying the fires to start.
+    pub fn fire_queue_name(&self) -> String {
+        format!("{}-fires", self.prefix)
+    }
+
+    /// Name of the EventBridge rule that ticks the scheduler every minute.
+    pub fn tick_rule_name(&self) -> String {
+        format!("{}-scheduler-tick", self.prefix)
     }
 
     /// Name of the run lifecycle state machine.

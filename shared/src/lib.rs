@@ -22,6 +22,8 @@ pub mod manifest;
 pub mod outbound;
 pub mod payload;
 pub mod run;
+pub mod schedule;
+pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod tool;

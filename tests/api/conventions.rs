@@ -350,6 +350,14 @@ pub const OPERATIONS: &[&str] = &[
     "GET /api/v1/runs/{id}/steps",
     "GET /api/v1/runs/{id}/logs",
     "POST /api/v1/events",
+    "GET /api/v1/schedules",
+    "POST /api/v1/schedules",
+    "GET /api/v1/schedules/{id}",
+    "PATCH /api/v1/schedules/{id}",
+    "DELETE /api/v1/schedules/{id}",
+    "POST /api/v1/schedules/{id}/trigger",
+    "GET /api/v1/schedules/{id}/preview",
+    "GET /api/v1/schedules/{id}/fires",
 ];
 
 /// `path` with its placeholders filled with values a route accepts.

@@ -55,3 +55,65 @@ async fn the_run_worker_event_settles_the_missing_run_and_dead_letters_the_unrea
     );
     assert_eq!(app.dead_letters().await, ["not a run task"]);
 }
+
+/// The sample SQS event `events/<file>`.
+fn sqs_event(file: &str) -> aws_lambda_events::event::sqs::SqsEvent {
+    let path = format!("{}/../events/{file}", env!("CARGO_MANIFEST_DIR"));
+    let event = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&event).expect("a valid SQS event")
+}
+
+#[tokio::test]
+async fn the_tick_event_claims_a_due_schedule_and_the_fire_event_of_a_deleted_one_is_dropped() {
+    // GIVEN a schedule whose slot is due, and the scheduler's state as its main builds it
+    let app = spawn_app().await;
+    let owner = app.user("Owner").await;
+    let project = app.project(&owner, "Ticks").await;
+    let agent = app.agent(&owner, &project, "gpt-4o-mini").await;
+    let workflow = app
+        .released_workflow(
+            &owner,
+            &project,
+            serde_json::json!({"steps": [
+                {"id": "ask", "type": "human", "config": {"instructions": "Check it"}}]}),
+        )
+        .await;
+    let created = app
+        .post(
+            "/api/v1/schedules",
+            Some(&owner),
+            serde_json::json!({"project_id": project, "name": "tick", "type": "cron",
+                               "expression": "* * * * *", "target_workflow_id": workflow,
+                               "agent_id": agent}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    app.clock.advance(chrono::Duration::seconds(61));
+    let state = spark_ops::AppState::without_keys(
+        (*app.state.config).clone(),
+        app.state.clients.clone(),
+        app.state.clock.clone(),
+    );
+
+    // WHEN the scheduler function receives the sample tick, then the sample fire (of a
+    // schedule that no longer exists)
+    let ticked =
+        spark_ops::scheduler::handle_event(&state, sqs_event("sqs-scheduler-tick.json")).await;
+    let fired =
+        spark_ops::scheduler::handle_event(&state, sqs_event("sqs-schedule-fire.json")).await;
+
+    // THEN both are handled, and the due schedule moved on with its fire recorded
+    assert!(ticked.batch_item_failures.is_empty());
+    assert!(fired.batch_item_failures.is_empty());
+    let id = created.body["id"].as_str().unwrap();
+    let fires = app
+        .get(&format!("/api/v1/schedules/{id}/fires"), &owner)
+        .await;
+    assert_eq!(
+        fires.body["items"][0]["outcome"], "pending",
+        "{}",
+        fires.text
+    );
+    let after = app.get(&format!("/api/v1/schedules/{id}"), &owner).await;
+    assert_ne!(after.body["next_run_at"], created.body["next_run_at"]);
+}

@@ -22,6 +22,7 @@ mod run_payloads;
 mod run_prompt;
 mod run_recovery;
 mod runs;
+mod schedules;
 mod security;
 mod sessions;
 mod store_races;

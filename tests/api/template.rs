@@ -9,6 +9,7 @@ use serde_yaml::Value;
 use spark_ops::payload::PAYLOAD_RETENTION_DAYS;
 use spark_ops::store::provision::{
     RUN_LIFECYCLE_ASL, RUN_QUEUE_MAX_RECEIVES, RUN_QUEUE_VISIBILITY_SECONDS,
+    SCHEDULER_QUEUE_MAX_RECEIVES, SCHEDULER_QUEUE_VISIBILITY_SECONDS, TICK_SCHEDULE,
     TRIGGER_QUEUE_MAX_RECEIVES, TRIGGER_QUEUE_VISIBILITY_SECONDS,
 };
 use spark_ops::store::schema::TABLES;
@@ -684,9 +685,9 @@ fn the_bus_and_the_trigger_queue_match_provisioning() {
 #[test]
 fn every_function_that_moves_runs_publishes_to_the_bus_and_nowhere_else() {
     let template = template();
-    for binary in ["projects", "runs", "run-worker", "sweeper"] {
+    for binary in ["projects", "runs", "run-worker", "sweeper", "scheduler"] {
         // GIVEN a function that moves runs (the projects function cancels a deleted
-        // project's)
+        // project's; the scheduler starts them)
         let (logical, function) = function(&template, binary);
 
         // THEN it is told the bus
@@ -721,4 +722,54 @@ fn every_function_that_moves_runs_publishes_to_the_bus_and_nowhere_else() {
             .collect();
         assert_eq!(targets, [Some("EventBus".to_owned())], "{logical}");
     }
+}
+
+#[test]
+fn the_tick_rule_feeds_the_scheduler_which_consumes_its_two_queues_as_provisioned() {
+    // GIVEN the template's queues, rules and scheduler function
+    let template = template();
+    let queues = resources_of(&template, "AWS::SQS::Queue");
+    let (logical, scheduler) = function(&template, "scheduler");
+    let timeout = scheduler["Timeout"].as_u64().unwrap();
+    // THEN the scheduler and fire queues have the provisioned settings, hide a message for
+    // at least six scheduler timeouts, and redrive to a dead-letter queue
+    for name in ["${AWS::StackName}-scheduler", "${AWS::StackName}-fires"] {
+        let (_, queue) = queues
+            .iter()
+            .find(|(_, q)| text(&q["QueueName"]) == name)
+            .unwrap_or_else(|| panic!("{name} is declared"));
+        let visibility = queue["VisibilityTimeout"].as_u64().unwrap();
+        assert_eq!(visibility, u64::from(SCHEDULER_QUEUE_VISIBILITY_SECONDS));
+        assert!(visibility >= 6 * timeout, "{name}");
+        assert_eq!(
+            text(&queue["RedrivePolicy"]["maxReceiveCount"]),
+            SCHEDULER_QUEUE_MAX_RECEIVES.to_string()
+        );
+        assert!(reference(&queue["RedrivePolicy"]["deadLetterTargetArn"], Some("Arn")).is_some());
+    }
+    // AND one rule ticks on the code's schedule into the scheduler queue
+    let rules = resources_of(&template, "AWS::Events::Rule");
+    let (_, tick) = rules
+        .iter()
+        .find(|(_, r)| r["ScheduleExpression"] == TICK_SCHEDULE)
+        .expect("the tick rule is declared");
+    assert_eq!(
+        reference(&tick["Targets"][0]["Arn"], Some("Arn")).as_deref(),
+        Some("SchedulerQueue")
+    );
+    // AND the scheduler consumes both queues, a failed message failing alone
+    let mut consumed: Vec<String> = scheduler["Events"]
+        .as_mapping()
+        .unwrap()
+        .values()
+        .map(|event| {
+            assert_eq!(event["Type"], "SQS", "{logical}");
+            assert!(event["Properties"]["FunctionResponseTypes"]
+                .as_sequence()
+                .is_some_and(|t| t.contains(&"ReportBatchItemFailures".into())));
+            reference(&event["Properties"]["Queue"], Some("Arn")).unwrap()
+        })
+        .collect();
+    consumed.sort();
+    assert_eq!(consumed, ["FireQueue", "SchedulerQueue"]);
 }

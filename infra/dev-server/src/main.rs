@@ -2,7 +2,10 @@
 //! every router on one port (`PORT`, default 3000) with the same code the Lambda functions run,
 //! and runs the run worker's queue loops in the same process (`RUN_WORKER_LOOPS`, default 4;
 //! `RUN_WORKER_ENABLED=false` turns them off, for a worker run elsewhere) and the sweeper
-//! every `SWEEPER_INTERVAL_SECONDS` (default 60; `0` turns it off).
+//! every `SWEEPER_INTERVAL_SECONDS` (default 60; `0` turns it off). It also runs the
+//! scheduler as deployed (`SCHEDULER_ENABLED=false` turns it off): the EventBridge rule
+//! `{prefix}-scheduler-tick` sends a tick to the scheduler queue every minute, and the
+//! process consumes the scheduler and fire queues.
 //!
 //! `spark-ops-dev redrive` instead moves the run dead-letter queue's messages back to the run
 //! queue and exits (`make redrive`).
@@ -16,8 +19,8 @@ use spark_ops::clock::SystemClock;
 use spark_ops::engine::worker::Worker;
 use spark_ops::engine::{redrive, sweeper};
 use spark_ops::state::Clients;
-use spark_ops::store::provision::provision;
-use spark_ops::{api, bootstrap, AppState, Config};
+use spark_ops::store::provision::{provision, Provisioner};
+use spark_ops::{api, bootstrap, scheduler, AppState, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -64,6 +67,21 @@ async fn main() -> anyhow::Result<()> {
         Ok("true" | "1" | "yes") | Err(_) => worker_loops,
         Ok(other) => anyhow::bail!("RUN_WORKER_ENABLED must be true or false, got {other:?}"),
     };
+    let scheduler_on = match std::env::var("SCHEDULER_ENABLED").as_deref() {
+        Ok("false" | "0" | "no") => false,
+        Ok("true" | "1" | "yes") | Err(_) => true,
+        Ok(other) => anyhow::bail!("SCHEDULER_ENABLED must be true or false, got {other:?}"),
+    };
+    let scheduler_queues = match (&config.scheduler_queue_url, &config.fire_queue_url) {
+        (Some(ticks), Some(fires)) if scheduler_on => {
+            Provisioner::of(&clients)
+                .ensure_tick_rule(&config, ticks)
+                .await
+                .context("Failed to create the scheduler's tick rule")?;
+            vec![ticks.clone(), fires.clone()]
+        }
+        _ => Vec::new(),
+    };
     let state = AppState::load(config, clients, Arc::new(SystemClock)).await?;
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
@@ -81,6 +99,17 @@ async fn main() -> anyhow::Result<()> {
                 }
             }));
         }
+    }
+    let scheduler_runs = !scheduler_queues.is_empty();
+    for queue in scheduler_queues {
+        let state = state.clone();
+        let mut stopped = worker_stopped.clone();
+        workers.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            scheduler::consume(&state, &queue, shutdown).await;
+        }));
     }
     if sweep_every > 0 {
         let state = state.clone();
@@ -135,6 +164,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         format!("every {sweep_every} s")
     };
+    let scheduler_note = if !scheduler_runs {
+        "off (SCHEDULER_ENABLED=false)".to_owned()
+    } else {
+        format!(
+            "ticked every minute by the rule {}",
+            state.config.tick_rule_name()
+        )
+    };
     let egress = &state.config.egress.allow;
     let egress_note = if egress.is_empty() {
         "public internet only (EGRESS_ALLOW is empty)".to_owned()
@@ -142,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
         let allowed: Vec<String> = egress.iter().map(ToString::to_string).collect();
         format!("public internet, and {} (EGRESS_ALLOW)", allowed.join(", "))
     };
-    println!("\nSpark-Ops control plane is up:\n  API     {base}/api/v1\n  Docs    {base}/docs\n  OpenAPI {base}/api/v1/openapi.json\n  Health  {base}/health\n  Worker  {worker_note}\n  Sweeper {sweeper_note}\n  Egress  {egress_note}\nPress Ctrl-C to stop.\n");
+    println!("\nSpark-Ops control plane is up:\n  API     {base}/api/v1\n  Docs    {base}/docs\n  OpenAPI {base}/api/v1/openapi.json\n  Health  {base}/health\n  Worker  {worker_note}\n  Sweeper {sweeper_note}\n  Scheduler {scheduler_note}\n  Egress  {egress_note}\nPress Ctrl-C to stop.\n");
     // The peer address feeds the per-address login and registration throttles.
     let app = api::app(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)

@@ -45,6 +45,7 @@ pub const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src '
         (name = "registry", description = "Signed manifests"),
         (name = "runs", description = "Runs of workflows: lifecycle, steps, logs, cost"),
         (name = "events", description = "The event bus: tenants' events, which event schedules match"),
+        (name = "schedules", description = "Cron schedules that start runs, their previews and fires"),
         (name = "platform", description = "Health and documentation"),
     )
 )]

@@ -18,6 +18,7 @@ pub mod projects;
 pub mod registry;
 pub mod request_id;
 pub mod runs;
+pub mod schedules;
 pub mod sessions;
 pub mod tools;
 pub mod workflows;
@@ -86,10 +87,12 @@ pub fn workflows_routes() -> OpenApiRouter<AppState> {
     workflows::routes()
 }
 
-/// Routes of the `runs` function: runs, their steps and logs, and tenants' events (which
-/// start runs through event schedules).
+/// Routes of the `runs` function: runs, their steps and logs, the schedules that start them,
+/// and tenants' events (which start runs through event schedules).
 pub fn runs_routes() -> OpenApiRouter<AppState> {
-    runs::routes().merge(events::routes())
+    runs::routes()
+        .merge(schedules::routes())
+        .merge(events::routes())
 }
 
 /// Every route, i.e. the union of every function's; what the dev server mounts.

@@ -63,6 +63,13 @@ pub struct RunView {
     /// Which schedule, webhook or event started it; absent for a manual run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// The schedule that started it, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<Uuid>,
+    /// The slot of the schedule fire that started it (RFC 3339, UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub nominal_time: Option<String>,
     /// `queued`, `awaiting_approval`, `running`, `awaiting_input`, `succeeded`, `failed` or
     /// `cancelled`.
     pub status: RunStatus,
@@ -121,6 +128,8 @@ impl From<Run> for RunView {
             env: run.env,
             trigger: run.trigger,
             origin: run.origin,
+            schedule_id: run.schedule_id,
+            nominal_time: run.nominal_time.as_ref().map(ts::format),
             status: run.status,
             input: run.input,
             metadata: run.metadata,
@@ -348,6 +357,8 @@ pub struct ListRunsQuery {
     pub agent_id: Option<String>,
     /// Only runs started this way: `manual`, `schedule`, `webhook` or `event`.
     pub trigger: Option<String>,
+    /// Only runs started by this schedule.
+    pub schedule_id: Option<String>,
     /// Only runs created at or after this RFC 3339 time.
     pub created_after: Option<String>,
     /// Only runs created before this RFC 3339 time.
@@ -404,6 +415,7 @@ pub async fn create_run(
         trigger: Trigger::Manual,
         origin: None,
         chain_depth: 0,
+        schedule: None,
         idempotency,
         invalid,
     };
@@ -466,6 +478,7 @@ pub async fn list_runs(
                 )),
             })
             .transpose()?,
+        schedule_id: query_id("schedule_id", query.schedule_id.as_deref())?,
         created_after: query_time("created_after", query.created_after.as_deref())?,
         created_before: query_time("created_before", query.created_before.as_deref())?,
     };
@@ -479,11 +492,12 @@ pub async fn list_runs(
     }
     authorize(&state, &principal, project_id, Action::ReadRuns).await?;
     let scope = format!(
-        "runs:{project_id}:{:?}:{:?}:{:?}:{:?}:{:?}:{:?}",
+        "runs:{project_id}:{:?}:{:?}:{:?}:{:?}:{:?}:{:?}:{:?}",
         filter.status,
         filter.workflow_id,
         filter.agent_id,
         filter.trigger,
+        filter.schedule_id,
         filter.created_after,
         filter.created_before
     );

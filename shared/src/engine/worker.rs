@@ -60,6 +60,26 @@ pub struct QueueMessage {
     pub body: String,
 }
 
+impl From<aws_lambda_events::event::sqs::SqsMessage> for QueueMessage {
+    fn from(record: aws_lambda_events::event::sqs::SqsMessage) -> Self {
+        Self {
+            message_id: record.message_id.unwrap_or_default(),
+            receipt_handle: record.receipt_handle,
+            body: record.body.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<aws_sdk_sqs::types::Message> for QueueMessage {
+    fn from(message: aws_sdk_sqs::types::Message) -> Self {
+        Self {
+            message_id: message.message_id.unwrap_or_default(),
+            receipt_handle: message.receipt_handle,
+            body: message.body.unwrap_or_default(),
+        }
+    }
+}
+
 /// A task the lifecycle sent.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -224,15 +244,7 @@ impl Worker {
         event: aws_lambda_events::event::sqs::SqsEvent,
         deadline: Deadline,
     ) -> aws_lambda_events::event::sqs::SqsBatchResponse {
-        let batch = event
-            .records
-            .into_iter()
-            .map(|record| QueueMessage {
-                message_id: record.message_id.unwrap_or_default(),
-                receipt_handle: record.receipt_handle,
-                body: record.body.unwrap_or_default(),
-            })
-            .collect();
+        let batch = event.records.into_iter().map(QueueMessage::from).collect();
         let failed = self.handle_batch_until(batch, deadline).await;
         aws_lambda_events::event::sqs::SqsBatchResponse {
             batch_item_failures: failed

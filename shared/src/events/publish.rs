@@ -181,6 +181,8 @@ mod tests {
             env: Env::Dev,
             trigger: Trigger::Event,
             origin: None,
+            schedule_id: None,
+            nominal_time: None,
             status,
             input: json!({}),
             metadata: json!({}),

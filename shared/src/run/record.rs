@@ -53,6 +53,13 @@ pub struct Run {
     /// Which schedule, webhook or event started it; absent for a manual run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// The schedule that started it: by one of its fires, or by
+    /// `POST /schedules/{id}/trigger`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<Uuid>,
+    /// The slot of the schedule fire that started it (absent for a manual trigger).
+    #[serde(default, with = "ts::option", skip_serializing_if = "Option::is_none")]
+    pub nominal_time: Option<DateTime<Utc>>,
     /// Status.
     pub status: RunStatus,
     /// The run input.

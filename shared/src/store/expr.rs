@@ -14,6 +14,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 pub(crate) struct Changes {
     set: Vec<String>,
     add: Vec<String>,
+    remove: Vec<String>,
     condition: Option<String>,
     names: HashMap<String, String>,
     values: HashMap<String, AttributeValue>,
@@ -56,6 +57,24 @@ impl Changes {
         self
     }
 
+    /// Removes `attribute`.
+    pub fn remove(mut self, attribute: &str) -> Self {
+        let name = self.placeholder(attribute);
+        self.remove.push(name);
+        self
+    }
+
+    /// Names `attribute` (as `#attribute`) for the condition without changing it.
+    pub fn name(mut self, attribute: &str) -> Self {
+        self.placeholder(attribute);
+        self
+    }
+
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
     /// Writes only if `condition` holds; it may use `#attribute` for any attribute the
     /// changes name, and the values given with [`value`](Self::value).
     pub fn only_if(mut self, condition: &str) -> Self {
@@ -72,7 +91,11 @@ impl Changes {
     /// The update expression, e.g. `SET #a = :a ADD #c :add_c`.
     pub fn expression(&self) -> String {
         let mut clauses = Vec::new();
-        for (verb, parts) in [("SET", &self.set), ("ADD", &self.add)] {
+        for (verb, parts) in [
+            ("SET", &self.set),
+            ("ADD", &self.add),
+            ("REMOVE", &self.remove),
+        ] {
             if !parts.is_empty() {
                 clauses.push(format!("{verb} {}", parts.join(", ")));
             }
@@ -123,14 +146,15 @@ mod tests {
             .set("slug", s("s"))
             .add("version", AttributeValue::N("1".into()))
             .set_with("epoch", "if_not_exists(#epoch, :zero) + :one")
+            .remove("ttl")
             .value(":zero", AttributeValue::N("0".into()))
             .only_if("#version = :expected");
         assert_eq!(
             changes.expression(),
             "SET #name = :name, #slug = :slug, #epoch = if_not_exists(#epoch, :zero) + :one \
-             ADD #version :add_version"
+             ADD #version :add_version REMOVE #ttl"
         );
-        assert_eq!(changes.names.len(), 4);
+        assert_eq!(changes.names.len(), 5);
         assert_eq!(changes.names["#epoch"], "epoch");
         assert_eq!(
             changes

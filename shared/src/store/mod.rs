@@ -9,6 +9,7 @@ pub mod invitations;
 pub mod projects;
 pub mod provision;
 pub mod runs;
+pub mod schedules;
 pub mod schema;
 pub mod secrets;
 pub mod sessions;

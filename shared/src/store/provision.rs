@@ -27,6 +27,12 @@ pub const RUN_QUEUE_VISIBILITY_SECONDS: u32 = 900;
 pub const TRIGGER_QUEUE_MAX_RECEIVES: u32 = 5;
 /// Visibility timeout of the trigger queue, in seconds: starting a run takes a few calls.
 pub const TRIGGER_QUEUE_VISIBILITY_SECONDS: u32 = 60;
+/// Receives of a scheduler or fire queue message before it moves to its dead-letter queue.
+pub const SCHEDULER_QUEUE_MAX_RECEIVES: u32 = 5;
+/// Visibility timeout of the scheduler and fire queues, in seconds (6× a 60 s scheduler).
+pub const SCHEDULER_QUEUE_VISIBILITY_SECONDS: u32 = 360;
+/// How often the tick rule ticks the scheduler.
+pub const TICK_SCHEDULE: &str = "rate(1 minute)";
 
 /// The run lifecycle state machine, in Amazon States Language. `template.yaml` deploys the
 /// same file; `${RunQueueUrl}` is substituted in both places.
@@ -47,6 +53,10 @@ pub struct Provisioned {
     pub state_machine_arn: String,
     /// The trigger queue's ARN, which event-schedule rules deliver to.
     pub trigger_queue_arn: String,
+    /// The scheduler queue's URL.
+    pub scheduler_queue_url: String,
+    /// The fire queue's URL.
+    pub fire_queue_url: String,
 }
 
 impl Provisioned {
@@ -55,6 +65,8 @@ impl Provisioned {
         config.run_queue_url = Some(self.run_queue_url.clone());
         config.run_state_machine_arn = Some(self.state_machine_arn.clone());
         config.trigger_queue_arn = Some(self.trigger_queue_arn.clone());
+        config.scheduler_queue_url = Some(self.scheduler_queue_url.clone());
+        config.fire_queue_url = Some(self.fire_queue_url.clone());
     }
 }
 
@@ -124,10 +136,18 @@ impl Provisioner<'_> {
         self.ensure_payload_bucket(&config.payload_bucket).await?;
         self.ensure_event_bus(&config.event_bus_name).await?;
         let trigger_queue_arn = self.ensure_trigger_queue(config).await?;
+        let scheduler_queue_url = self
+            .ensure_scheduler_queue(&config.scheduler_queue_name())
+            .await?;
+        let fire_queue_url = self
+            .ensure_scheduler_queue(&config.fire_queue_name())
+            .await?;
         Ok(Provisioned {
             run_queue_url,
             state_machine_arn,
             trigger_queue_arn,
+            scheduler_queue_url,
+            fire_queue_url,
         })
     }
 
@@ -408,6 +428,61 @@ impl Provisioner<'_> {
             )
             .await?;
         Ok(arn)
+    }
+
+    /// Creates a scheduler queue `name` and its dead-letter queue `name-dlq`; returns the
+    /// queue's URL.
+    pub async fn ensure_scheduler_queue(&self, name: &str) -> anyhow::Result<String> {
+        let (url, _) = self
+            .ensure_queue_with_dlq(
+                name,
+                &format!("{name}-dlq"),
+                SCHEDULER_QUEUE_VISIBILITY_SECONDS,
+                SCHEDULER_QUEUE_MAX_RECEIVES,
+            )
+            .await?;
+        Ok(url)
+    }
+
+    /// Creates (or updates) the EventBridge rule that sends a tick to the scheduler queue
+    /// every minute, as the template's `SchedulerTickRule` does. Not part of
+    /// [`ensure_all`](Self::ensure_all): only a process that runs the scheduler wants ticks
+    /// (the dev server), not every test deployment.
+    pub async fn ensure_tick_rule(
+        &self,
+        config: &Config,
+        scheduler_queue_url: &str,
+    ) -> anyhow::Result<()> {
+        let name = config.tick_rule_name();
+        self.events
+            .put_rule()
+            .name(&name)
+            .schedule_expression(TICK_SCHEDULE)
+            .state(aws_sdk_eventbridge::types::RuleState::Enabled)
+            .description("Ticks the Spark-Ops scheduler")
+            .send()
+            .await
+            .with_context(|| format!("Failed to create the rule {name}"))?;
+        let target = aws_sdk_eventbridge::types::Target::builder()
+            .id("scheduler-queue")
+            .arn(self.queue_arn(scheduler_queue_url).await?)
+            .build()
+            .context("Failed to build the tick rule's target")?;
+        let put = self
+            .events
+            .put_targets()
+            .rule(&name)
+            .targets(target)
+            .send()
+            .await
+            .with_context(|| format!("Failed to point the rule {name} at the scheduler queue"))?;
+        if put.failed_entry_count() > 0 {
+            anyhow::bail!(
+                "the rule {name} refused its target: {:?}",
+                put.failed_entries()
+            );
+        }
+        Ok(())
     }
 
     /// Creates the step payload bucket if it does not exist, and sets its lifecycle rule:

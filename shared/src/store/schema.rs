@@ -42,6 +42,15 @@
 //! | `TOOL#<id>` | `RATE#<yyyymmddhhmm>` | | | | calls admitted in that UTC minute (`ttl`) |
 //! | `WORKFLOW#<id>` | `WORKFLOW` | `PROJECT#<p>#WORKFLOWS` / `WORKFLOW#<id>` | | | workflow |
 //! | `WORKFLOW#<id>` | `VERSION#<n, 10 digits>` | | | | immutable workflow version |
+//! | `SCHEDULE#<id>` | `SCHEDULE` | `PROJECT#<p>#SCHEDULES` / `SCHEDULE#<id>` | | | schedule |
+//! | `SCHEDULE#<id>` | `FIRE#<nominal_time>` | | | | one fire of the schedule and its outcome (`ttl`) |
+//!
+//! The sparse index gsi4 is the schedulers' **due index**: an active cron schedule carries
+//! `gsi4pk` `DUE#<shard>` (the schedule id modulo
+//! [`DUE_SHARDS`](crate::store::schedules::DUE_SHARDS)) and `gsi4sk` `<due_at>#<id>`, where
+//! `due_at` is its `next_run_at`, or the time a fire was buffered while one waits
+//! ([`crate::schedule`]). A paused schedule carries neither, so each tick is one `Query` per
+//! shard for `gsi4sk <= now`, never a scan.
 //!
 //! ## `{prefix}-runs`: runs, their steps and logs, idempotency keys
 //!
@@ -50,7 +59,7 @@
 //!
 //! | pk | sk | index keys | item |
 //! |---|---|---|---|
-//! | `RUN#<id>` | `RUN` | gsi1 `PROJECT#<p>#RUNS`, gsi2 `…#STATUS#<status>`, gsi3 `…#WORKFLOW#<id>`, gsi4 `…#AGENT#<id>`, gsi5 `…#TRIGGER#<trigger>`, gsi6 `ACTIVE#<shard>` / `<updated_at>#<id>` while in motion | run |
+//! | `RUN#<id>` | `RUN` | gsi1 `PROJECT#<p>#RUNS`, gsi2 `…#STATUS#<status>`, gsi3 `…#WORKFLOW#<id>`, gsi4 `…#AGENT#<id>`, gsi5 `…#TRIGGER#<trigger>`, gsi6 `ACTIVE#<shard>` / `<updated_at>#<id>` while in motion, gsi7 `…#SCHEDULE#<id>` for a schedule's runs | run |
 //! | `RUN#<id>` | `STEP#<idx, 4 digits>` | | step record; `idx` is the step's place in the definition's execution order |
 //! | `RUN#<id>` | `STEP#<idx>#<iteration, 5 digits>` | | one loop iteration |
 //! | `RUN#<id>` | `LOG#<uuidv7>` | | one log line |
@@ -132,6 +141,13 @@ pub const GSI6: IndexDef = IndexDef {
     sk: "gsi6sk",
 };
 
+/// The index over `gsi7pk`/`gsi7sk`: sparse, only runs started by a schedule carry its keys.
+pub const GSI7: IndexDef = IndexDef {
+    name: "gsi7",
+    pk: "gsi7pk",
+    sk: "gsi7sk",
+};
+
 /// Identities and sessions.
 pub const AUTH: TableDef = TableDef {
     suffix: "auth",
@@ -155,7 +171,7 @@ pub const REGISTRY: TableDef = TableDef {
     suffix: "registry",
     pk: "pk",
     sk: "sk",
-    indexes: &[GSI1, GSI2, GSI3],
+    indexes: &[GSI1, GSI2, GSI3, GSI4],
     ttl_attribute: "ttl",
 };
 
@@ -164,7 +180,7 @@ pub const RUNS: TableDef = TableDef {
     suffix: "runs",
     pk: "pk",
     sk: "sk",
-    indexes: &[GSI1, GSI2, GSI3, GSI4, GSI5, GSI6],
+    indexes: &[GSI1, GSI2, GSI3, GSI4, GSI5, GSI6, GSI7],
     ttl_attribute: "ttl",
 };
 

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal, ProjectAccess};
 use crate::error::{ApiError, ApiResult};
+use crate::schedule::Schedule;
 use crate::state::AppState;
 use crate::store::agents::Agent;
 use crate::store::credentials::Credential;
@@ -48,7 +49,7 @@ macro_rules! project_scoped {
     )*};
 }
 
-project_scoped!(Agent, Credential, Tool, Workflow);
+project_scoped!(Agent, Credential, Schedule, Tool, Workflow);
 
 /// The record `found` by id, if it exists and the caller may do `action` on its project;
 /// otherwise the record's `404`.

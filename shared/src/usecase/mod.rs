@@ -9,5 +9,6 @@ pub mod credentials;
 pub mod events;
 pub mod projects;
 pub mod runs;
+pub mod schedules;
 pub mod tools;
 pub mod workflows;

@@ -16,6 +16,7 @@
 //!   draft (and the caller may release versions); whoever started a run cannot approve or
 //!   reject it unless the project allows self-approval; and only people resume `human` steps.
 
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -67,11 +68,22 @@ pub struct StartRun {
     pub origin: Option<String>,
     /// Its place in a chain of event-started runs ([`crate::events::chain`]); 0 otherwise.
     pub chain_depth: u32,
+    /// The schedule it comes from, if any.
+    pub schedule: Option<FromSchedule>,
     /// The caller's `Idempotency-Key`, if any.
     pub idempotency: Option<Idempotency>,
     /// Fields that could not be read; reported together with those only stored records can
     /// check (version, agent), so one answer names every problem.
     pub invalid: Vec<FieldError>,
+}
+
+/// The schedule a run comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct FromSchedule {
+    /// The schedule.
+    pub schedule_id: Uuid,
+    /// The slot of the fire; `None` for `POST /schedules/{id}/trigger`.
+    pub nominal_time: Option<DateTime<Utc>>,
 }
 
 /// An `Idempotency-Key` and a digest of the request it came with.
@@ -167,6 +179,8 @@ pub async fn start(
         env,
         trigger: request.trigger,
         origin: request.origin,
+        schedule_id: request.schedule.map(|s| s.schedule_id),
+        nominal_time: request.schedule.and_then(|s| s.nominal_time),
         status: if request.require_approval {
             RunStatus::AwaitingApproval
         } else {

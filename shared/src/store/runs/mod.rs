@@ -45,6 +45,8 @@ pub struct RunFilter {
     pub agent_id: Option<Uuid>,
     /// Only runs started this way.
     pub trigger: Option<Trigger>,
+    /// Only runs started by this schedule.
+    pub schedule_id: Option<Uuid>,
     /// Created at or after.
     pub created_after: Option<DateTime<Utc>>,
     /// Created strictly before.
@@ -90,6 +92,11 @@ const RUN_SK: &str = "RUN";
 
 fn project_runs(project_id: Uuid) -> String {
     format!("{}#RUNS", crate::store::projects::project_pk(project_id))
+}
+
+/// The gsi7 partition of the runs a schedule started.
+fn schedule_runs(project_id: Uuid, schedule_id: Uuid) -> String {
+    format!("{}#SCHEDULE#{schedule_id}", project_runs(project_id))
 }
 
 fn status_gsi(project_id: Uuid, status: RunStatus) -> String {

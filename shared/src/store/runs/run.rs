@@ -7,11 +7,11 @@ use uuid::Uuid;
 
 use super::{
     active_pk, active_sk, exact_item, exact_page, exact_record, idempotency_pk, in_motion,
-    project_runs, put, run_pk, status_gsi, status_list, RunFilter, RUN_SK,
+    project_runs, put, run_pk, schedule_runs, status_gsi, status_list, RunFilter, RUN_SK,
 };
 use crate::domain::ts;
 use crate::run::{IdempotencyRecord, LogLine, Move, Run, RunChange, RunStatus};
-use crate::store::schema::{GSI1, GSI2, GSI3, GSI4, GSI5, GSI6};
+use crate::store::schema::{GSI1, GSI2, GSI3, GSI4, GSI5, GSI6, GSI7};
 use crate::store::{cursor, item, key, n, s, write_error, Page, Store, StoreError, StoreResult};
 
 impl Store {
@@ -24,28 +24,30 @@ impl Store {
     ) -> StoreResult<()> {
         let created = format!("{}#{}", ts::format(&run.created_at), run.id);
         let project = project_runs(run.project_id);
-        let record = exact_item(
-            run,
-            &[
-                ("pk", run_pk(run.id)),
-                ("sk", RUN_SK.into()),
-                (GSI1.pk, project.clone()),
-                (GSI1.sk, created.clone()),
-                (GSI2.pk, status_gsi(run.project_id, run.status)),
-                (GSI2.sk, created.clone()),
-                (GSI3.pk, format!("{project}#WORKFLOW#{}", run.workflow_id)),
-                (GSI3.sk, created.clone()),
-                (GSI4.pk, format!("{project}#AGENT#{}", run.agent_id)),
-                (GSI4.sk, created.clone()),
-                (
-                    GSI5.pk,
-                    format!("{project}#TRIGGER#{}", run.trigger.as_str()),
-                ),
-                (GSI5.sk, created),
-                (GSI6.pk, active_pk(run.id)),
-                (GSI6.sk, active_sk(run.id, &run.created_at)),
-            ],
-        )?;
+        let mut keys = vec![
+            ("pk", run_pk(run.id)),
+            ("sk", RUN_SK.into()),
+            (GSI1.pk, project.clone()),
+            (GSI1.sk, created.clone()),
+            (GSI2.pk, status_gsi(run.project_id, run.status)),
+            (GSI2.sk, created.clone()),
+            (GSI3.pk, format!("{project}#WORKFLOW#{}", run.workflow_id)),
+            (GSI3.sk, created.clone()),
+            (GSI4.pk, format!("{project}#AGENT#{}", run.agent_id)),
+            (GSI4.sk, created.clone()),
+            (
+                GSI5.pk,
+                format!("{project}#TRIGGER#{}", run.trigger.as_str()),
+            ),
+            (GSI5.sk, created.clone()),
+            (GSI6.pk, active_pk(run.id)),
+            (GSI6.sk, active_sk(run.id, &run.created_at)),
+        ];
+        if let Some(schedule_id) = run.schedule_id {
+            keys.push((GSI7.pk, schedule_runs(run.project_id, schedule_id)));
+            keys.push((GSI7.sk, created.clone()));
+        }
+        let record = exact_item(run, &keys)?;
         let mut items = vec![put(&self.runs_table, record, "attribute_not_exists(pk)")?];
         if let Some(idem) = idempotency {
             let record = item(
@@ -105,7 +107,9 @@ impl Store {
     ) -> StoreResult<Page<Run>> {
         let project = project_runs(project_id);
         let mut filters: Vec<(&str, String)> = Vec::new();
-        let (index, pk) = if let Some(status) = filter.status {
+        let (index, pk) = if let Some(schedule_id) = filter.schedule_id {
+            (GSI7, schedule_runs(project_id, schedule_id))
+        } else if let Some(status) = filter.status {
             (GSI2, status_gsi(project_id, status))
         } else if let Some(workflow) = filter.workflow_id {
             (GSI3, format!("{project}#WORKFLOW#{workflow}"))
@@ -116,6 +120,7 @@ impl Store {
         } else {
             (GSI1, project)
         };
+        // The schedule index is the most selective; every other filter narrows its pages.
         if index != GSI2 {
             if let Some(status) = filter.status {
                 filters.push(("status", status.as_str().to_owned()));
