@@ -27,6 +27,7 @@ pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod tool;
+pub mod triggers;
 pub mod usecase;
 pub mod validate;
 pub mod workflow;

@@ -12,6 +12,8 @@
 //!   redelivered message starts no second run; then records the outcome (`started` or
 //!   `denied`) and the schedule's last run. A fire of a deleted project is denied and pauses
 //!   its schedule.
+//! - **Trigger.** A message of the trigger queue (an event schedule's rule matched an event)
+//!   is handled by [`crate::triggers::handle_trigger`].
 //!
 //! `buffer_one` is served by the tick too: a schedule holding a buffered fire stays due, and
 //! the first tick that finds the previous run ended starts it.
@@ -29,14 +31,15 @@ use uuid::Uuid;
 
 use crate::domain::ts;
 use crate::engine::worker::QueueMessage;
-use crate::error::ApiError;
+use crate::events::rules::TriggerMessage;
 use crate::run::RunStatus;
 use crate::schedule::plan::plan;
-use crate::schedule::{Fire, FireOutcome, OverlapPolicy, Schedule, ScheduleStatus};
+use crate::schedule::{FireOutcome, OverlapPolicy, Schedule, ScheduleStatus};
 use crate::state::AppState;
 use crate::store::schedules::DUE_SHARDS;
 use crate::store::StoreError;
-use crate::usecase::schedules::start_fire;
+use crate::triggers::handle_trigger;
+use crate::usecase::schedules::{fire_record, start_fire};
 
 /// Claims one tick sends to DynamoDB at once, per shard.
 const CLAIM_CONCURRENCY: usize = 16;
@@ -79,21 +82,28 @@ pub struct FireMessage {
 }
 
 /// A message of the scheduler's queues.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Message {
     /// An EventBridge scheduled event: tick.
     Tick,
     /// A fire to start.
     Fire(FireMessage),
+    /// An event an event schedule's rule matched (the trigger queue).
+    Trigger(TriggerMessage),
 }
 
 impl Message {
-    /// Reads a message body: an EventBridge event (`detail-type`) is a tick, anything else
-    /// must be a [`FireMessage`].
+    /// Reads a message body: an EventBridge event (`detail-type`) is a tick, one holding
+    /// an `event` a [`TriggerMessage`], anything else must be a [`FireMessage`].
     pub fn parse(body: &str) -> Result<Self, String> {
         let value: Value = serde_json::from_str(body).map_err(|err| format!("not JSON: {err}"))?;
         if value.get("detail-type").is_some() {
             return Ok(Self::Tick);
+        }
+        if value.get("event").is_some() {
+            return serde_json::from_value(value)
+                .map(Self::Trigger)
+                .map_err(|err| format!("not a trigger message: {err}"));
         }
         serde_json::from_value(value)
             .map(Self::Fire)
@@ -290,54 +300,15 @@ pub async fn handle_fire(state: &AppState, fire: &FireMessage) -> anyhow::Result
             return Ok(FireOutcome::Pending);
         }
     };
-    let now = state.clock.now();
-    let record = match start_fire(state, &schedule, nominal).await {
-        Ok(started) => Fire {
-            run_id: Some(started.run.id),
-            ..Fire::new(schedule.id, nominal, FireOutcome::Started, now)
-        },
-        Err(ApiError::Internal(error)) => return Err(error),
-        Err(error @ (ApiError::Unavailable(_) | ApiError::Conflict(_))) => {
-            return Err(anyhow::Error::new(error).context("the fire's run did not start yet"))
-        }
-        Err(denied) => {
-            let live = state
-                .store
-                .get_project(schedule.project_id)
-                .await?
-                .is_some_and(|project| project.deleted_at.is_none());
-            if !live {
-                // A deleted project's schedules stop, rather than be denied every slot.
-                state.store.pause_schedule(schedule.id).await?;
-            }
-            Fire::new(schedule.id, nominal, FireOutcome::Denied, now).because(reason(&denied))
-        }
-    };
+    let started = start_fire(state, &schedule, nominal).await;
+    let record = fire_record(state, &schedule, nominal, started).await?;
     let clear_in_flight = schedule.in_flight == Some(nominal);
     state.store.record_fire(&record, clear_in_flight).await?;
     tracing::info!(outcome = ?record.outcome, run_id = ?record.run_id, "schedule fired");
     Ok(record.outcome)
 }
 
-/// A denial's reason, naming each invalid field.
-fn reason(error: &ApiError) -> String {
-    match error {
-        ApiError::Validation { detail, errors } | ApiError::BadRequest { detail, errors } => {
-            let fields: Vec<String> = errors
-                .iter()
-                .map(|e| format!("{}: {}", e.field, e.message))
-                .collect();
-            if fields.is_empty() {
-                detail.clone()
-            } else {
-                fields.join("; ")
-            }
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Handles a batch of the scheduler's messages (ticks and fires); the ids of those that
+/// Handles a batch of the scheduler's messages (ticks, fires and triggers); the ids of those that
 /// failed and should be delivered again.
 pub async fn handle_batch(state: &AppState, messages: Vec<QueueMessage>) -> Vec<String> {
     let handled = messages
@@ -355,6 +326,7 @@ async fn handle_message(state: &AppState, message: QueueMessage) -> Option<Strin
     let outcome = match Message::parse(&message.body) {
         Ok(Message::Tick) => tick(state).await.map(|_| ()),
         Ok(Message::Fire(fire)) => handle_fire(state, &fire).await.map(|_| ()),
+        Ok(Message::Trigger(trigger)) => handle_trigger(state, &trigger).await.map(|_| ()),
         Err(why) => Err(anyhow::anyhow!(why)),
     };
     let error = outcome.err()?;
@@ -437,6 +409,11 @@ pub async fn scheduler_queue_url(state: &AppState) -> anyhow::Result<String> {
 pub async fn fire_queue_url(state: &AppState) -> anyhow::Result<String> {
     let name = state.config.fire_queue_name();
     queue_url(state, state.config.fire_queue_url.as_deref(), &name).await
+}
+
+/// The trigger queue's URL (event schedules' rules deliver to it), looked up by name.
+pub async fn trigger_queue_url(state: &AppState) -> anyhow::Result<String> {
+    queue_url(state, None, &state.config.trigger_queue_name()).await
 }
 
 async fn queue_url(

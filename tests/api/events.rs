@@ -43,13 +43,13 @@ async fn queue(app: &TestApp, name: &str) -> (String, String) {
     (url, arn)
 }
 
-async fn trigger_queue(app: &TestApp) -> String {
+pub(crate) async fn trigger_queue(app: &TestApp) -> String {
     app.queue_url(&app.state.config.trigger_queue_name()).await
 }
 
 /// Reads `queue` until `want` messages arrived (20 s at most), then once more to catch any
 /// extra one; returns every body.
-async fn drain(app: &TestApp, queue: &str, want: usize) -> Vec<Value> {
+pub(crate) async fn drain(app: &TestApp, queue: &str, want: usize) -> Vec<Value> {
     let sqs = &app.state.clients.sqs;
     let mut bodies = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);

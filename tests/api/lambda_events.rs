@@ -67,17 +67,7 @@ fn sqs_event(file: &str) -> aws_lambda_events::event::sqs::SqsEvent {
 async fn the_tick_event_claims_a_due_schedule_and_the_fire_event_of_a_deleted_one_is_dropped() {
     // GIVEN a schedule whose slot is due, and the scheduler's state as its main builds it
     let app = spawn_app().await;
-    let owner = app.user("Owner").await;
-    let project = app.project(&owner, "Ticks").await;
-    let agent = app.agent(&owner, &project, "gpt-4o-mini").await;
-    let workflow = app
-        .released_workflow(
-            &owner,
-            &project,
-            serde_json::json!({"steps": [
-                {"id": "ask", "type": "human", "config": {"instructions": "Check it"}}]}),
-        )
-        .await;
+    let (owner, project, workflow, agent) = crate::schedules::world(&app).await;
     let created = app
         .post(
             "/api/v1/schedules",
@@ -116,4 +106,49 @@ async fn the_tick_event_claims_a_due_schedule_and_the_fire_event_of_a_deleted_on
     );
     let after = app.get(&format!("/api/v1/schedules/{id}"), &owner).await;
     assert_ne!(after.body["next_run_at"], created.body["next_run_at"]);
+}
+
+#[tokio::test]
+async fn the_trigger_event_starts_its_event_schedules_run_once() {
+    // GIVEN an event schedule, and the sample trigger message retargeted at it and its
+    // project
+    let app = spawn_app().await;
+    let (owner, project, workflow, agent) = crate::schedules::world(&app).await;
+    let created = app
+        .post(
+            "/api/v1/schedules",
+            Some(&owner),
+            serde_json::json!({"project_id": project, "name": "orders", "type": "event",
+                               "expression": r#"{"detail-type": ["order.placed"]}"#,
+                               "target_workflow_id": workflow, "agent_id": agent}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap();
+    let mut event = sqs_event("sqs-trigger.json");
+    for record in &mut event.records {
+        let body = record.body.take().unwrap();
+        record.body = Some(
+            body.replace("01a20000-0000-7000-8000-0000000000f2", id)
+                .replace("01a20000-0000-7000-8000-0000000000e0", &project),
+        );
+    }
+
+    // WHEN the scheduler function receives it twice (a redelivery)
+    let first = spark_ops::scheduler::handle_event(&app.state, event.clone()).await;
+    let again = spark_ops::scheduler::handle_event(&app.state, event).await;
+
+    // THEN both are handled, and one run started for the event's time
+    assert!(first.batch_item_failures.is_empty());
+    assert!(again.batch_item_failures.is_empty());
+    let runs = app
+        .get(
+            &format!("/api/v1/runs?project_id={project}&schedule_id={id}"),
+            &owner,
+        )
+        .await;
+    let items = runs.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", runs.text);
+    assert_eq!(items[0]["trigger"], "event");
+    assert_eq!(items[0]["nominal_time"], "2027-01-01T10:00:00.000Z");
 }

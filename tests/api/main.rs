@@ -7,6 +7,7 @@ mod conventions;
 mod credential_binding;
 mod egress;
 mod engine_tools;
+mod event_schedules;
 mod events;
 mod health;
 mod lambda_events;

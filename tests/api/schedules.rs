@@ -11,7 +11,7 @@ use spark_ops_tests::{spawn_app, TestApp};
 
 /// A project with an agent and a released one-step workflow; `(owner token, project,
 /// workflow, agent)`.
-async fn world(app: &TestApp) -> (String, String, String, String) {
+pub(crate) async fn world(app: &TestApp) -> (String, String, String, String) {
     let owner = app.user("Owner").await;
     let project = app.project(&owner, "Schedules").await;
     let agent = app.agent(&owner, &project, "gpt-4o-mini").await;
@@ -118,7 +118,7 @@ async fn fires(app: &TestApp, token: &str, id: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn runs_of(app: &TestApp, token: &str, project: &str, id: &str) -> Vec<Value> {
+pub(crate) async fn runs_of(app: &TestApp, token: &str, project: &str, id: &str) -> Vec<Value> {
     let reply = app
         .get(
             &format!("/api/v1/runs?project_id={project}&schedule_id={id}"),

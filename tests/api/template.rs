@@ -725,7 +725,7 @@ fn every_function_that_moves_runs_publishes_to_the_bus_and_nowhere_else() {
 }
 
 #[test]
-fn the_tick_rule_feeds_the_scheduler_which_consumes_its_two_queues_as_provisioned() {
+fn the_tick_rule_feeds_the_scheduler_which_consumes_its_three_queues_as_provisioned() {
     // GIVEN the template's queues, rules and scheduler function
     let template = template();
     let queues = resources_of(&template, "AWS::SQS::Queue");
@@ -757,7 +757,7 @@ fn the_tick_rule_feeds_the_scheduler_which_consumes_its_two_queues_as_provisione
         reference(&tick["Targets"][0]["Arn"], Some("Arn")).as_deref(),
         Some("SchedulerQueue")
     );
-    // AND the scheduler consumes both queues, a failed message failing alone
+    // AND the scheduler consumes them and the trigger queue, a failed message failing alone
     let mut consumed: Vec<String> = scheduler["Events"]
         .as_mapping()
         .unwrap()
@@ -771,5 +771,44 @@ fn the_tick_rule_feeds_the_scheduler_which_consumes_its_two_queues_as_provisione
         })
         .collect();
     consumed.sort();
-    assert_eq!(consumed, ["FireQueue", "SchedulerQueue"]);
+    assert_eq!(consumed, ["FireQueue", "SchedulerQueue", "TriggerQueue"]);
+    // AND a trigger is hidden at least as long as the scheduler may take on it
+    let (_, triggers) = queues
+        .iter()
+        .find(|(_, q)| text(&q["QueueName"]) == "${AWS::StackName}-triggers")
+        .expect("the trigger queue is declared");
+    assert!(triggers["VisibilityTimeout"].as_u64().unwrap() >= timeout);
+}
+
+#[test]
+fn the_function_serving_schedules_manages_their_rules_and_knows_the_trigger_queue() {
+    // GIVEN the function serving /api/v1/schedules
+    let template = template();
+    let (logical, runs) = function(&template, "runs");
+    assert!(
+        runs["Events"]
+            .as_mapping()
+            .unwrap()
+            .values()
+            .any(|e| e["Properties"]["Path"] == "/api/v1/schedules"),
+        "{logical} serves /api/v1/schedules"
+    );
+    // THEN it may manage the event schedules' rules
+    assert!(
+        runs["Policies"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| reference(p, None).as_deref() == Some("EventScheduleRulesPolicy")),
+        "{logical} has EventScheduleRulesPolicy"
+    );
+    // AND points them at the trigger queue
+    assert_eq!(
+        reference(
+            &runs["Environment"]["Variables"]["TRIGGER_QUEUE_ARN"],
+            Some("Arn")
+        )
+        .as_deref(),
+        Some("TriggerQueue")
+    );
 }

@@ -5,7 +5,7 @@
 //! every `SWEEPER_INTERVAL_SECONDS` (default 60; `0` turns it off). It also runs the
 //! scheduler as deployed (`SCHEDULER_ENABLED=false` turns it off): the EventBridge rule
 //! `{prefix}-scheduler-tick` sends a tick to the scheduler queue every minute, and the
-//! process consumes the scheduler and fire queues.
+//! process consumes the scheduler, fire and trigger queues.
 //!
 //! `spark-ops-dev redrive` instead moves the run dead-letter queue's messages back to the run
 //! queue and exits (`make redrive`).
@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
         Ok("true" | "1" | "yes") | Err(_) => true,
         Ok(other) => anyhow::bail!("SCHEDULER_ENABLED must be true or false, got {other:?}"),
     };
-    let scheduler_queues = match (&config.scheduler_queue_url, &config.fire_queue_url) {
+    let mut scheduler_queues = match (&config.scheduler_queue_url, &config.fire_queue_url) {
         (Some(ticks), Some(fires)) if scheduler_on => {
             Provisioner::of(&clients)
                 .ensure_tick_rule(&config, ticks)
@@ -83,6 +83,10 @@ async fn main() -> anyhow::Result<()> {
         _ => Vec::new(),
     };
     let state = AppState::load(config, clients, Arc::new(SystemClock)).await?;
+    if !scheduler_queues.is_empty() {
+        // Event schedules' rules deliver here; its messages are the scheduler's too.
+        scheduler_queues.push(scheduler::trigger_queue_url(&state).await?);
+    }
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     if worker_loops > 0 {

@@ -70,6 +70,9 @@ pub struct RunView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub nominal_time: Option<String>,
+    /// How deep in a chain of event-started runs it is: 0 unless an event schedule started
+    /// it, then one more than the run (or tenant event, 0) whose event did.
+    pub chain_depth: u32,
     /// `queued`, `awaiting_approval`, `running`, `awaiting_input`, `succeeded`, `failed` or
     /// `cancelled`.
     pub status: RunStatus,
@@ -130,6 +133,7 @@ impl From<Run> for RunView {
             origin: run.origin,
             schedule_id: run.schedule_id,
             nominal_time: run.nominal_time.as_ref().map(ts::format),
+            chain_depth: run.chain_depth,
             status: run.status,
             input: run.input,
             metadata: run.metadata,

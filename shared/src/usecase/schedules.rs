@@ -18,10 +18,11 @@ use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::{Env, Name};
 use crate::error::{ApiError, ApiResult, FieldError};
+use crate::events::rules::{self, EventPattern};
 use crate::run::Trigger;
 use crate::schedule::{
-    parse_timezone, CronSpec, OverlapPolicy, Schedule, ScheduleStatus, ScheduleType,
-    DEFAULT_CATCHUP_WINDOW_SECONDS, MAX_CATCHUP_WINDOW_SECONDS,
+    parse_timezone, CronSpec, Fire, FireOutcome, OverlapPolicy, Schedule, ScheduleStatus,
+    ScheduleType, DEFAULT_CATCHUP_WINDOW_SECONDS, MAX_CATCHUP_WINDOW_SECONDS,
 };
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -40,12 +41,14 @@ pub struct CreateSchedule {
     pub project_id: Option<String>,
     /// Name (1–255 characters).
     pub name: String,
-    /// What fires it. Only `cron` is supported so far.
+    /// What fires it: `cron` or `event` (`webhook` is not supported yet).
     #[serde(rename = "type")]
     #[schema(value_type = ScheduleType)]
     pub kind: String,
-    /// A five-field cron expression (`min hour day-of-month month day-of-week`; `*`, lists,
-    /// ranges, steps, names, `L`, `#`, `W`, `@daily`…), evaluated in `timezone`.
+    /// `cron`: a five-field cron expression (`min hour day-of-month month day-of-week`; `*`,
+    /// lists, ranges, steps, names, `L`, `#`, `W`, `@daily`…), evaluated in `timezone`.
+    /// `event`: an EventBridge event pattern as a JSON string, matched against the
+    /// project's events.
     pub expression: String,
     /// IANA time zone (default `UTC`).
     pub timezone: Option<String>,
@@ -84,7 +87,7 @@ pub struct CreateSchedule {
 pub struct UpdateSchedule {
     /// Name.
     pub name: Option<String>,
-    /// A new cron expression.
+    /// A new cron expression or event pattern.
     pub expression: Option<String>,
     /// A new IANA time zone.
     pub timezone: Option<String>,
@@ -145,10 +148,10 @@ pub async fn create(
     let mut errors = Vec::new();
     let name = errors.check("name", Name::parse(&body.name));
     let kind = errors.check("type", ScheduleType::parse(&body.kind));
-    if kind.is_some_and(|k| k != ScheduleType::Cron) {
+    if kind == Some(ScheduleType::Webhook) {
         errors.fail(
             "type",
-            "only `cron` schedules are supported so far; `webhook` and `event` are not yet",
+            "only `cron` and `event` schedules are supported so far; `webhook` is not yet",
         );
     }
     let workflow = parse_id("target_workflow_id", &body.target_workflow_id, &mut errors);
@@ -205,7 +208,11 @@ pub async fn create(
     .await?;
     errors.finish()?;
     retime_if(&mut schedule, retime, now);
-    state.store.create_schedule(&schedule).await?;
+    if schedule.kind == ScheduleType::Event {
+        create_event_schedule(state, &schedule).await?;
+    } else {
+        state.store.create_schedule(&schedule).await?;
+    }
     tracing::info!(project_id = %schedule.project_id, schedule_id = %schedule.id, "schedule created");
     Ok(schedule)
 }
@@ -260,14 +267,15 @@ pub async fn update(
     retime_if(&mut updated, retime, now);
     updated.version = current.version + 1;
     updated.updated_at = now;
-    match state
-        .store
-        .update_schedule(&updated, current.version, current.due_at.as_ref())
-        .await
-    {
-        Ok(()) => {}
-        Err(StoreError::ConditionFailed) => return Err(changed_concurrently()),
-        Err(err) => return Err(err.into()),
+    if updated.kind == ScheduleType::Event {
+        update_event_schedule(state, &current, &updated).await?;
+    } else {
+        concurrent(
+            state
+                .store
+                .update_schedule(&updated, current.version, current.due_at.as_ref())
+                .await,
+        )?;
     }
     tracing::info!(schedule_id = %updated.id, version = updated.version, status = updated.status.as_str(), "schedule updated");
     Ok(updated)
@@ -282,14 +290,15 @@ pub async fn delete(
 ) -> ApiResult<()> {
     let schedule = visible_schedule(state, principal, id, Action::WriteRegistry).await?;
     check_version(expected, schedule.version)?;
-    match state
-        .store
-        .delete_schedule(schedule.id, schedule.version)
-        .await
-    {
-        Ok(()) => {}
-        Err(StoreError::ConditionFailed) => return Err(changed_concurrently()),
-        Err(err) => return Err(err.into()),
+    if schedule.kind == ScheduleType::Event {
+        delete_event_schedule(state, &schedule).await?;
+    } else {
+        concurrent(
+            state
+                .store
+                .delete_schedule(schedule.id, schedule.version)
+                .await,
+        )?;
     }
     tracing::info!(schedule_id = %schedule.id, "schedule deleted");
     Ok(())
@@ -310,12 +319,7 @@ pub async fn start_fire(
     schedule: &Schedule,
     nominal_time: DateTime<Utc>,
 ) -> ApiResult<Started> {
-    let owner = state
-        .store
-        .get_user(schedule.owner_user_id)
-        .await?
-        .filter(|user| user.deleted_at.is_none())
-        .ok_or_else(|| ApiError::Forbidden("the schedule's owner no longer exists".into()))?;
+    let owner = owner_principal(state, schedule).await?;
     let key = format!(
         "schedule:{}:{}",
         schedule.id,
@@ -331,7 +335,99 @@ pub async fn start_fire(
         Some(nominal_time),
         Some(idempotency),
     );
-    runs::start(state, &Principal::User(owner), request).await
+    runs::start(state, &owner, request).await
+}
+
+/// Starts the run of an event schedule for `event` (as EventBridge delivered it), as its
+/// owner, at chain depth `chain_depth`: `trigger: event`, `input.event` the event. The
+/// idempotency key is the event's id, so a redelivered trigger message starts one run.
+pub async fn start_event_fire(
+    state: &AppState,
+    schedule: &Schedule,
+    event: &Value,
+    nominal_time: DateTime<Utc>,
+    chain_depth: u32,
+) -> ApiResult<Started> {
+    let owner = owner_principal(state, schedule).await?;
+    let event_id = event["id"].as_str().unwrap_or_default();
+    let key = format!("event:{}:{event_id}", schedule.id);
+    let idempotency = Idempotency {
+        request_digest: key.clone(),
+        key,
+    };
+    let mut request = run_request(
+        schedule,
+        Trigger::Event,
+        Some(nominal_time),
+        Some(idempotency),
+    );
+    if let Value::Object(map) = &mut request.input {
+        map.insert("event".to_owned(), event.clone());
+    }
+    request.chain_depth = chain_depth;
+    runs::start(state, &owner, request).await
+}
+
+/// The schedule's owner, as whom its fires start runs; `403` once the owner is deleted.
+async fn owner_principal(state: &AppState, schedule: &Schedule) -> ApiResult<Principal> {
+    let owner = state
+        .store
+        .get_user(schedule.owner_user_id)
+        .await?
+        .filter(|user| user.deleted_at.is_none())
+        .ok_or_else(|| ApiError::Forbidden("the schedule's owner no longer exists".into()))?;
+    Ok(Principal::User(owner))
+}
+
+/// The record of a fire of `schedule` at `nominal` whose run's start gave `started`. Errors
+/// are worth a retry; a run the owner may not start is `denied`, and a deleted project's
+/// schedule is paused, rather than be denied every fire.
+pub async fn fire_record(
+    state: &AppState,
+    schedule: &Schedule,
+    nominal: DateTime<Utc>,
+    started: Result<Started, ApiError>,
+) -> anyhow::Result<Fire> {
+    let now = state.clock.now();
+    match started {
+        Ok(started) => Ok(Fire {
+            run_id: Some(started.run.id),
+            ..Fire::new(schedule.id, nominal, FireOutcome::Started, now)
+        }),
+        Err(ApiError::Internal(error)) => Err(error),
+        Err(error @ (ApiError::Unavailable(_) | ApiError::Conflict(_))) => {
+            Err(anyhow::Error::new(error).context("the fire's run did not start yet"))
+        }
+        Err(denied) => {
+            let live = state
+                .store
+                .get_project(schedule.project_id)
+                .await?
+                .is_some_and(|project| project.deleted_at.is_none());
+            if !live {
+                state.store.pause_schedule(schedule.id).await?;
+            }
+            Ok(Fire::new(schedule.id, nominal, FireOutcome::Denied, now).because(reason(&denied)))
+        }
+    }
+}
+
+/// A denial's reason, naming each invalid field.
+fn reason(error: &ApiError) -> String {
+    match error {
+        ApiError::Validation { detail, errors } | ApiError::BadRequest { detail, errors } => {
+            let fields: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect();
+            if fields.is_empty() {
+                detail.clone()
+            } else {
+                fields.join("; ")
+            }
+        }
+        other => other.to_string(),
+    }
 }
 
 /// The run request of a schedule: its input with `input.event` naming the schedule and the
@@ -379,7 +475,9 @@ fn apply(schedule: &mut Schedule, body: UpdateSchedule, errors: &mut Vec<FieldEr
     let mut retime = false;
     errors.rename(body.name.as_deref(), &mut schedule.name);
     if let Some(expression) = body.expression {
-        if expression.chars().count() > MAX_EXPRESSION_CHARS {
+        // An event pattern's bound is its own (`EventPattern::parse`).
+        if schedule.kind != ScheduleType::Event && expression.chars().count() > MAX_EXPRESSION_CHARS
+        {
             errors.fail(
                 "expression",
                 format!("must be at most {MAX_EXPRESSION_CHARS} characters"),
@@ -396,6 +494,7 @@ fn apply(schedule: &mut Schedule, body: UpdateSchedule, errors: &mut Vec<FieldEr
     if let (Some(tz), ScheduleType::Cron) = (tz, schedule.kind) {
         errors.check("expression", CronSpec::parse(&schedule.expression, tz));
     }
+
     if let Some(version) = body.workflow_version {
         schedule.workflow_version = version;
     }
@@ -441,6 +540,9 @@ fn apply(schedule: &mut Schedule, body: UpdateSchedule, errors: &mut Vec<FieldEr
                 format!("must be a whole number from 0 to {MAX_CATCHUP_WINDOW_SECONDS} (7 days)"),
             ),
         }
+    }
+    if schedule.kind == ScheduleType::Event {
+        check_event_schedule(schedule, errors);
     }
     retime || schedule.next_run_at.is_none()
 }
@@ -499,9 +601,116 @@ async fn check_targets(
     Ok(())
 }
 
+/// A store write's outcome, a lost condition being a concurrent change.
+fn concurrent(written: Result<(), StoreError>) -> ApiResult<()> {
+    match written {
+        Ok(()) => Ok(()),
+        Err(StoreError::ConditionFailed) => Err(changed_concurrently()),
+        Err(err) => Err(err.into()),
+    }
+}
+
 fn changed_concurrently() -> ApiError {
     ApiError::Conflict(
         "the schedule was changed, fired or deleted concurrently; read it again and retry"
             .to_owned(),
     )
+}
+
+/// What only an event schedule requires: an EventBridge pattern as its expression, and an
+/// overlap policy that needs no buffer (its fires come from the bus, not from slots a tick
+/// can look at again).
+fn check_event_schedule(schedule: &Schedule, errors: &mut Vec<FieldError>) {
+    errors.check("expression", EventPattern::parse(&schedule.expression));
+    if schedule.overlap_policy == OverlapPolicy::BufferOne {
+        errors.fail(
+            "overlap_policy",
+            "an event schedule's overlap policy is `skip` or `allow`: events are not buffered",
+        );
+    }
+}
+
+/// The pattern of a stored, validated event schedule.
+fn pattern_of(schedule: &Schedule) -> ApiResult<EventPattern> {
+    EventPattern::parse(&schedule.expression).map_err(|why| {
+        ApiError::Internal(anyhow::anyhow!(
+            "schedule {} holds an invalid event pattern: {why}",
+            schedule.id
+        ))
+    })
+}
+
+/// Puts the schedule's rule, then stores the schedule. The rule comes first so that a
+/// pattern EventBridge refuses (`422`) or a full bus (`409`) stores nothing; a store that
+/// fails after it takes the rule back, and a rule left behind by a crash in between matches
+/// for a schedule that does not exist, whose trigger messages are dropped.
+async fn create_event_schedule(state: &AppState, schedule: &Schedule) -> ApiResult<()> {
+    let pattern = pattern_of(schedule)?;
+    let enabled = schedule.status == ScheduleStatus::Active;
+    rules::put_rule(state, schedule.id, schedule.project_id, &pattern, enabled).await?;
+    if let Err(err) = state.store.create_schedule(schedule).await {
+        if let Err(undo) = rules::delete_rule(state, schedule.id).await {
+            tracing::error!(schedule_id = %schedule.id, error = ?undo, "the rule of a schedule that was not stored could not be deleted");
+        }
+        return Err(err.into());
+    }
+    Ok(())
+}
+
+/// Stores a changed event schedule, its rule first when the pattern or the status changed
+/// (EventBridge judges the pattern before anything is stored); a store that fails after it
+/// puts the stored schedule's rule back.
+async fn update_event_schedule(
+    state: &AppState,
+    current: &Schedule,
+    updated: &Schedule,
+) -> ApiResult<()> {
+    let rule_changed = current.expression != updated.expression || current.status != updated.status;
+    if rule_changed {
+        let enabled = updated.status == ScheduleStatus::Active;
+        let pattern = pattern_of(updated)?;
+        rules::put_rule(state, updated.id, updated.project_id, &pattern, enabled).await?;
+    }
+    let stored = concurrent(
+        state
+            .store
+            .update_schedule(updated, current.version, current.due_at.as_ref())
+            .await,
+    );
+    if let (Err(_), true) = (&stored, rule_changed) {
+        restore_rule(state, current).await?;
+    }
+    stored
+}
+
+/// Deletes an event schedule's rule, then the schedule, so a failure leaves a schedule
+/// a retried `DELETE` finds (deleting a rule twice is harmless); a store that refuses the
+/// deletion (a concurrent change) puts the rule back.
+async fn delete_event_schedule(state: &AppState, schedule: &Schedule) -> ApiResult<()> {
+    rules::delete_rule(state, schedule.id)
+        .await
+        .map_err(ApiError::Internal)?;
+    let deleted = concurrent(
+        state
+            .store
+            .delete_schedule(schedule.id, schedule.version)
+            .await,
+    );
+    if deleted.is_err() {
+        restore_rule(state, schedule).await?;
+    }
+    deleted
+}
+
+/// Puts back the rule of `schedule` as stored, after a refused write changed or deleted it;
+/// a failure is logged, as the write's own error is the one to answer.
+async fn restore_rule(state: &AppState, schedule: &Schedule) -> ApiResult<()> {
+    let enabled = schedule.status == ScheduleStatus::Active;
+    let pattern = pattern_of(schedule)?;
+    if let Err(undo) =
+        rules::put_rule(state, schedule.id, schedule.project_id, &pattern, enabled).await
+    {
+        tracing::error!(schedule_id = %schedule.id, error = ?undo, "a schedule's rule could not be put back after a refused write");
+    }
+    Ok(())
 }
