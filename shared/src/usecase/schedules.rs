@@ -18,7 +18,6 @@ use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::{Env, Name};
 use crate::error::{ApiError, ApiResult, FieldError};
-use crate::events::rules::{self, EventPattern};
 use crate::run::Trigger;
 use crate::schedule::{
     parse_timezone, CronSpec, Fire, FireOutcome, OverlapPolicy, Schedule, ScheduleStatus,
@@ -27,6 +26,13 @@ use crate::schedule::{
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::validate::{check_json_object, required_project_id, FieldErrors};
+
+mod event;
+
+pub use event::start_event_fire;
+use event::{
+    check_event_schedule, create_event_schedule, delete_event_schedule, update_event_schedule,
+};
 
 const WHAT: &str = "schedule";
 /// Longest accepted expression.
@@ -338,36 +344,6 @@ pub async fn start_fire(
     runs::start(state, &owner, request).await
 }
 
-/// Starts the run of an event schedule for `event` (as EventBridge delivered it), as its
-/// owner, at chain depth `chain_depth`: `trigger: event`, `input.event` the event. The
-/// idempotency key is the event's id, so a redelivered trigger message starts one run.
-pub async fn start_event_fire(
-    state: &AppState,
-    schedule: &Schedule,
-    event: &Value,
-    nominal_time: DateTime<Utc>,
-    chain_depth: u32,
-) -> ApiResult<Started> {
-    let owner = owner_principal(state, schedule).await?;
-    let event_id = event["id"].as_str().unwrap_or_default();
-    let key = format!("event:{}:{event_id}", schedule.id);
-    let idempotency = Idempotency {
-        request_digest: key.clone(),
-        key,
-    };
-    let mut request = run_request(
-        schedule,
-        Trigger::Event,
-        Some(nominal_time),
-        Some(idempotency),
-    );
-    if let Value::Object(map) = &mut request.input {
-        map.insert("event".to_owned(), event.clone());
-    }
-    request.chain_depth = chain_depth;
-    runs::start(state, &owner, request).await
-}
-
 /// The schedule's owner, as whom its fires start runs; `403` once the owner is deleted.
 async fn owner_principal(state: &AppState, schedule: &Schedule) -> ApiResult<Principal> {
     let owner = state
@@ -615,102 +591,4 @@ fn changed_concurrently() -> ApiError {
         "the schedule was changed, fired or deleted concurrently; read it again and retry"
             .to_owned(),
     )
-}
-
-/// What only an event schedule requires: an EventBridge pattern as its expression, and an
-/// overlap policy that needs no buffer (its fires come from the bus, not from slots a tick
-/// can look at again).
-fn check_event_schedule(schedule: &Schedule, errors: &mut Vec<FieldError>) {
-    errors.check("expression", EventPattern::parse(&schedule.expression));
-    if schedule.overlap_policy == OverlapPolicy::BufferOne {
-        errors.fail(
-            "overlap_policy",
-            "an event schedule's overlap policy is `skip` or `allow`: events are not buffered",
-        );
-    }
-}
-
-/// The pattern of a stored, validated event schedule.
-fn pattern_of(schedule: &Schedule) -> ApiResult<EventPattern> {
-    EventPattern::parse(&schedule.expression).map_err(|why| {
-        ApiError::Internal(anyhow::anyhow!(
-            "schedule {} holds an invalid event pattern: {why}",
-            schedule.id
-        ))
-    })
-}
-
-/// Puts the schedule's rule, then stores the schedule. The rule comes first so that a
-/// pattern EventBridge refuses (`422`) or a full bus (`409`) stores nothing; a store that
-/// fails after it takes the rule back, and a rule left behind by a crash in between matches
-/// for a schedule that does not exist, whose trigger messages are dropped.
-async fn create_event_schedule(state: &AppState, schedule: &Schedule) -> ApiResult<()> {
-    let pattern = pattern_of(schedule)?;
-    let enabled = schedule.status == ScheduleStatus::Active;
-    rules::put_rule(state, schedule.id, schedule.project_id, &pattern, enabled).await?;
-    if let Err(err) = state.store.create_schedule(schedule).await {
-        if let Err(undo) = rules::delete_rule(state, schedule.id).await {
-            tracing::error!(schedule_id = %schedule.id, error = ?undo, "the rule of a schedule that was not stored could not be deleted");
-        }
-        return Err(err.into());
-    }
-    Ok(())
-}
-
-/// Stores a changed event schedule, its rule first when the pattern or the status changed
-/// (EventBridge judges the pattern before anything is stored); a store that fails after it
-/// puts the stored schedule's rule back.
-async fn update_event_schedule(
-    state: &AppState,
-    current: &Schedule,
-    updated: &Schedule,
-) -> ApiResult<()> {
-    let rule_changed = current.expression != updated.expression || current.status != updated.status;
-    if rule_changed {
-        let enabled = updated.status == ScheduleStatus::Active;
-        let pattern = pattern_of(updated)?;
-        rules::put_rule(state, updated.id, updated.project_id, &pattern, enabled).await?;
-    }
-    let stored = concurrent(
-        state
-            .store
-            .update_schedule(updated, current.version, current.due_at.as_ref())
-            .await,
-    );
-    if let (Err(_), true) = (&stored, rule_changed) {
-        restore_rule(state, current).await?;
-    }
-    stored
-}
-
-/// Deletes an event schedule's rule, then the schedule, so a failure leaves a schedule
-/// a retried `DELETE` finds (deleting a rule twice is harmless); a store that refuses the
-/// deletion (a concurrent change) puts the rule back.
-async fn delete_event_schedule(state: &AppState, schedule: &Schedule) -> ApiResult<()> {
-    rules::delete_rule(state, schedule.id)
-        .await
-        .map_err(ApiError::Internal)?;
-    let deleted = concurrent(
-        state
-            .store
-            .delete_schedule(schedule.id, schedule.version)
-            .await,
-    );
-    if deleted.is_err() {
-        restore_rule(state, schedule).await?;
-    }
-    deleted
-}
-
-/// Puts back the rule of `schedule` as stored, after a refused write changed or deleted it;
-/// a failure is logged, as the write's own error is the one to answer.
-async fn restore_rule(state: &AppState, schedule: &Schedule) -> ApiResult<()> {
-    let enabled = schedule.status == ScheduleStatus::Active;
-    let pattern = pattern_of(schedule)?;
-    if let Err(undo) =
-        rules::put_rule(state, schedule.id, schedule.project_id, &pattern, enabled).await
-    {
-        tracing::error!(schedule_id = %schedule.id, error = ?undo, "a schedule's rule could not be put back after a refused write");
-    }
-    Ok(())
 }
