@@ -51,7 +51,11 @@ async fn triggers(app: &TestApp, want: usize) -> Vec<QueueMessage> {
 }
 
 /// An `allow` event schedule on orders placed; its id.
-async fn orders_schedule(app: &TestApp, token: &str, targets: (&str, &str, &str)) -> String {
+pub(crate) async fn orders_schedule(
+    app: &TestApp,
+    token: &str,
+    targets: (&str, &str, &str),
+) -> String {
     let created = create(
         app,
         token,

@@ -114,17 +114,9 @@ async fn the_trigger_event_starts_its_event_schedules_run_once() {
     // project
     let app = spawn_app().await;
     let (owner, project, workflow, agent) = crate::schedules::world(&app).await;
-    let created = app
-        .post(
-            "/api/v1/schedules",
-            Some(&owner),
-            serde_json::json!({"project_id": project, "name": "orders", "type": "event",
-                               "expression": r#"{"detail-type": ["order.placed"]}"#,
-                               "target_workflow_id": workflow, "agent_id": agent}),
-        )
-        .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-    let id = created.body["id"].as_str().unwrap();
+    let id =
+        crate::event_schedules::orders_schedule(&app, &owner, (&project, &workflow, &agent)).await;
+    let id = id.as_str();
     let mut event = sqs_event("sqs-trigger.json");
     for record in &mut event.records {
         let body = record.body.take().unwrap();
