@@ -9,6 +9,7 @@ mod egress;
 mod engine_tools;
 mod events;
 mod health;
+mod hooks;
 mod lambda_events;
 mod manifests;
 mod members;

@@ -7,6 +7,7 @@
 //! there is recorded `denied`, and starts nothing.
 
 use chrono::{DateTime, Utc};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -17,6 +18,7 @@ use super::runs::{self, FromSchedule, Idempotency, StartRun, Started};
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::{Env, Name};
+use crate::engine::webhook::WebhookSecret;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::run::Trigger;
 use crate::schedule::{
@@ -40,12 +42,14 @@ pub struct CreateSchedule {
     pub project_id: Option<String>,
     /// Name (1–255 characters).
     pub name: String,
-    /// What fires it. Only `cron` is supported so far.
+    /// What fires it: `cron` or `webhook` (`event` is not supported yet).
     #[serde(rename = "type")]
     #[schema(value_type = ScheduleType)]
     pub kind: String,
-    /// A five-field cron expression (`min hour day-of-month month day-of-week`; `*`, lists,
-    /// ranges, steps, names, `L`, `#`, `W`, `@daily`…), evaluated in `timezone`.
+    /// `cron`: a five-field cron expression (`min hour day-of-month month day-of-week`; `*`,
+    /// lists, ranges, steps, names, `L`, `#`, `W`, `@daily`…), evaluated in `timezone`.
+    /// `webhook`: none (empty or absent); signed deliveries fire it.
+    #[serde(default)]
     pub expression: String,
     /// IANA time zone (default `UTC`).
     pub timezone: Option<String>,
@@ -134,21 +138,29 @@ fn parse_id(field: &str, raw: &str, errors: &mut Vec<FieldError>) -> Option<Uuid
     )
 }
 
+/// A created schedule.
+pub struct CreatedSchedule {
+    /// The schedule.
+    pub schedule: Schedule,
+    /// A webhook schedule's signing secret, shown this once.
+    pub secret: Option<SecretString>,
+}
+
 /// Creates a schedule in the body's project, owned by the caller (an API key's creator).
 pub async fn create(
     state: &AppState,
     principal: &Principal,
     body: CreateSchedule,
-) -> ApiResult<Schedule> {
+) -> ApiResult<CreatedSchedule> {
     let project_id = required_project_id(body.project_id.as_deref())?;
     let access = authorize(state, principal, project_id, Action::WriteRegistry).await?;
     let mut errors = Vec::new();
     let name = errors.check("name", Name::parse(&body.name));
     let kind = errors.check("type", ScheduleType::parse(&body.kind));
-    if kind.is_some_and(|k| k != ScheduleType::Cron) {
+    if kind.is_some_and(|k| k == ScheduleType::Event) {
         errors.fail(
             "type",
-            "only `cron` schedules are supported so far; `webhook` and `event` are not yet",
+            "only `cron` and `webhook` schedules are supported so far; `event` is not yet",
         );
     }
     let workflow = parse_id("target_workflow_id", &body.target_workflow_id, &mut errors);
@@ -205,9 +217,32 @@ pub async fn create(
     .await?;
     errors.finish()?;
     retime_if(&mut schedule, retime, now);
-    state.store.create_schedule(&schedule).await?;
+    // A webhook schedule's secret is stored first, so no schedule exists without one.
+    let secret = match schedule.kind {
+        ScheduleType::Webhook => Some(create_hook_secret(state, schedule.id).await?),
+        _ => None,
+    };
+    if let Err(err) = state.store.create_schedule(&schedule).await {
+        if secret.is_some() {
+            state.secrets.discard_hook_secret(schedule.id).await;
+        }
+        return Err(err.into());
+    }
     tracing::info!(project_id = %schedule.project_id, schedule_id = %schedule.id, "schedule created");
-    Ok(schedule)
+    Ok(CreatedSchedule { schedule, secret })
+}
+
+/// Stores a new signing secret for the webhook schedule `id`; returns it.
+async fn create_hook_secret(state: &AppState, id: Uuid) -> ApiResult<SecretString> {
+    let fresh = fresh_hook_secret();
+    state.secrets.create_hook_secret(id, &fresh).await?;
+    Ok(fresh)
+}
+
+/// A new webhook signing secret, generated as the outbound webhook secrets are.
+pub(super) fn fresh_hook_secret() -> SecretString {
+    let secret = WebhookSecret::generate();
+    SecretString::from(String::from_utf8_lossy(secret.key()).into_owned())
 }
 
 /// The schedule at `raw_id` if the caller may perform `action` on it; `404` if they cannot
@@ -291,6 +326,9 @@ pub async fn delete(
         Err(StoreError::ConditionFailed) => return Err(changed_concurrently()),
         Err(err) => return Err(err.into()),
     }
+    if schedule.kind == ScheduleType::Webhook {
+        state.secrets.discard_hook_secret(schedule.id).await;
+    }
     tracing::info!(schedule_id = %schedule.id, "schedule deleted");
     Ok(())
 }
@@ -310,12 +348,7 @@ pub async fn start_fire(
     schedule: &Schedule,
     nominal_time: DateTime<Utc>,
 ) -> ApiResult<Started> {
-    let owner = state
-        .store
-        .get_user(schedule.owner_user_id)
-        .await?
-        .filter(|user| user.deleted_at.is_none())
-        .ok_or_else(|| ApiError::Forbidden("the schedule's owner no longer exists".into()))?;
+    let owner = owner(state, schedule).await?;
     let key = format!(
         "schedule:{}:{}",
         schedule.id,
@@ -331,12 +364,23 @@ pub async fn start_fire(
         Some(nominal_time),
         Some(idempotency),
     );
-    runs::start(state, &Principal::User(owner), request).await
+    runs::start(state, &owner, request).await
+}
+
+/// The principal a schedule's fires act as: its owner, `403` once the owner is gone.
+pub(super) async fn owner(state: &AppState, schedule: &Schedule) -> ApiResult<Principal> {
+    state
+        .store
+        .get_user(schedule.owner_user_id)
+        .await?
+        .filter(|user| user.deleted_at.is_none())
+        .map(Principal::User)
+        .ok_or_else(|| ApiError::Forbidden("the schedule's owner no longer exists".into()))
 }
 
 /// The run request of a schedule: its input with `input.event` naming the schedule and the
 /// slot.
-fn run_request(
+pub(super) fn run_request(
     schedule: &Schedule,
     trigger: Trigger,
     nominal_time: Option<DateTime<Utc>>,
@@ -396,6 +440,7 @@ fn apply(schedule: &mut Schedule, body: UpdateSchedule, errors: &mut Vec<FieldEr
     if let (Some(tz), ScheduleType::Cron) = (tz, schedule.kind) {
         errors.check("expression", CronSpec::parse(&schedule.expression, tz));
     }
+    check_webhook_expression(schedule, errors);
     if let Some(version) = body.workflow_version {
         schedule.workflow_version = version;
     }
@@ -443,6 +488,16 @@ fn apply(schedule: &mut Schedule, body: UpdateSchedule, errors: &mut Vec<FieldEr
         }
     }
     retime || schedule.next_run_at.is_none()
+}
+
+/// A webhook schedule fires on signed deliveries only: an expression would suggest otherwise.
+fn check_webhook_expression(schedule: &Schedule, errors: &mut Vec<FieldError>) {
+    if schedule.kind == ScheduleType::Webhook && !schedule.expression.is_empty() {
+        errors.fail(
+            "expression",
+            "a webhook schedule has no expression: its signed deliveries fire it",
+        );
+    }
 }
 
 /// Finds the next slot after `now` when `retime`; a paused schedule has none, and leaves the
