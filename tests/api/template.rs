@@ -773,3 +773,57 @@ fn the_tick_rule_feeds_the_scheduler_which_consumes_its_two_queues_as_provisione
     consumed.sort();
     assert_eq!(consumed, ["FireQueue", "SchedulerQueue"]);
 }
+
+#[test]
+fn only_the_runs_function_reaches_webhook_schedules_secrets_where_the_code_keeps_them() {
+    let template = template();
+    // The code's path for a schedule's secret, as the template's resource pattern says it.
+    let id = uuid::Uuid::now_v7();
+    let path = spark_ops::store::secrets::path::schedule_webhook_secret(id);
+    assert!(path.starts_with("schedules/"), "{path}");
+    let pattern = "secret:${AWS::StackName}/schedules/*";
+    for resource in template["Resources"].as_mapping().unwrap().values() {
+        if resource["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let binary = text(&resource["Metadata"]["BuildProperties"]["Binary"]);
+        let granted: Vec<Value> = resource["Properties"]["Policies"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|policy| policy["Statement"].as_sequence())
+            .flatten()
+            .filter(|s| {
+                s["Resource"]
+                    .as_sequence()
+                    .is_some_and(|r| r.iter().any(|r| text(r).contains(pattern)))
+            })
+            .cloned()
+            .collect();
+        if binary == "runs" {
+            // It creates, rotates, reads and retires them, and its API event takes the hooks.
+            assert_eq!(granted.len(), 1, "{granted:?}");
+            let actions: BTreeSet<String> = granted[0]["Action"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(text)
+                .collect();
+            let expected: BTreeSet<String> = [
+                "secretsmanager:CreateSecret",
+                "secretsmanager:PutSecretValue",
+                "secretsmanager:GetSecretValue",
+                "secretsmanager:DeleteSecret",
+                "secretsmanager:RestoreSecret",
+            ]
+            .map(str::to_owned)
+            .into();
+            assert_eq!(actions, expected);
+            assert!(function_events(&template)
+                .iter()
+                .any(|(b, p)| b == "runs" && routes_to(p, "/api/v1/hooks/x")));
+        } else {
+            assert!(granted.is_empty(), "{binary} reaches webhook secrets");
+        }
+    }
+}
