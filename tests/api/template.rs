@@ -201,6 +201,17 @@ fn function(template: &Value, binary: &str) -> (String, Value) {
     (text(logical), resource["Properties"].clone())
 }
 
+/// The statements of a function's inline policies.
+fn statements(function: &Value) -> Vec<&Value> {
+    function["Policies"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|policy| policy["Statement"].as_sequence())
+        .flatten()
+        .collect()
+}
+
 /// The template's API events of each function: `(binary, path)` pairs.
 fn function_events(template: &Value) -> Vec<(String, String)> {
     let mut events = Vec::new();
@@ -701,12 +712,8 @@ fn every_function_that_moves_runs_publishes_to_the_bus_and_nowhere_else() {
             "{logical} EVENT_BUS_NAME"
         );
         // AND may put events on that bus alone
-        let publishing: Vec<&Value> = function["Policies"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .filter_map(|policy| policy["Statement"].as_sequence())
-            .flatten()
+        let publishing: Vec<&Value> = statements(&function)
+            .into_iter()
             .filter(|s| {
                 s["Action"]
                     .as_sequence()
@@ -787,18 +794,13 @@ fn only_the_runs_function_reaches_webhook_schedules_secrets_where_the_code_keeps
             continue;
         }
         let binary = text(&resource["Metadata"]["BuildProperties"]["Binary"]);
-        let granted: Vec<Value> = resource["Properties"]["Policies"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .filter_map(|policy| policy["Statement"].as_sequence())
-            .flatten()
+        let granted: Vec<&Value> = statements(&resource["Properties"])
+            .into_iter()
             .filter(|s| {
                 s["Resource"]
                     .as_sequence()
                     .is_some_and(|r| r.iter().any(|r| text(r).contains(pattern)))
             })
-            .cloned()
             .collect();
         if binary == "runs" {
             // It creates, rotates, reads and retires them, and its API event takes the hooks.
