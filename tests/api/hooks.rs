@@ -322,3 +322,52 @@ async fn only_developers_rotate_and_only_webhook_schedules_have_a_secret() {
         "the secret is scheduled for deletion"
     );
 }
+
+#[tokio::test]
+async fn a_delivery_whose_owner_may_no_longer_start_runs_is_denied_and_recorded() {
+    let app = spawn_app().await;
+    let (owner, project, first, _) = world(&app).await;
+    let targets = app
+        .get(&format!("/api/v1/schedules/{first}"), &owner)
+        .await
+        .body;
+    // GIVEN a webhook schedule created by a developer, who is then made a viewer
+    let developer = app.user("Developer").await;
+    let developer_id = app
+        .add_member(&owner, &project, &developer, "developer")
+        .await;
+    let created = app
+        .post(
+            "/api/v1/schedules",
+            Some(&developer),
+            json!({"project_id": project, "name": "theirs", "type": "webhook",
+                   "target_workflow_id": targets["target_workflow_id"],
+                   "agent_id": targets["agent_id"]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap();
+    let secret = created.body["secret"].as_str().unwrap();
+    let demoted = app
+        .patch(
+            &format!("/api/v1/projects/{project}/members/{developer_id}"),
+            &owner,
+            json!({"role": "viewer"}),
+        )
+        .await;
+    assert_eq!(demoted.status, StatusCode::OK, "{}", demoted.text);
+    // WHEN a signed delivery arrives
+    let reply = deliver(&app, id, Some(secret), None, Some("d"), b"{}").await;
+    // THEN it is refused, nothing starts, and the fire says why
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
+    assert!(runs_of(&app, &owner, &project, id).await.is_empty());
+    let fires = app
+        .get(&format!("/api/v1/schedules/{id}/fires"), &owner)
+        .await;
+    let fire = &fires.body["items"][0];
+    assert_eq!(fire["outcome"], "denied");
+    assert!(
+        fire["reason"].as_str().unwrap().contains("viewer"),
+        "{fire}"
+    );
+}
