@@ -211,6 +211,9 @@ async fn unsigned_stale_or_misaddressed_deliveries_start_nothing() {
     let list = deliver(&app, &id, Some(&secret), None, None, b"[1]").await;
     assert_eq!(list.status, StatusCode::BAD_REQUEST, "{}", list.text);
     assert_eq!(list.error_fields(), ["body"]);
+    let long_id = "d".repeat(256);
+    let long_id = deliver(&app, &id, Some(&secret), None, Some(&long_id), b"{}").await;
+    assert_eq!(long_id.status, StatusCode::BAD_REQUEST, "{}", long_id.text);
     let big = format!("{{\"x\":\"{}\"}}", "a".repeat(256 * 1024));
     let big = deliver(&app, &id, Some(&secret), None, None, big.as_bytes()).await;
     assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", big.text);

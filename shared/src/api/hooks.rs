@@ -51,7 +51,7 @@ pub struct RotatedSecret {
     request_body(content = Object, description = "Any JSON object (at most 256 KiB); it becomes `input.event.body`"),
     responses(
         (status = 202, description = "Accepted: the run started, or the one this delivery already started", body = HookAccepted),
-        (status = 400, description = "The body is not a JSON object", body = Problem),
+        (status = 400, description = "The body is not a JSON object, or the delivery id is over 255 characters", body = Problem),
         (status = 401, description = "A missing or bad signature, a timestamp more than 300 s away, or no such webhook schedule (indistinguishable); nothing is started", body = Problem),
         (status = 403, description = "The schedule's owner may no longer start runs; the fire is recorded `denied`", body = Problem),
         (status = 409, description = "The schedule is paused", body = Problem),

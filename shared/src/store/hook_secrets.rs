@@ -2,6 +2,7 @@
 //! [`path::schedule_webhook_secret`]: the current secret and, for [`ROTATION_GRACE`] after a
 //! rotation, the previous one, so senders can switch without dropping deliveries.
 
+use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -37,7 +38,8 @@ impl SigningKeys {
     }
 
     fn to_secret(&self) -> anyhow::Result<SecretString> {
-        Ok(SecretString::from(serde_json::to_string(self)?))
+        let text = serde_json::to_string(self).context("Failed to encode signing secrets")?;
+        Ok(SecretString::from(text))
     }
 }
 

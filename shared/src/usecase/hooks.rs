@@ -16,7 +16,7 @@ use super::runs::{self, Idempotency, Started};
 use super::schedules::{fresh_hook_secret, owner, run_request, visible_schedule};
 use crate::auth::rbac::Action;
 use crate::auth::Principal;
-use crate::engine::webhook::{verify, DEFAULT_TOLERANCE};
+use crate::engine::webhook::{verify, DEFAULT_TOLERANCE, DELIVERY_HEADER};
 use crate::error::{ApiError, ApiResult};
 use crate::run::Trigger;
 use crate::schedule::{Fire, FireOutcome, Schedule, ScheduleStatus, ScheduleType};
@@ -25,6 +25,8 @@ use secrecy::SecretString;
 
 /// Largest delivery body accepted.
 pub const MAX_HOOK_BODY_BYTES: usize = 256 * 1024;
+/// Longest delivery id accepted (it is kept in the run's input).
+const MAX_DELIVERY_ID_CHARS: usize = 255;
 
 /// A delivery as received: the signature headers and the raw body.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +49,7 @@ fn unsigned() -> ApiError {
 
 /// Starts the run of the webhook schedule `raw_id` for a signed delivery, as the schedule's
 /// owner (`trigger: webhook`); a redelivery answers with the first delivery's run.
+#[tracing::instrument(name = "webhook_delivery", skip_all, fields(schedule_id = %raw_id))]
 pub async fn receive(state: &AppState, raw_id: &str, delivery: Delivery<'_>) -> ApiResult<Started> {
     let now = state.clock.now();
     let (Some(timestamp), Some(signature)) = (
@@ -73,6 +76,12 @@ pub async fn receive(state: &AppState, raw_id: &str, delivery: Delivery<'_>) -> 
         ));
     }
     let delivery_id = delivery.delivery_id.unwrap_or(signature).to_owned();
+    if delivery_id.chars().count() > MAX_DELIVERY_ID_CHARS {
+        return Err(ApiError::bad_request(
+            DELIVERY_HEADER,
+            format!("must be at most {MAX_DELIVERY_ID_CHARS} characters"),
+        ));
+    }
     let key = format!("webhook:{}:{delivery_id}", schedule.id);
     let idempotency = Idempotency {
         request_digest: key.clone(),
