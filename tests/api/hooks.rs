@@ -11,6 +11,8 @@ use spark_ops::engine::webhook::{
 use spark_ops::run::Trigger;
 use spark_ops_tests::{capture_logs, spawn_app, Reply, TestApp};
 
+use crate::schedules::runs_of;
+
 /// A project with an agent, a released workflow and a webhook schedule; `(owner token,
 /// project, schedule id, secret)`.
 async fn world(app: &TestApp) -> (String, String, String, String) {
@@ -64,17 +66,6 @@ async fn deliver(
     }
     app.send(request.body(Body::from(body.to_vec())).unwrap())
         .await
-}
-
-async fn runs_of(app: &TestApp, token: &str, project: &str, schedule: &str) -> Vec<Value> {
-    let reply = app
-        .get(
-            &format!("/api/v1/runs?project_id={project}&schedule_id={schedule}"),
-            token,
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-    reply.body["items"].as_array().unwrap().clone()
 }
 
 #[tokio::test]

@@ -118,7 +118,8 @@ async fn fires(app: &TestApp, token: &str, id: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn runs_of(app: &TestApp, token: &str, project: &str, id: &str) -> Vec<Value> {
+/// The runs of the schedule `id`.
+pub(crate) async fn runs_of(app: &TestApp, token: &str, project: &str, id: &str) -> Vec<Value> {
     let reply = app
         .get(
             &format!("/api/v1/runs?project_id={project}&schedule_id={id}"),
