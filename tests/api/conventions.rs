@@ -358,6 +358,8 @@ pub const OPERATIONS: &[&str] = &[
     "POST /api/v1/schedules/{id}/trigger",
     "GET /api/v1/schedules/{id}/preview",
     "GET /api/v1/schedules/{id}/fires",
+    "POST /api/v1/schedules/{id}/rotate-secret",
+    "POST /api/v1/hooks/{schedule_id}",
 ];
 
 /// `path` with its placeholders filled with values a route accepts.
@@ -365,6 +367,7 @@ pub fn concrete(path: &str) -> String {
     path.replace("{id}", &uuid::Uuid::now_v7().to_string())
         .replace("{user_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{key_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{schedule_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{email}", "someone%40example.com")
         .replace("{n}", "1")
 }

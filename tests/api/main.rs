@@ -10,6 +10,7 @@ mod engine_tools;
 mod event_schedules;
 mod events;
 mod health;
+mod hooks;
 mod lambda_events;
 mod manifests;
 mod members;

@@ -118,6 +118,7 @@ async fn fires(app: &TestApp, token: &str, id: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The runs of the schedule `id`.
 pub(crate) async fn runs_of(app: &TestApp, token: &str, project: &str, id: &str) -> Vec<Value> {
     let reply = app
         .get(
@@ -183,11 +184,11 @@ async fn schedules_are_validated_scoped_and_written_by_developers_only() {
             "/api/v1/schedules",
             Some(&owner),
             json!({"project_id": project, "name": "hook", "type": "webhook",
-                   "expression": "", "target_workflow_id": workflow, "agent_id": agent}),
+                   "expression": "* * * * *", "target_workflow_id": workflow, "agent_id": agent}),
         )
         .await;
     assert_eq!(webhook.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(webhook.error_fields(), ["type"]);
+    assert_eq!(webhook.error_fields(), ["expression"]);
     // AND a viewer reads but does not write
     let created = schedule(&app, &owner, (&project, &workflow, &agent), json!({})).await;
     assert_eq!(created["timezone"], "UTC");

@@ -201,6 +201,17 @@ fn function(template: &Value, binary: &str) -> (String, Value) {
     (text(logical), resource["Properties"].clone())
 }
 
+/// The statements of a function's inline policies.
+fn statements(function: &Value) -> Vec<&Value> {
+    function["Policies"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|policy| policy["Statement"].as_sequence())
+        .flatten()
+        .collect()
+}
+
 /// The template's API events of each function: `(binary, path)` pairs.
 fn function_events(template: &Value) -> Vec<(String, String)> {
     let mut events = Vec::new();
@@ -701,12 +712,8 @@ fn every_function_that_moves_runs_publishes_to_the_bus_and_nowhere_else() {
             "{logical} EVENT_BUS_NAME"
         );
         // AND may put events on that bus alone
-        let publishing: Vec<&Value> = function["Policies"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .filter_map(|policy| policy["Statement"].as_sequence())
-            .flatten()
+        let publishing: Vec<&Value> = statements(&function)
+            .into_iter()
             .filter(|s| {
                 s["Action"]
                     .as_sequence()
@@ -811,4 +818,53 @@ fn the_function_serving_schedules_manages_their_rules_and_knows_the_trigger_queu
         .as_deref(),
         Some("TriggerQueue")
     );
+}
+
+#[test]
+fn only_the_runs_function_reaches_webhook_schedules_secrets_where_the_code_keeps_them() {
+    let template = template();
+    // The code's path for a schedule's secret, as the template's resource pattern says it.
+    let id = uuid::Uuid::now_v7();
+    let path = spark_ops::store::secrets::path::schedule_webhook_secret(id);
+    assert!(path.starts_with("schedules/"), "{path}");
+    let pattern = "secret:${AWS::StackName}/schedules/*";
+    for resource in template["Resources"].as_mapping().unwrap().values() {
+        if resource["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let binary = text(&resource["Metadata"]["BuildProperties"]["Binary"]);
+        let granted: Vec<&Value> = statements(&resource["Properties"])
+            .into_iter()
+            .filter(|s| {
+                s["Resource"]
+                    .as_sequence()
+                    .is_some_and(|r| r.iter().any(|r| text(r).contains(pattern)))
+            })
+            .collect();
+        if binary == "runs" {
+            // It creates, rotates, reads and retires them, and its API event takes the hooks.
+            assert_eq!(granted.len(), 1, "{granted:?}");
+            let actions: BTreeSet<String> = granted[0]["Action"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(text)
+                .collect();
+            let expected: BTreeSet<String> = [
+                "secretsmanager:CreateSecret",
+                "secretsmanager:PutSecretValue",
+                "secretsmanager:GetSecretValue",
+                "secretsmanager:DeleteSecret",
+                "secretsmanager:RestoreSecret",
+            ]
+            .map(str::to_owned)
+            .into();
+            assert_eq!(actions, expected);
+            assert!(function_events(&template)
+                .iter()
+                .any(|(b, p)| b == "runs" && routes_to(p, "/api/v1/hooks/x")));
+        } else {
+            assert!(granted.is_empty(), "{binary} reaches webhook secrets");
+        }
+    }
 }

@@ -11,6 +11,7 @@ pub mod docs;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod hooks;
 pub mod invitations;
 pub mod manifests;
 pub mod members;
@@ -88,11 +89,12 @@ pub fn workflows_routes() -> OpenApiRouter<AppState> {
 }
 
 /// Routes of the `runs` function: runs, their steps and logs, the schedules that start them,
-/// and tenants' events (which start runs through event schedules).
+/// tenants' events (which start runs through event schedules) and signed inbound webhooks.
 pub fn runs_routes() -> OpenApiRouter<AppState> {
     runs::routes()
         .merge(schedules::routes())
         .merge(events::routes())
+        .merge(hooks::routes())
 }
 
 /// Every route, i.e. the union of every function's; what the dev server mounts.

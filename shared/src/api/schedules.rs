@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -24,7 +25,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::schedule::{Fire, FireOutcome, OverlapPolicy, Schedule, ScheduleStatus, ScheduleType};
 use crate::state::AppState;
 use crate::store::schedules::ScheduleFilter;
-use crate::usecase::schedules::{self, CreateSchedule, UpdateSchedule};
+use crate::usecase::schedules::{self, CreateSchedule, CreatedSchedule, UpdateSchedule};
 use crate::validate::required_project_id;
 
 /// Most fires one preview lists.
@@ -88,6 +89,10 @@ pub struct ScheduleView {
     pub updated_at: String,
     /// Version for optimistic concurrency (`version` in PATCH, or `If-Match`).
     pub version: u64,
+    /// A webhook schedule's signing secret (64 hex characters): only in the answer that
+    /// creates it, never again (`rotate-secret` issues a new one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 impl From<Schedule> for ScheduleView {
@@ -115,6 +120,7 @@ impl From<Schedule> for ScheduleView {
             created_at: ts::format(&s.created_at),
             updated_at: ts::format(&s.updated_at),
             version: s.version,
+            secret: None,
         }
     }
 }
@@ -221,12 +227,16 @@ pub async fn create_schedule(
     principal: Principal,
     ApiJson(body): ApiJson<CreateSchedule>,
 ) -> ApiResult<Response> {
-    let schedule = schedules::create(&state, &principal, body).await?;
-    Ok(created(
-        &format!("/api/v1/schedules/{}", schedule.id),
+    let CreatedSchedule { schedule, secret } = schedules::create(&state, &principal, body).await?;
+    let (path, version) = (
+        format!("/api/v1/schedules/{}", schedule.id),
         schedule.version,
-        ScheduleView::from(schedule),
-    ))
+    );
+    let view = ScheduleView {
+        secret: secret.map(|s| s.expose_secret().to_owned()),
+        ..ScheduleView::from(schedule)
+    };
+    Ok(created(&path, version, view))
 }
 
 /// Lists a project's schedules, oldest first.

@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod credentials;
 pub mod cursor;
 mod expr;
+pub mod hook_secrets;
 pub mod invitations;
 pub mod projects;
 pub mod provision;

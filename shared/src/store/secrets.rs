@@ -32,6 +32,11 @@ pub mod path {
     pub fn project_webhook_secret(project_id: Uuid) -> String {
         format!("projects/{project_id}/webhook-secret")
     }
+
+    /// The secrets an inbound webhook schedule's deliveries are signed with.
+    pub fn schedule_webhook_secret(schedule_id: Uuid) -> String {
+        format!("schedules/{schedule_id}/webhook-secret")
+    }
 }
 
 /// Days a deleted secret can still be restored.

@@ -7,6 +7,7 @@ pub mod access;
 pub mod agents;
 pub mod credentials;
 pub mod events;
+pub mod hooks;
 pub mod projects;
 pub mod runs;
 pub mod schedules;

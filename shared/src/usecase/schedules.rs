@@ -7,6 +7,7 @@
 //! there is recorded `denied`, and starts nothing.
 
 use chrono::{DateTime, Utc};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -17,6 +18,7 @@ use super::runs::{self, FromSchedule, Idempotency, StartRun, Started};
 use crate::auth::rbac::Action;
 use crate::auth::{authorize, Principal};
 use crate::domain::{Env, Name};
+use crate::engine::webhook::WebhookSecret;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::run::Trigger;
 use crate::schedule::{
@@ -47,7 +49,7 @@ pub struct CreateSchedule {
     pub project_id: Option<String>,
     /// Name (1–255 characters).
     pub name: String,
-    /// What fires it: `cron` or `event` (`webhook` is not supported yet).
+    /// What fires it: `cron`, `webhook` or `event`.
     #[serde(rename = "type")]
     #[schema(value_type = ScheduleType)]
     pub kind: String,
@@ -55,6 +57,8 @@ pub struct CreateSchedule {
     /// lists, ranges, steps, names, `L`, `#`, `W`, `@daily`…), evaluated in `timezone`.
     /// `event`: an EventBridge event pattern as a JSON string, matched against the
     /// project's events.
+    /// `webhook`: none (empty or absent); signed deliveries fire it.
+    #[serde(default)]
     pub expression: String,
     /// IANA time zone (default `UTC`).
     pub timezone: Option<String>,
@@ -143,23 +147,25 @@ fn parse_id(field: &str, raw: &str, errors: &mut Vec<FieldError>) -> Option<Uuid
     )
 }
 
+/// A created schedule.
+pub struct CreatedSchedule {
+    /// The schedule.
+    pub schedule: Schedule,
+    /// A webhook schedule's signing secret, shown this once.
+    pub secret: Option<SecretString>,
+}
+
 /// Creates a schedule in the body's project, owned by the caller (an API key's creator).
 pub async fn create(
     state: &AppState,
     principal: &Principal,
     body: CreateSchedule,
-) -> ApiResult<Schedule> {
+) -> ApiResult<CreatedSchedule> {
     let project_id = required_project_id(body.project_id.as_deref())?;
     let access = authorize(state, principal, project_id, Action::WriteRegistry).await?;
     let mut errors = Vec::new();
     let name = errors.check("name", Name::parse(&body.name));
     let kind = errors.check("type", ScheduleType::parse(&body.kind));
-    if kind == Some(ScheduleType::Webhook) {
-        errors.fail(
-            "type",
-            "only `cron` and `event` schedules are supported so far; `webhook` is not yet",
-        );
-    }
     let workflow = parse_id("target_workflow_id", &body.target_workflow_id, &mut errors);
     let agent = parse_id("agent_id", &body.agent_id, &mut errors);
     let now = state.clock.now();
@@ -214,13 +220,41 @@ pub async fn create(
     .await?;
     errors.finish()?;
     retime_if(&mut schedule, retime, now);
-    if schedule.kind == ScheduleType::Event {
-        create_event_schedule(state, &schedule).await?;
+    // A webhook schedule's secret is stored first, so no schedule exists without one.
+    let secret = match schedule.kind {
+        ScheduleType::Webhook => Some(create_hook_secret(state, schedule.id).await?),
+        _ => None,
+    };
+    let stored = if schedule.kind == ScheduleType::Event {
+        create_event_schedule(state, &schedule).await
     } else {
-        state.store.create_schedule(&schedule).await?;
+        state
+            .store
+            .create_schedule(&schedule)
+            .await
+            .map_err(ApiError::from)
+    };
+    if let Err(err) = stored {
+        if secret.is_some() {
+            state.secrets.discard_hook_secret(schedule.id).await;
+        }
+        return Err(err);
     }
     tracing::info!(project_id = %schedule.project_id, schedule_id = %schedule.id, "schedule created");
-    Ok(schedule)
+    Ok(CreatedSchedule { schedule, secret })
+}
+
+/// Stores a new signing secret for the webhook schedule `id`; returns it.
+async fn create_hook_secret(state: &AppState, id: Uuid) -> ApiResult<SecretString> {
+    let fresh = fresh_hook_secret();
+    state.secrets.create_hook_secret(id, &fresh).await?;
+    Ok(fresh)
+}
+
+/// A new webhook signing secret, generated as the outbound webhook secrets are.
+pub(super) fn fresh_hook_secret() -> SecretString {
+    let secret = WebhookSecret::generate();
+    SecretString::from(String::from_utf8_lossy(secret.key()).into_owned())
 }
 
 /// The schedule at `raw_id` if the caller may perform `action` on it; `404` if they cannot
@@ -306,6 +340,9 @@ pub async fn delete(
                 .await,
         )?;
     }
+    if schedule.kind == ScheduleType::Webhook {
+        state.secrets.discard_hook_secret(schedule.id).await;
+    }
     tracing::info!(schedule_id = %schedule.id, "schedule deleted");
     Ok(())
 }
@@ -325,7 +362,7 @@ pub async fn start_fire(
     schedule: &Schedule,
     nominal_time: DateTime<Utc>,
 ) -> ApiResult<Started> {
-    let owner = owner_principal(state, schedule).await?;
+    let owner = owner(state, schedule).await?;
     let key = format!(
         "schedule:{}:{}",
         schedule.id,
@@ -344,15 +381,15 @@ pub async fn start_fire(
     runs::start(state, &owner, request).await
 }
 
-/// The schedule's owner, as whom its fires start runs; `403` once the owner is deleted.
-async fn owner_principal(state: &AppState, schedule: &Schedule) -> ApiResult<Principal> {
-    let owner = state
+/// The principal a schedule's fires act as: its owner, `403` once the owner is gone.
+pub(super) async fn owner(state: &AppState, schedule: &Schedule) -> ApiResult<Principal> {
+    state
         .store
         .get_user(schedule.owner_user_id)
         .await?
         .filter(|user| user.deleted_at.is_none())
-        .ok_or_else(|| ApiError::Forbidden("the schedule's owner no longer exists".into()))?;
-    Ok(Principal::User(owner))
+        .map(Principal::User)
+        .ok_or_else(|| ApiError::Forbidden("the schedule's owner no longer exists".into()))
 }
 
 /// The record of a fire of `schedule` at `nominal` whose run's start gave `started`. Errors
@@ -408,7 +445,7 @@ fn reason(error: &ApiError) -> String {
 
 /// The run request of a schedule: its input with `input.event` naming the schedule and the
 /// slot.
-fn run_request(
+pub(super) fn run_request(
     schedule: &Schedule,
     trigger: Trigger,
     nominal_time: Option<DateTime<Utc>>,
@@ -470,7 +507,7 @@ fn apply(schedule: &mut Schedule, body: UpdateSchedule, errors: &mut Vec<FieldEr
     if let (Some(tz), ScheduleType::Cron) = (tz, schedule.kind) {
         errors.check("expression", CronSpec::parse(&schedule.expression, tz));
     }
-
+    check_webhook_expression(schedule, errors);
     if let Some(version) = body.workflow_version {
         schedule.workflow_version = version;
     }
@@ -521,6 +558,16 @@ fn apply(schedule: &mut Schedule, body: UpdateSchedule, errors: &mut Vec<FieldEr
         check_event_schedule(schedule, errors);
     }
     retime || schedule.next_run_at.is_none()
+}
+
+/// A webhook schedule fires on signed deliveries only: an expression would suggest otherwise.
+fn check_webhook_expression(schedule: &Schedule, errors: &mut Vec<FieldError>) {
+    if schedule.kind == ScheduleType::Webhook && !schedule.expression.is_empty() {
+        errors.fail(
+            "expression",
+            "a webhook schedule has no expression: its signed deliveries fire it",
+        );
+    }
 }
 
 /// Finds the next slot after `now` when `retime`; a paused schedule has none, and leaves the

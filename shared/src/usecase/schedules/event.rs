@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{concurrent, owner_principal, run_request};
+use super::{concurrent, owner, run_request};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::events::rules::{self, EventPattern};
 use crate::run::Trigger;
@@ -24,7 +24,7 @@ pub async fn start_event_fire(
     nominal_time: DateTime<Utc>,
     chain_depth: u32,
 ) -> ApiResult<Started> {
-    let owner = owner_principal(state, schedule).await?;
+    let owner = owner(state, schedule).await?;
     let event_id = event["id"].as_str().unwrap_or_default();
     let key = format!("event:{}:{event_id}", schedule.id);
     let idempotency = Idempotency {
