@@ -20,6 +20,7 @@ use spark_ops::engine::worker::Worker;
 use spark_ops::engine::{redrive, sweeper};
 use spark_ops::state::Clients;
 use spark_ops::store::provision::{provision, Provisioner};
+use spark_ops::store::schema;
 use spark_ops::{api, bootstrap, scheduler, AppState, Config};
 
 #[tokio::main]
@@ -52,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
     provision(&clients, &mut config)
         .await
         .context("Failed to provision the local resources; are the local services running?")?;
+    refuse_stuck_indexes(&clients, &config).await?;
     let worker_loops: usize = match std::env::var("RUN_WORKER_LOOPS") {
         Ok(raw) => raw
             .parse()
@@ -198,6 +200,50 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM, whichever comes first.
+/// Stops with what to do when an index provisioning added is not usable. DynamoDB Local cannot
+/// add an index to a table that already holds items (a database kept in `.local/dynamodb-data`
+/// from an older version): the index stays `CREATING` and every write to the table fails.
+async fn refuse_stuck_indexes(clients: &Clients, config: &Config) -> anyhow::Result<()> {
+    const TRIES: u32 = 10;
+    for attempt in 1..=TRIES {
+        let mut stuck = Vec::new();
+        for table in schema::TABLES {
+            let name = config.table_name(table.suffix);
+            let described = clients
+                .ddb
+                .describe_table()
+                .table_name(&name)
+                .send()
+                .await
+                .with_context(|| format!("Failed to describe the table {name}"))?;
+            let indexes = described
+                .table()
+                .map(|t| t.global_secondary_indexes())
+                .unwrap_or_default();
+            stuck.extend(
+                indexes
+                    .iter()
+                    .filter(|index| index.index_status().map(|s| s.as_str()) != Some("ACTIVE"))
+                    .map(|index| format!("{name}.{}", index.index_name().unwrap_or("?"))),
+            );
+        }
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        if attempt == TRIES {
+            anyhow::bail!(
+                "the index(es) {} are still being created: DynamoDB Local cannot add an index \
+                 to a table that already holds items, and writes to those tables fail. Start \
+                 from fresh tables: `make clean-local` (deletes all local data) or another \
+                 SPARK_OPS_PREFIX",
+                stuck.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
