@@ -205,7 +205,9 @@ async fn main() -> anyhow::Result<()> {
 /// from an older version): the index stays `CREATING` and every write to the table fails.
 async fn refuse_stuck_indexes(clients: &Clients, config: &Config) -> anyhow::Result<()> {
     const TRIES: u32 = 10;
-    for attempt in 1..=TRIES {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         let mut stuck = Vec::new();
         for table in schema::TABLES {
             let name = config.table_name(table.suffix);
@@ -241,7 +243,6 @@ async fn refuse_stuck_indexes(clients: &Clients, config: &Config) -> anyhow::Res
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Ok(())
 }
 
 async fn shutdown_signal() {
